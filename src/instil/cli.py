@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -126,12 +125,13 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 1 error, 2 usage)."""
     try:
         rv = app(args=argv, standalone_mode=False, prog_name="instil")
-    except click.exceptions.Exit as e:
+    except typer.Exit as e:
         return e.exit_code
-    except click.ClickException as e:
-        e.show()
+    except typer.TyperException as e:  # usage errors: typer's bundled click raises subclasses of this
+        show = getattr(e, "show", None)
+        show() if show else err.print(_escape(e.format_message()))
         return e.exit_code
-    except click.Abort:
+    except (typer.Abort, KeyboardInterrupt):
         err.print("aborted")
         return 130
     except InstilError as e:
