@@ -1,0 +1,30 @@
+"""The store: metadata and lineage in SQLite (or PostgreSQL), examples in content-addressed files beside it.
+
+    from instil.store import Store
+    with Store.open() as store:            # home: $INSTIL_HOME or ./.instil; database: $INSTIL_DB_URL or SQLite there
+        v1 = store.put_dataset("support/raw", examples)
+        store.get_dataset("support/raw")   # latest; or a version number, or a content-hash prefix
+
+Modules: ``store.py`` (the API), ``types.py`` (the values it returns), ``blobs.py`` (the example files),
+``models.py`` (the tables), ``db.py`` (engine setup and migrations), ``migrations/`` (Alembic, forward-only).
+"""
+
+from __future__ import annotations
+
+from instil.store.blobs import BlobInfo, BlobStore
+from instil.store.db import DB_URL_ENV
+from instil.store.store import FINAL_STATUSES, Store
+from instil.store.types import ArtifactInfo, DatasetVersion, EvaluationInfo, ModelVersion, RunInfo
+
+__all__ = [
+    "ArtifactInfo",
+    "BlobInfo",
+    "BlobStore",
+    "DB_URL_ENV",
+    "DatasetVersion",
+    "EvaluationInfo",
+    "FINAL_STATUSES",
+    "ModelVersion",
+    "RunInfo",
+    "Store",
+]

@@ -1,0 +1,178 @@
+"""The store's tables as SQLAlchemy 2.x ORM classes: metadata and lineage, never the examples themselves.
+
+Examples live in content-addressed blob files (see ``blobs.py``); a dataset version row only names its blob by hash.
+The schema is created and changed by the hand-written Alembic migrations in ``migrations/versions/``, never by
+``create_all``: a test checks that the migrations produce exactly this metadata. Add a column here and a migration
+there, together.
+
+JSON columns use SQLAlchemy's portable ``JSON`` type, so the same code runs on SQLite and PostgreSQL. Timestamps are
+written in UTC by the API (not by server defaults) so both databases store the same values.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Integer, MetaData, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = [
+    "Artifact",
+    "Base",
+    "Dataset",
+    "DatasetParent",
+    "DatasetVersionRow",
+    "Evaluation",
+    "Model",
+    "Run",
+    "RunDataset",
+]
+
+# Named constraints, so later migrations can alter them by name (SQLite's batch mode needs the names).
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+_TS = DateTime(timezone=True)
+
+
+class Dataset(Base):
+    """A named dataset; its content lives in numbered, immutable versions."""
+
+    __tablename__ = "datasets"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    """The user's name for the dataset; a database value only, never part of a file path."""
+    created_at: Mapped[datetime] = mapped_column(_TS)
+
+
+class DatasetVersionRow(Base):
+    """One immutable version of a dataset: a content hash, the blob holding its examples, and a few counts."""
+
+    __tablename__ = "dataset_versions"
+    __table_args__ = (
+        UniqueConstraint("dataset_id", "version"),
+        UniqueConstraint("dataset_id", "sha256"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    """1, 2, 3... per dataset."""
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    """sha256 of the canonical JSONL: the content hash and the blob's name at once."""
+    kind: Mapped[str] = mapped_column(String(32))
+    """What the version is for: raw, curated, train, holdout, pool..."""
+    n_examples: Mapped[int] = mapped_column(Integer)
+    bytes: Mapped[int] = mapped_column(Integer)
+    """Size of the blob file."""
+    created_at: Mapped[datetime] = mapped_column(_TS)
+    meta: Mapped[dict[str, Any]] = mapped_column(JSON)
+    """Free-form metadata (source files, curation report summary...)."""
+    frozen: Mapped[bool] = mapped_column(Boolean)
+    """A frozen version (the holdout) must never be handed to training."""
+
+
+class DatasetParent(Base):
+    """Lineage: ``child`` was derived from ``parent`` (curated from raw, split from curated...)."""
+
+    __tablename__ = "dataset_parents"
+
+    child_id: Mapped[int] = mapped_column(
+        ForeignKey("dataset_versions.id", ondelete="CASCADE"), primary_key=True
+    )
+    parent_id: Mapped[int] = mapped_column(
+        ForeignKey("dataset_versions.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+
+
+class Run(Base):
+    """One execution of a stage (curate, split, train, eval...) of a job."""
+
+    __tablename__ = "runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job: Mapped[str] = mapped_column(String(128), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16))
+    """running, succeeded, failed or cancelled."""
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    """The resolved configuration the run used (enough to repeat it)."""
+    created_at: Mapped[datetime] = mapped_column(_TS)
+    finished_at: Mapped[datetime | None] = mapped_column(_TS)
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class RunDataset(Base):
+    """A dataset version a run read or wrote, and in which role (train, eval, input, output...)."""
+
+    __tablename__ = "run_datasets"
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    dataset_version_id: Mapped[int] = mapped_column(
+        ForeignKey("dataset_versions.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    role: Mapped[str] = mapped_column(String(32), primary_key=True)
+
+
+class Model(Base):
+    """A trained model version of a job: where its weights are and the run that produced them."""
+
+    __tablename__ = "models"
+    __table_args__ = (UniqueConstraint("job", "version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job: Mapped[str] = mapped_column(String(128), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    """1, 2, 3... per job."""
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"), index=True)
+    base_model: Mapped[str] = mapped_column(String(256))
+    revision: Mapped[str | None] = mapped_column(String(128))
+    """The base model's revision (commit hash), so the same weights can be fetched again."""
+    path: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16))
+    """candidate, promoted, retired..."""
+    created_at: Mapped[datetime] = mapped_column(_TS)
+    meta: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class Evaluation(Base):
+    """The metrics of one candidate (a model or the prompt) on one dataset version, from one eval run."""
+
+    __tablename__ = "evaluations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    candidate: Mapped[str] = mapped_column(String(256))
+    """What was evaluated: ``prompt``, ``base``, ``model:<job>@<version>``..."""
+    model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id", ondelete="SET NULL"), index=True)
+    dataset_version_id: Mapped[int] = mapped_column(
+        ForeignKey("dataset_versions.id", ondelete="CASCADE"), index=True
+    )
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(_TS)
+
+
+class Artifact(Base):
+    """A file a run produced (checkpoint, report, plot), with its hash when it was taken."""
+
+    __tablename__ = "artifacts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    path: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(_TS)

@@ -1,0 +1,574 @@
+"""The store: metadata and lineage in a database, examples in content-addressed files beside it.
+
+    with Store.open() as store:                                  # $INSTIL_HOME or ./.instil; $INSTIL_DB_URL or SQLite
+        raw = store.put_dataset("support/raw", examples)         # idempotent: same content, same version
+        train = store.put_dataset("support/train", train_examples, kind="train", parents=[raw])
+        run = store.start_run("support", "train", config)
+        store.link_run_dataset(run, train, "train")
+        store.finish_run(run, "succeeded", metrics={"loss": 0.4})
+        model = store.register_model("support", base_model="Qwen/Qwen3-0.6B", path="...", run_id=run)
+        store.trace_model(model)                                 # every dataset version the model descends from
+
+Every write is one short transaction (``BEGIN IMMEDIATE`` on SQLite), so many processes can write one store at once
+without losing a row. Values come back as frozen dataclasses (``types.py``), detached from the database.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine, func, select, text
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from instil.data.records import Example
+from instil.env import home_dir
+from instil.errors import NotFoundError, StoreError
+from instil.store import models as m
+from instil.store.blobs import BlobInfo, BlobStore
+from instil.store.checks import as_id, check_json, check_name, check_word
+from instil.store.db import WRITE, create_store_engine, migrate, resolve_url, safe_url
+from instil.store.queries import ancestors, dataset_version, run_info, version_listing
+from instil.store.types import (
+    ArtifactInfo,
+    DatasetVersion,
+    EvaluationInfo,
+    ModelVersion,
+    RunInfo,
+    artifact_info,
+    evaluation_info,
+    model_version,
+)
+
+__all__ = ["FINAL_STATUSES", "Store"]
+
+T = TypeVar("T")
+
+FINAL_STATUSES = ("succeeded", "failed", "cancelled")
+"""The statuses a run can finish with."""
+
+_HEX_PREFIX = re.compile(r"[0-9a-f]{4,64}")
+_RETRIES = 8
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Store:
+    """Datasets and their lineage, runs, models, evaluations and artifacts of one instil home."""
+
+    def __init__(self, engine: Engine, home: Path) -> None:
+        """Use :meth:`open`; this takes an engine whose schema is already migrated."""
+        self.engine = engine
+        self.home = home
+        self.blobs = BlobStore(home / "blobs")
+        self._read = sessionmaker(engine, expire_on_commit=False)
+        self._write = sessionmaker(engine.execution_options(**WRITE), expire_on_commit=False)
+
+    # ---- opening and closing -------------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, url: str | None = None, *, home: Path | str | None = None) -> Store:
+        """Open (creating and migrating as needed) the store.
+
+        ``home`` defaults to ``$INSTIL_HOME``, else ``./.instil``; the database to ``url``, else ``$INSTIL_DB_URL``,
+        else ``sqlite:///<home>/instil.db``. Blobs always live under ``<home>/blobs``.
+        """
+        home_path = Path(home).expanduser() if home is not None else home_dir()
+        try:
+            home_path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(
+                f"cannot create the instil home folder {home_path}: {e.strerror}",
+                hint="Set INSTIL_HOME to a writable folder.",
+            ) from None
+        engine = create_store_engine(resolve_url(url, home_path))
+        try:
+            migrate(engine)
+        except BaseException:
+            engine.dispose()
+            raise
+        return cls(engine, home_path)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Store({safe_url(self.engine.url)!r}, home={str(self.home)!r})"
+
+    # ---- transactions ---------------------------------------------------------------------------------------------
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except OperationalError as e:
+            raise StoreError(
+                f"the store database {safe_url(self.engine.url)} failed: {e.orig}",
+                hint="If it says 'locked', another process held the write lock too long; retry. Otherwise check "
+                "that the database server is reachable.",
+            ) from None
+
+    def _tx(self, fn: Callable[[Session], T]) -> T:
+        """Run ``fn`` in one write transaction, retrying when a concurrent writer won a race on a unique key."""
+        with self._errors():
+            for attempt in range(_RETRIES):
+                try:
+                    with self._write() as session, session.begin():
+                        return fn(session)
+                except IntegrityError as e:
+                    # A concurrent writer won a race on a unique key that no lock covered; the loser tries again
+                    # and then sees the winner's row.
+                    if attempt == _RETRIES - 1:
+                        raise StoreError(
+                            f"a write to the store {safe_url(self.engine.url)} kept conflicting: {e.orig}",
+                            hint="Many processes are writing the same dataset or job at once; retry.",
+                        ) from None
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _serialize(s: Session, key: str) -> None:
+        """Serialise writers that assign the next number under ``key``. SQLite's BEGIN IMMEDIATE already does;
+        PostgreSQL takes a transaction-scoped advisory lock, so concurrent writers wait instead of colliding."""
+        if s.get_bind().dialect.name == "postgresql":
+            s.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": key})
+
+    def _query(self, fn: Callable[[Session], T]) -> T:
+        with self._errors(), self._read() as session:
+            return fn(session)
+
+    # ---- blobs ----------------------------------------------------------------------------------------------------
+    def put_examples(self, examples: Iterable[Example]) -> BlobInfo:
+        """Stream ``examples`` into a content-addressed blob; returns its hash, count, path and size."""
+        return self.blobs.put_examples(examples)
+
+    def iter_examples(self, dataset: DatasetVersion | str) -> Iterator[Example]:
+        """The examples of a dataset version (or of a blob named by its sha256), streamed from disk."""
+        sha256 = dataset.sha256 if isinstance(dataset, DatasetVersion) else dataset
+        return self.blobs.iter_examples(sha256)
+
+    def blob_path(self, sha256: str) -> Path:
+        return self.blobs.path(sha256)
+
+    # ---- datasets -------------------------------------------------------------------------------------------------
+    def put_dataset(
+        self,
+        name: str,
+        examples: Iterable[Example],
+        *,
+        kind: str = "raw",
+        parents: Sequence[DatasetVersion | int] = (),
+        meta: dict[str, Any] | None = None,
+        frozen: bool = False,
+    ) -> DatasetVersion:
+        """Store ``examples`` as the next version of dataset ``name``, recording the versions it came from.
+
+        Idempotent: when ``name`` already has a version with exactly this content, that version is returned and
+        nothing new is recorded (its kind, meta and parents stay as first stored).
+        """
+        check_name(name, "dataset name")
+        check_word(kind, "dataset kind")
+        parent_ids = list(dict.fromkeys(as_id(p, "a dataset parent") for p in parents))
+        meta = check_json(dict(meta or {}), f"meta of dataset {name!r}")
+        blob = self.blobs.put_examples(examples)
+
+        def write(s: Session) -> DatasetVersion:
+            self._serialize(s, f"dataset:{name}")
+            dataset = s.scalar(select(m.Dataset).where(m.Dataset.name == name))
+            if dataset is None:
+                dataset = m.Dataset(name=name, created_at=_now())
+                s.add(dataset)
+                s.flush()
+            same = s.scalar(
+                select(m.DatasetVersionRow).where(
+                    m.DatasetVersionRow.dataset_id == dataset.id, m.DatasetVersionRow.sha256 == blob.sha256
+                )
+            )
+            if same is not None:
+                return dataset_version(s, same, name)
+            known = set(
+                s.scalars(select(m.DatasetVersionRow.id).where(m.DatasetVersionRow.id.in_(parent_ids)))
+            )
+            missing = [p for p in parent_ids if p not in known]
+            if missing:
+                raise NotFoundError(
+                    f"cannot record dataset {name!r}: parent dataset version id(s) {missing} do not exist",
+                    hint="Pass parents as DatasetVersion values returned by this store (put_dataset/get_dataset).",
+                )
+            latest = s.scalar(
+                select(func.max(m.DatasetVersionRow.version)).where(
+                    m.DatasetVersionRow.dataset_id == dataset.id
+                )
+            )
+            row = m.DatasetVersionRow(
+                dataset_id=dataset.id,
+                version=(latest or 0) + 1,
+                sha256=blob.sha256,
+                kind=kind,
+                n_examples=blob.n_examples,
+                bytes=blob.bytes,
+                created_at=_now(),
+                meta=meta,
+                frozen=frozen,
+            )
+            s.add(row)
+            s.flush()
+            s.add_all(m.DatasetParent(child_id=row.id, parent_id=p) for p in parent_ids)
+            s.flush()
+            return dataset_version(s, row, name)
+
+        return self._tx(write)
+
+    def get_dataset(self, name: str, version: int | str | None = None) -> DatasetVersion:
+        """A version of dataset ``name``: the latest (None), a version number (int) or a content-hash prefix (str)."""
+
+        def read(s: Session) -> DatasetVersion:
+            dataset = s.scalar(select(m.Dataset).where(m.Dataset.name == name))
+            if dataset is None:
+                names = list(s.scalars(select(m.Dataset.name).order_by(m.Dataset.name).limit(20)))
+                raise NotFoundError(
+                    f"no dataset named {name!r} in the store {safe_url(self.engine.url)}",
+                    hint=f"Datasets here: {', '.join(names)}."
+                    if names
+                    else "The store holds no datasets yet: run the job's data stage first.",
+                )
+            q = select(m.DatasetVersionRow).where(m.DatasetVersionRow.dataset_id == dataset.id)
+            if version is None:
+                rows = list(s.scalars(q.order_by(m.DatasetVersionRow.version.desc()).limit(1)))
+            elif isinstance(version, int) and not isinstance(version, bool):
+                rows = list(s.scalars(q.where(m.DatasetVersionRow.version == version)))
+            elif isinstance(version, str) and _HEX_PREFIX.fullmatch(version):
+                rows = list(
+                    s.scalars(q.where(m.DatasetVersionRow.sha256.startswith(version, autoescape=True)))
+                )
+            else:
+                raise StoreError(
+                    f"invalid version {version!r} of dataset {name!r}",
+                    hint="Give a version number (1, 2...) or at least 4 lowercase hex digits of its content hash.",
+                )
+            if len(rows) == 1:
+                return dataset_version(s, rows[0], name)
+            listing = version_listing(s, dataset.id)
+            if rows:
+                raise StoreError(
+                    f"hash prefix {version!r} matches {len(rows)} versions of dataset {name!r}",
+                    hint=f"Give more hex digits. Versions: {listing}.",
+                )
+            raise NotFoundError(
+                f"dataset {name!r} has no version {version!r}",
+                hint=f"Versions: {listing}." if listing else "It has no versions yet.",
+            )
+
+        return self._query(read)
+
+    def get_version(self, version_id: int) -> DatasetVersion:
+        """The dataset version with this id."""
+
+        def read(s: Session) -> DatasetVersion:
+            row = s.get(m.DatasetVersionRow, version_id)
+            if row is None:
+                raise NotFoundError(f"no dataset version with id {version_id} in the store")
+            return dataset_version(s, row)
+
+        return self._query(read)
+
+    def list_datasets(self) -> list[DatasetVersion]:
+        """The latest version of every dataset, by name."""
+
+        def read(s: Session) -> list[DatasetVersion]:
+            latest = (
+                select(m.DatasetVersionRow.dataset_id, func.max(m.DatasetVersionRow.version).label("v"))
+                .group_by(m.DatasetVersionRow.dataset_id)
+                .subquery()
+            )
+            rows = s.execute(
+                select(m.DatasetVersionRow, m.Dataset.name)
+                .join(m.Dataset, m.Dataset.id == m.DatasetVersionRow.dataset_id)
+                .join(
+                    latest,
+                    (latest.c.dataset_id == m.DatasetVersionRow.dataset_id)
+                    & (latest.c.v == m.DatasetVersionRow.version),
+                )
+                .order_by(m.Dataset.name)
+            ).all()
+            return [dataset_version(s, row, name) for row, name in rows]
+
+        return self._query(read)
+
+    def list_versions(self, name: str) -> list[DatasetVersion]:
+        """Every version of dataset ``name``, oldest first (empty when it does not exist)."""
+
+        def read(s: Session) -> list[DatasetVersion]:
+            rows = s.scalars(
+                select(m.DatasetVersionRow)
+                .join(m.Dataset, m.Dataset.id == m.DatasetVersionRow.dataset_id)
+                .where(m.Dataset.name == name)
+                .order_by(m.DatasetVersionRow.version)
+            )
+            return [dataset_version(s, row, name) for row in rows]
+
+        return self._query(read)
+
+    def lineage(self, version: DatasetVersion | int) -> list[DatasetVersion]:
+        """Every ancestor of a dataset version (parents, their parents...), nearest first, each once."""
+        return self._query(lambda s: ancestors(s, [as_id(version, "version")]))
+
+    # ---- runs -----------------------------------------------------------------------------------------------------
+    def start_run(self, job: str, kind: str, config: dict[str, Any] | None = None) -> int:
+        """Record that a run of ``kind`` (curate, split, train, eval...) of ``job`` started; returns its id."""
+        check_name(job, "job name")
+        check_word(kind, "run kind")
+        config = check_json(dict(config or {}), f"config of the {kind} run of {job!r}")
+
+        def write(s: Session) -> int:
+            run = m.Run(job=job, kind=kind, status="running", config=config, created_at=_now())
+            s.add(run)
+            s.flush()
+            return run.id
+
+        return self._tx(write)
+
+    def finish_run(
+        self,
+        run_id: int,
+        status: str = "succeeded",
+        metrics: dict[str, Any] | None = None,
+        error: str | None = None,
+    ) -> RunInfo:
+        """Record how a running run ended (succeeded, failed or cancelled), with its metrics or error."""
+        if status not in FINAL_STATUSES:
+            raise StoreError(
+                f"cannot finish run {run_id} as {status!r}",
+                hint=f"A run finishes as one of: {', '.join(FINAL_STATUSES)}.",
+            )
+        metrics = check_json(metrics, f"metrics of run {run_id}") if metrics is not None else None
+
+        def write(s: Session) -> RunInfo:
+            run = self._run_row(s, run_id)
+            if run.status != "running":
+                raise StoreError(
+                    f"run {run_id} already finished ({run.status}); it cannot be finished again",
+                    hint="Start a new run with start_run() to record another attempt.",
+                )
+            run.status, run.metrics, run.error, run.finished_at = status, metrics, error, _now()
+            s.flush()
+            return run_info(s, run)
+
+        return self._tx(write)
+
+    def link_run_dataset(self, run_id: int, version: DatasetVersion | int, role: str) -> None:
+        """Record that run ``run_id`` read or wrote a dataset version, in ``role`` (train, eval, input, output...)."""
+        check_word(role, "dataset role")
+        version_id = as_id(version, "version")
+
+        def write(s: Session) -> None:
+            self._run_row(s, run_id)
+            if s.get(m.DatasetVersionRow, version_id) is None:
+                raise NotFoundError(f"cannot link run {run_id}: no dataset version with id {version_id}")
+            if s.get(m.RunDataset, (run_id, version_id, role)) is None:
+                s.add(m.RunDataset(run_id=run_id, dataset_version_id=version_id, role=role))
+
+        self._tx(write)
+
+    def get_run(self, run_id: int) -> RunInfo:
+        return self._query(lambda s: run_info(s, self._run_row(s, run_id)))
+
+    def list_runs(self, job: str | None = None, kind: str | None = None) -> list[RunInfo]:
+        """Runs, oldest first; only those of ``job`` and/or ``kind`` when given."""
+
+        def read(s: Session) -> list[RunInfo]:
+            q = select(m.Run).order_by(m.Run.id)
+            if job is not None:
+                q = q.where(m.Run.job == job)
+            if kind is not None:
+                q = q.where(m.Run.kind == kind)
+            return [run_info(s, r) for r in s.scalars(q)]
+
+        return self._query(read)
+
+    def _run_row(self, s: Session, run_id: int) -> m.Run:
+        run = s.get(m.Run, as_id(run_id, "run"))
+        if run is None:
+            raise NotFoundError(f"no run with id {run_id} in the store {safe_url(self.engine.url)}")
+        return run
+
+    # ---- models ---------------------------------------------------------------------------------------------------
+    def register_model(
+        self,
+        job: str,
+        *,
+        base_model: str,
+        path: str | Path,
+        run_id: int | None = None,
+        revision: str | None = None,
+        status: str = "candidate",
+        meta: dict[str, Any] | None = None,
+    ) -> ModelVersion:
+        """Record a trained model as the next version of ``job``'s models."""
+        check_name(job, "job name")
+        check_word(status, "model status")
+        meta = check_json(dict(meta or {}), f"meta of the model of {job!r}")
+
+        def write(s: Session) -> ModelVersion:
+            self._serialize(s, f"model:{job}")
+            if run_id is not None:
+                self._run_row(s, run_id)
+            latest = s.scalar(select(func.max(m.Model.version)).where(m.Model.job == job))
+            row = m.Model(
+                job=job,
+                version=(latest or 0) + 1,
+                run_id=run_id,
+                base_model=base_model,
+                revision=revision,
+                path=str(path),
+                status=status,
+                created_at=_now(),
+                meta=meta,
+            )
+            s.add(row)
+            s.flush()
+            return model_version(row)
+
+        return self._tx(write)
+
+    def get_model(self, job: str, version: int | None = None) -> ModelVersion:
+        """A model version of ``job``: the latest when ``version`` is None."""
+
+        def read(s: Session) -> ModelVersion:
+            q = select(m.Model).where(m.Model.job == job)
+            q = (
+                q.where(m.Model.version == version)
+                if version is not None
+                else q.order_by(m.Model.version.desc())
+            )
+            row = s.scalars(q.limit(1)).first()
+            if row is None:
+                versions = list(
+                    s.scalars(select(m.Model.version).where(m.Model.job == job).order_by(m.Model.version))
+                )
+                raise NotFoundError(
+                    f"job {job!r} has no model" + (f" version {version}" if version is not None else ""),
+                    hint=f"Model versions of {job!r}: {versions}."
+                    if versions
+                    else "Train one first (`instil run` trains and registers it).",
+                )
+            return model_version(row)
+
+        return self._query(read)
+
+    def list_models(self, job: str | None = None) -> list[ModelVersion]:
+        """Model versions, oldest first; only ``job``'s when given."""
+
+        def read(s: Session) -> list[ModelVersion]:
+            q = select(m.Model).order_by(m.Model.job, m.Model.version)
+            if job is not None:
+                q = q.where(m.Model.job == job)
+            return [model_version(r) for r in s.scalars(q)]
+
+        return self._query(read)
+
+    def trace_model(self, model: ModelVersion | int) -> list[DatasetVersion]:
+        """The dataset versions a model's training run read, then all their ancestors: the examples it descends from."""
+
+        def read(s: Session) -> list[DatasetVersion]:
+            row = s.get(m.Model, as_id(model, "model"))
+            if row is None:
+                raise NotFoundError(f"no model with id {as_id(model, 'model')} in the store")
+            if row.run_id is None:
+                return []
+            direct = list(
+                dict.fromkeys(
+                    s.scalars(
+                        select(m.RunDataset.dataset_version_id)
+                        .where(m.RunDataset.run_id == row.run_id)
+                        .order_by(m.RunDataset.dataset_version_id)
+                    )
+                )
+            )
+            inputs = [dataset_version(s, s.get_one(m.DatasetVersionRow, i)) for i in direct]
+            return inputs + ancestors(s, direct)  # ancestors() leaves out the inputs themselves
+
+        return self._query(read)
+
+    # ---- evaluations and artifacts --------------------------------------------------------------------------------
+    def add_evaluation(
+        self,
+        run_id: int,
+        *,
+        candidate: str,
+        dataset: DatasetVersion | int,
+        metrics: dict[str, Any],
+        model: ModelVersion | int | None = None,
+    ) -> EvaluationInfo:
+        """Record the metrics of ``candidate`` (prompt, base, model:<job>@<n>...) on a dataset version."""
+        dataset_id = as_id(dataset, "dataset")
+        model_id = as_id(model, "model") if model is not None else None
+        metrics = check_json(dict(metrics), f"metrics of {candidate!r}")
+
+        def write(s: Session) -> EvaluationInfo:
+            self._run_row(s, run_id)
+            if s.get(m.DatasetVersionRow, dataset_id) is None:
+                raise NotFoundError(f"cannot record the evaluation: no dataset version with id {dataset_id}")
+            if model_id is not None and s.get(m.Model, model_id) is None:
+                raise NotFoundError(f"cannot record the evaluation: no model with id {model_id}")
+            row = m.Evaluation(
+                run_id=run_id,
+                candidate=candidate,
+                model_id=model_id,
+                dataset_version_id=dataset_id,
+                metrics=metrics,
+                created_at=_now(),
+            )
+            s.add(row)
+            s.flush()
+            return evaluation_info(row)
+
+        return self._tx(write)
+
+    def list_evaluations(
+        self, *, run_id: int | None = None, dataset: DatasetVersion | int | None = None
+    ) -> list[EvaluationInfo]:
+        def read(s: Session) -> list[EvaluationInfo]:
+            q = select(m.Evaluation).order_by(m.Evaluation.id)
+            if run_id is not None:
+                q = q.where(m.Evaluation.run_id == run_id)
+            if dataset is not None:
+                q = q.where(m.Evaluation.dataset_version_id == as_id(dataset, "dataset"))
+            return [evaluation_info(r) for r in s.scalars(q)]
+
+        return self._query(read)
+
+    def add_artifact(
+        self, run_id: int, kind: str, path: str | Path, sha256: str | None = None
+    ) -> ArtifactInfo:
+        """Record a file a run produced (checkpoint, report...)."""
+        check_word(kind, "artifact kind")
+
+        def write(s: Session) -> ArtifactInfo:
+            self._run_row(s, run_id)
+            row = m.Artifact(run_id=run_id, kind=kind, path=str(path), sha256=sha256, created_at=_now())
+            s.add(row)
+            s.flush()
+            return artifact_info(row)
+
+        return self._tx(write)
+
+    def list_artifacts(self, run_id: int) -> list[ArtifactInfo]:
+        return self._query(
+            lambda s: [
+                artifact_info(r)
+                for r in s.scalars(
+                    select(m.Artifact).where(m.Artifact.run_id == run_id).order_by(m.Artifact.id)
+                )
+            ]
+        )
