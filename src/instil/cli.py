@@ -108,6 +108,165 @@ def spec_schema(
     console.print(table)
 
 
+# ---- data ------------------------------------------------------------------------------------------------------------
+def _load(spec: Path):
+    from instil.spec import load_spec
+
+    return load_spec(spec)
+
+
+def _is_spec(path: Path) -> bool:
+    return path.suffix in {".yaml", ".yml"}
+
+
+def _open_store(job):
+    from instil.env import home_dir
+    from instil.store import Store
+
+    return Store.open(home=home_dir(job.root))
+
+
+@data_app.command("validate")
+def data_validate(
+    files: Annotated[list[Path] | None, typer.Argument(help="Data files; the spec's sources when none is given.")] = None,
+    spec: Annotated[Path | None, typer.Option(help="Check outputs against this job spec (schema, labels, context).")] = None,
+    format: Annotated[str, typer.Option("--format", help="auto, chat, preference, prompt_completion, alpaca, sharegpt, csv, hf_disk.")] = "auto",
+    rejects: Annotated[Path | None, typer.Option(help="Where rejected lines go (default: <file>.rejects.jsonl beside the first file).")] = None,
+    tokenizer: Annotated[str | None, typer.Option(help="A local tokenizer folder to count tokens with.")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Longest example allowed, in tokens.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    limit: Annotated[int, typer.Option(help="Findings shown (all are counted).")] = 50,
+) -> int:
+    """Check data files line by line; every finding names its file, line and field. Exit 1 on errors."""
+    from instil.data.tokens import TokenCounter
+    from instil.data.validate import validate_files
+
+    job = None
+    if spec is None and not files and Path("instil.yaml").exists():
+        spec = Path("instil.yaml")
+    if spec is not None:
+        job = _load(spec)
+    if not files:
+        if job is None:
+            raise typer.BadParameter("give data files, or --spec with data sources", param_hint="FILES")
+        files = [job.resolve(src.path) for src in job.data]
+        if format == "auto" and len({s.format for s in job.data}) == 1:
+            format = job.data[0].format
+    counter = TokenCounter.from_tokenizer(tokenizer) if tokenizer else None
+    rejects = rejects or files[0].with_name(files[0].name.split(".")[0] + ".rejects.jsonl")
+    report = validate_files(files, format=format, spec=job, counter=counter, max_tokens=max_tokens, rejects_path=rejects)
+    if report.n_rejected == 0 and rejects.exists() and rejects.stat().st_size == 0:
+        rejects.unlink()
+        report.rejects_path = None
+    if as_json:
+        console.print_json(json.dumps(report.to_dict()))
+        return 0 if report.ok else 1
+    _print_findings(report, limit)
+    return 0 if report.ok else 1
+
+
+def _print_findings(report, limit: int) -> None:
+    from rich.markup import escape
+
+    for f in report.findings[:limit]:
+        colour = "red" if f.severity == "error" else "yellow"
+        where = f.file if f.line is None else f"{f.file}:{f.line}"
+        field = f" {escape(f.field)}:" if f.field else ""
+        console.print(f"{escape(where)}:{field} [{colour}]{f.severity}[/]: {escape(f.message)} [dim]\[{f.code}][/]")
+    hidden = report.n_errors + report.n_warnings - min(limit, len(report.findings))
+    if hidden > 0:
+        console.print(f"[dim]... and {hidden} more (use --json, or read the rejects file)[/]")
+    if report.counts:
+        table = Table("finding", "count", title="findings by kind", title_justify="left")
+        for code, n in sorted(report.counts.items(), key=lambda kv: -kv[1]):
+            table.add_row(code, str(n))
+        console.print(table)
+    verdict = "[green]ok[/]" if report.ok else "[red]errors found[/]"
+    console.print(
+        f"{report.n_lines} records: {report.n_valid} valid, {report.n_rejected} rejected; "
+        f"{report.n_errors} errors, {report.n_warnings} warnings: {verdict}"
+    )
+    if report.rejects_path and report.n_rejected:
+        console.print(f"rejected lines (with reasons) written to [bold]{report.rejects_path}[/]")
+
+
+@data_app.command("stats")
+def data_stats(
+    target: Annotated[Path, typer.Argument(help="A job spec (its training sources) or a data file.")] = Path("instil.yaml"),
+    dataset: Annotated[str | None, typer.Option(help="With a spec: a recorded dataset instead (raw, curated, train, holdout, pool).")] = None,
+    epochs: Annotated[float, typer.Option(help="Epochs for the training-token estimate.")] = 3.0,
+    price: Annotated[float | None, typer.Option(help="Price per million training tokens, for a cost estimate.")] = None,
+    tokenizer: Annotated[str | None, typer.Option(help="A local tokenizer folder to count tokens with.")] = None,
+    format: Annotated[str, typer.Option("--format", help="The data file's format.")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the numbers as JSON.")] = False,
+) -> None:
+    """Counts, token distributions, label balance, output lengths, training tokens and cost for N epochs."""
+    from instil.data.formats import read_examples
+    from instil.data.stages import dataset_name, read_sources
+    from instil.data.stats import compute_stats
+    from instil.data.tokens import TokenCounter
+
+    labels = label_field = None
+    counter = TokenCounter.from_tokenizer(tokenizer) if tokenizer else None
+    if _is_spec(target):
+        job = _load(target)
+        labels, label_field = job.output.labels, job.output.label_field
+        counter = counter or TokenCounter.from_spec(job)
+        if dataset:
+            with _open_store(job) as store:
+                version = store.get_dataset(dataset_name(job, dataset))
+                examples = list(store.iter_examples(version.sha256))
+        else:
+            examples = read_sources(job)
+        stats = compute_stats(examples, counter=counter, labels=labels, label_field=label_field, epochs=epochs,
+                              price_per_million=price, max_tokens=job.model.max_length)
+    else:
+        stats = compute_stats(read_examples(target, format=format), counter=counter, epochs=epochs, price_per_million=price)
+    if as_json:
+        console.print_json(json.dumps(stats.to_dict()))
+        return
+    _print_stats(stats)
+
+
+def _print_stats(stats) -> None:
+    est = " (estimated: no tokenizer)" if stats.tokens_estimated else ""
+    table = Table("per example", "min", "p50", "p90", "p99", "max", "mean", title=f"{stats.n_examples} examples",
+                  title_justify="left")
+    for name, d in (("messages", stats.messages), ("tokens" + est, stats.total_tokens),
+                    ("assistant tokens", stats.assistant_tokens), ("answer characters", stats.output_chars)):
+        table.add_row(name, *(f"{v:,.0f}" for v in (d.min, d.p50, d.p90, d.p99, d.max)), f"{d.mean:,.1f}")
+    console.print(table)
+    if stats.labels:
+        lab = Table("label", "examples", "share", title="labels", title_justify="left")
+        for name, n in stats.labels.items():
+            lab.add_row(name, str(n), f"{n / max(stats.n_examples, 1):.1%}")
+        console.print(lab)
+    if stats.tags:
+        console.print("tags: " + ", ".join(f"{t} ({n})" for t, n in stats.tags.items()))
+    line = f"training tokens for {stats.epochs:g} epochs: [bold]{stats.training_tokens:,}[/]"
+    if stats.estimated_cost is not None:
+        line += f", about [bold]{stats.estimated_cost:,.2f}[/] at {stats.price_per_million:g} per million"
+    console.print(line)
+    if stats.n_preference or stats.n_with_tools:
+        console.print(f"{stats.n_preference} preference pairs, {stats.n_with_tools} examples with tools")
+    for note in stats.notes:
+        err.print(f"[yellow]note:[/] {note}")
+
+
+@data_app.command("convert")
+def data_convert(
+    source: Annotated[Path, typer.Argument(help="The file to read.")],
+    dest: Annotated[Path, typer.Argument(help="The file (or folder, for hf_disk) to write.")],
+    from_format: Annotated[str, typer.Option("--from", help="The source's format.")] = "auto",
+    to_format: Annotated[str, typer.Option("--to", help="chat, preference, prompt_completion, alpaca, sharegpt, csv, hf_disk.")] = "chat",
+) -> None:
+    """Convert a data file between formats (through instil's one record type)."""
+    from instil.data.formats import read_examples, write_examples
+
+    n = write_examples(read_examples(source, format=from_format), dest, format=to_format)
+    console.print(f"wrote {n} examples to [bold]{dest}[/] ({to_format})")
+
+
 # ---- entry point ------------------------------------------------------------------------------------------------------
 def _print_error(e: InstilError) -> None:
     err.print("[bold red]error:[/] " + _escape(str(e)), soft_wrap=True)
