@@ -25,6 +25,8 @@ def instil_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "instil-home"
     monkeypatch.setenv("INSTIL_HOME", str(home))
     monkeypatch.delenv("INSTIL_DB_URL", raising=False)
+    # Tests never reach a model hub; the few that test the online path set their own loopback endpoint.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     return home
 
 

@@ -17,7 +17,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from instil import __version__
 from instil.errors import InstilError
 
 app = typer.Typer(
@@ -172,7 +171,7 @@ def _print_findings(report, limit: int) -> None:
         colour = "red" if f.severity == "error" else "yellow"
         where = f.file if f.line is None else f"{f.file}:{f.line}"
         field = f" {escape(f.field)}:" if f.field else ""
-        console.print(f"{escape(where)}:{field} [{colour}]{f.severity}[/]: {escape(f.message)} [dim]\[{f.code}][/]")
+        console.print(rf"{escape(where)}:{field} [{colour}]{f.severity}[/]: {escape(f.message)} [dim]\[{f.code}][/]")
     hidden = report.n_errors + report.n_warnings - min(limit, len(report.findings))
     if hidden > 0:
         console.print(f"[dim]... and {hidden} more (use --json, or read the rejects file)[/]")

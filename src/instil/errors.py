@@ -7,6 +7,8 @@
     │   └── HoldoutLeakError       a training set contains examples of the frozen holdout
     ├── StoreError                 the store (database or blob files) cannot be opened or is inconsistent
     │   └── NotFoundError          a named dataset, version, run or model does not exist
+    ├── ModelError                 a base model cannot be found, resolved or loaded
+    │   └── ChatTemplateError      a chat template is missing, or cannot render an example faithfully
     └── DependencyError            an optional dependency is missing; the message says what to install
 
 Every message says what is wrong, where (file, line, field) and what to do next.
@@ -18,10 +20,12 @@ from dataclasses import dataclass
 
 __all__ = [
     "DataError",
+    "ChatTemplateError",
     "DataFormatError",
     "DependencyError",
     "HoldoutLeakError",
     "InstilError",
+    "ModelError",
     "NotFoundError",
     "Problem",
     "SpecError",
@@ -99,6 +103,14 @@ class StoreError(InstilError):
 
 class NotFoundError(StoreError):
     """A named dataset, version, run or model does not exist in the store."""
+
+
+class ModelError(InstilError):
+    """A base model cannot be found, resolved or loaded."""
+
+
+class ChatTemplateError(ModelError):
+    """A chat template cannot render an example faithfully: it is missing, raises, or drops or rewrites a message."""
 
 
 class DependencyError(InstilError):

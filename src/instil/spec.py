@@ -15,7 +15,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from instil.errors import InstilError, Problem, SpecError
 
@@ -681,9 +690,9 @@ def _clean_loc(loc: tuple) -> list:
     # pydantic inserts the discriminator value into the path of a tagged union member (graders.2.regex.pattern).
     out: list = []
     for i, part in enumerate(loc):
-        if isinstance(part, str) and part in _GRADER_TAGS and i > 0 and isinstance(loc[i - 1], int):
-            if len(out) >= 2 and out[-2] == "graders":
-                continue
+        tagged = isinstance(part, str) and part in _GRADER_TAGS and i > 0 and isinstance(loc[i - 1], int)
+        if tagged and len(out) >= 2 and out[-2] == "graders":
+            continue
         out.append(_ALIASES.get(part, part) if isinstance(part, str) else part)
     return out
 

@@ -1,8 +1,9 @@
-"""Training: chat rendering through the model's real chat template, and loss masks.
+"""Training: base models (hub id, local folder, or the `tiny` preset), chat rendering through the model's real
+chat template, and loss masks.
 
-from instil.train import ChatRenderer, tokenize_example
-renderer = ChatRenderer(tokenizer)
-tokenize_example(renderer, example).labels
+    from instil.train import ChatRenderer, load_model, load_tokenizer, tokenize_example
+    renderer = ChatRenderer(load_tokenizer("path/to/model"))
+    tokenize_example(renderer, example).labels
 """
 
 from __future__ import annotations
@@ -22,17 +23,32 @@ from instil.train.masking import (
     tokenize_example,
     trained_segments,
 )
+from instil.train.models import (
+    ModelInfo,
+    load_model,
+    load_tokenizer,
+    model_info,
+    resolve_base,
+)
+from instil.train.tiny import TINY_NOTICE, build_tiny
 
 __all__ = [
     "BUILTIN_TEMPLATES",
     "CHATML_TEMPLATE",
     "IGNORE_INDEX",
+    "TINY_NOTICE",
     "ChatRenderer",
     "ChatTemplateError",
+    "ModelInfo",
     "Rendering",
     "TokenizedExample",
     "TurnSpan",
+    "build_tiny",
+    "load_model",
+    "load_tokenizer",
     "mask_preview",
+    "model_info",
+    "resolve_base",
     "tokenize_example",
     "trained_segments",
 ]

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from instil.data.records import Example, Message
-from instil.errors import InstilError
+from instil.errors import ChatTemplateError
 
 __all__ = [
     "BUILTIN_TEMPLATES",
@@ -40,10 +40,6 @@ __all__ = [
     "Rendering",
     "TurnSpan",
 ]
-
-
-class ChatTemplateError(InstilError):
-    """A chat template cannot render an example faithfully: it is missing, raises, or drops or rewrites a message."""
 
 
 CHATML_TEMPLATE = (
