@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -49,3 +50,84 @@ def test_console_script_runs_and_usage_errors_exit_2(tmp_path: Path):
     assert done.returncode == 0 and "transformers" in done.stdout
     done = subprocess.run([str(exe), "spec", "check", "--nope"], capture_output=True, text=True, check=False)
     assert done.returncode == 2
+
+
+def _triage(tmp_path: Path, monkeypatch) -> Path:
+    from instil.examples import copy_example
+
+    spec = copy_example("triage", tmp_path / "job")
+    monkeypatch.chdir(spec.parent)
+    return spec
+
+
+def test_validate_reports_file_line_field_and_writes_rejects(tmp_path: Path, capsys):
+    good = '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}'
+    bad = '{"messages": [{"role": "user", "content": "hi"}, {"role": "bot", "content": "yo"}]}'
+    data = tmp_path / "train.jsonl"
+    data.write_text(good + "\n" + bad + "\n{oops\n")
+    assert main(["data", "validate", str(data)]) == 1
+    out = capsys.readouterr().out
+    assert f"{data}:2: messages[1].role:" in out and "unrecognized_role" in out
+    assert f"{data}:3:" in out and "invalid_json" in out
+    rejects = tmp_path / "train.rejects.jsonl"
+    rows = [json.loads(x) for x in rejects.read_text().split("\n") if x]
+    assert [r["line"] for r in rows] == [2, 3]
+    assert rows[0]["raw"] == bad
+    assert main(["data", "validate", str(data), "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["n_valid"] == 1 and report["n_rejected"] == 2
+    data.write_text(good + "\n")
+    assert main(["data", "validate", str(data)]) == 0
+
+
+def test_data_commands_on_the_example_job(tmp_path: Path, monkeypatch, capsys):
+    _triage(tmp_path, monkeypatch)
+    assert main(["data", "validate"]) == 0  # the spec's sources, checked against its contract
+    capsys.readouterr()
+    assert main(["data", "curate", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["kept"] < report["total"] and report["contradiction_groups"]
+    assert main(["data", "split"]) == 0
+    out = capsys.readouterr().out
+    assert "frozen now" in out
+    assert main(["data", "split"]) == 0
+    assert "kept (frozen)" in capsys.readouterr().out
+    assert main(["datasets"]) == 0
+    assert "holdout@1" in capsys.readouterr().out
+    assert main(["data", "stats", "--dataset", "holdout", "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["n_examples"] == 120 and set(stats["labels"]) == {
+        "billing", "technical", "account", "shipping", "refund", "other"}
+
+
+def test_curate_choose_overrides_the_rule(tmp_path: Path, monkeypatch, capsys):
+    _triage(tmp_path, monkeypatch)
+    assert main(["data", "curate", "--contradictions", "report", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    group = report["contradiction_groups"][0]
+    keep = group["keys"][-1]
+    assert main(["data", "curate", "--contradictions", "drop", "--choose", f"{group['id']}={keep}", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["resolved"][group["id"]] == [keep]
+    assert main(["data", "curate", "--choose", "nonsense"]) == 2
+
+
+def test_quickstart_runs_the_data_stages(tmp_path: Path, monkeypatch, capsys, instil_home: Path):
+    monkeypatch.chdir(tmp_path)
+    assert main(["quickstart", "qs"]) == 0
+    out = capsys.readouterr().out
+    for stage in ("validate", "curate", "split"):
+        assert f"✓ {stage}" in out
+    assert (tmp_path / "qs" / "instil.yaml").exists()
+    assert (instil_home / "instil.db").exists()  # $INSTIL_HOME wins over the job's .instil
+    # A second run reuses the job and its frozen holdout.
+    assert main(["quickstart", "qs"]) == 0
+    assert "kept frozen" in capsys.readouterr().out
+
+
+def test_run_names_the_stage_that_failed(tmp_path: Path, monkeypatch, capsys):
+    spec = _triage(tmp_path, monkeypatch)
+    (spec.parent / "data" / "golden.jsonl").write_text('{"messages": [{"role": "user"}]}\n')
+    assert main(["run", str(spec)]) == 1
+    err = capsys.readouterr().err
+    assert "stage validate" in err and "golden.jsonl" in err

@@ -62,6 +62,55 @@ def version() -> None:
     console.print(table)
 
 
+@app.command("run")
+def run_cmd(spec: SpecArg = Path("instil.yaml")) -> None:
+    """Run the loop's stages in order on a job (today: validate, curate, split)."""
+    from instil.loop import run
+
+    _run_loop(lambda on_stage: run(spec, on_stage=on_stage))
+
+
+@app.command()
+def quickstart(
+    dest: Annotated[Path, typer.Argument(help="Where to copy the example job (reused if it is there).")] = Path("quickstart"),
+) -> None:
+    """Copy the shipped support-ticket triage job into DEST and run the loop on it."""
+    from instil.loop import quickstart as run_quickstart
+
+    console.print(f"[bold]instil quickstart[/]: the support-ticket triage example, in [bold]{dest}/[/]")
+    result = _run_loop(lambda on_stage: run_quickstart(dest, on_stage=on_stage))
+    split = result.stage("split").detail
+    from instil.data.stats import compute_stats
+    from instil.data.tokens import TokenCounter
+
+    with _open_store(result.spec) as store:
+        stats = compute_stats(store.iter_examples(split.train.sha256), counter=TokenCounter.from_spec(result.spec),
+                              labels=result.spec.output.labels, label_field=result.spec.output.label_field,
+                              epochs=result.spec.training.epochs or 3)
+    _print_stats(stats)
+    console.print(
+        "\n[bold]Next[/]: training (SFT with LoRA/full/QLoRA), side-by-side evaluation and the promotion gate land in "
+        "the next releases; the frozen holdout and the versioned train set above are what they will use.\n"
+        f"Try: [bold]cd {dest} && instil datasets[/], [bold]instil data stats --dataset holdout[/]."
+    )
+
+
+def _run_loop(call):
+    import time
+
+    started = time.perf_counter()
+    with console.status("running the loop...") as status:
+
+        def on_stage(stage) -> None:
+            console.print(f"[green]✓[/] [bold]{stage.name:<9}[/] {stage.summary} [dim]({stage.seconds:.1f}s)[/]",
+                          soft_wrap=True)
+            status.update("next stage...")
+
+        result = call(on_stage)
+    console.print(f"[dim]loop finished in {time.perf_counter() - started:.1f}s; store: {result.home}[/]")
+    return result
+
+
 # ---- spec -----------------------------------------------------------------------------------------------------------
 @spec_app.command("check")
 def spec_check(spec: SpecArg = Path("instil.yaml")) -> None:
@@ -171,7 +220,7 @@ def _print_findings(report, limit: int) -> None:
         colour = "red" if f.severity == "error" else "yellow"
         where = f.file if f.line is None else f"{f.file}:{f.line}"
         field = f" {escape(f.field)}:" if f.field else ""
-        console.print(rf"{escape(where)}:{field} [{colour}]{f.severity}[/]: {escape(f.message)} [dim]\[{f.code}][/]")
+        console.print(rf"{escape(where)}:{field} [{colour}]{f.severity}[/]: {escape(f.message)} [dim]\[{f.code}][/]", soft_wrap=True)
     hidden = report.n_errors + report.n_warnings - min(limit, len(report.findings))
     if hidden > 0:
         console.print(f"[dim]... and {hidden} more (use --json, or read the rejects file)[/]")
@@ -186,7 +235,7 @@ def _print_findings(report, limit: int) -> None:
         f"{report.n_errors} errors, {report.n_warnings} warnings: {verdict}"
     )
     if report.rejects_path and report.n_rejected:
-        console.print(f"rejected lines (with reasons) written to [bold]{report.rejects_path}[/]")
+        console.print(f"rejected lines (with reasons) written to [bold]{report.rejects_path}[/]", soft_wrap=True)
 
 
 @data_app.command("stats")
@@ -264,6 +313,139 @@ def data_convert(
 
     n = write_examples(read_examples(source, format=from_format), dest, format=to_format)
     console.print(f"wrote {n} examples to [bold]{dest}[/] ({to_format})")
+
+
+@data_app.command("curate")
+def data_curate(
+    spec: SpecArg = Path("instil.yaml"),
+    contradictions: Annotated[str, typer.Option(help="How contradictions are resolved: report (keep all), drop, majority, first, last.")] = "majority",
+    choose: Annotated[list[str] | None, typer.Option(help="GROUP=KEY: keep this example of a contradiction group (repeatable; overrides the rule).")] = None,
+    drop_near: Annotated[bool, typer.Option("--drop-near", help="Drop near-duplicates too (the first of each group is kept).")] = False,
+    redact: Annotated[bool, typer.Option("--redact", help="Redact PII and secrets in the kept examples.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON.")] = False,
+    limit: Annotated[int, typer.Option(help="Groups shown per kind.")] = 10,
+) -> None:
+    """Find exact and near duplicates, contradictions and PII; record the raw and curated dataset versions."""
+    from instil.data.stages import curate_job
+
+    choices = {}
+    for item in choose or []:
+        group, sep, key = item.partition("=")
+        if not sep or not group or not key:
+            raise typer.BadParameter(f"{item!r}: write GROUP=KEY", param_hint="--choose")
+        choices[group] = key
+    job = _load(spec)
+    with _open_store(job) as store:
+        out = curate_job(job, store, contradictions=contradictions, choices=choices, drop_near_duplicates=drop_near,
+                         redact_pii=redact)
+    report = out.report
+    if as_json:
+        console.print_json(json.dumps({"raw": out.raw.sha256, "curated": out.curated.sha256, **report.to_dict()}))
+        return
+    _print_groups("exact duplicates (first kept)", report.exact_groups, limit)
+    _print_groups("near duplicates (kept)" if not drop_near else "near duplicates (first kept)", report.near_groups, limit)
+    _print_groups(f"contradictions (rule: {report.contradiction_rule})", report.contradiction_groups, limit,
+                  resolved=report.resolved)
+    if report.pii:
+        table = Table("example", "field", "kind", "match", title=f"PII and secrets ({len(report.pii)})",
+                      title_justify="left")
+        for f in report.pii[:limit]:
+            table.add_row(_short_source(f.source) if f.source else f.example_key, f.field, f.kind, f.preview)
+        console.print(table)
+        if not redact:
+            err.print("[yellow]note:[/] PII was found and kept; pass --redact to mask it in the curated data")
+    dropped = ", ".join(f"{n} {why}" for why, n in report.dropped.items()) or "none"
+    console.print(f"{report.total} examples read, [bold]{report.kept}[/] kept (dropped: {dropped})")
+    console.print(f"recorded [bold]{out.raw.ref}[/] {out.raw.short_hash} -> [bold]{out.curated.ref}[/] "
+                  f"{out.curated.short_hash}" + (f"; pool [bold]{out.pool.ref}[/]" if out.pool else ""))
+    if report.contradiction_groups and report.contradiction_rule == "report":
+        err.print("[yellow]note:[/] contradictions were kept; choose with --choose GROUP=KEY or a rule")
+
+
+def _short_source(source: str | None) -> str:
+    """``file:line`` relative to the cwd when the file is under it."""
+    if not source:
+        return "?"
+    path, _, line = source.rpartition(":")
+    try:
+        path = str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        pass
+    return f"{path}:{line}"
+
+
+def _print_groups(title: str, groups, limit: int, resolved: dict | None = None) -> None:
+    if not groups:
+        console.print(f"{title}: none")
+        return
+    table = Table("group", "examples", "kept" if resolved is not None else "where", title=f"{title}: {len(groups)}",
+                  title_justify="left")
+    for g in groups[:limit]:
+        members = ", ".join(g.keys[:4]) + (f" (+{len(g.keys) - 4})" if len(g.keys) > 4 else "")
+        if resolved is not None:
+            table.add_row(g.id, members, ", ".join(resolved.get(g.id, [])) or "[red]none[/]")
+        else:
+            table.add_row(g.id, members, ", ".join(_short_source(s) for s in g.sources[:2]))
+    console.print(table)
+    if len(groups) > limit:
+        console.print(f"[dim]... and {len(groups) - limit} more (--json for all)[/]")
+
+
+@data_app.command("split")
+def data_split(
+    spec: SpecArg = Path("instil.yaml"),
+    refreeze: Annotated[bool, typer.Option("--refreeze", help="Make a new holdout (old evaluations become incomparable).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Split the curated data into train and a frozen holdout (or keep the frozen one), with a leakage audit."""
+    from instil.data.stages import split_job
+
+    job = _load(spec)
+    with _open_store(job) as store:
+        out = split_job(job, store, refreeze=refreeze)
+    leaks = out.audit.pairs if out.audit is not None else []
+    if as_json:
+        console.print_json(json.dumps({
+            "train": {"ref": out.train.ref, "sha256": out.train.sha256, "n": out.train.n_examples},
+            "holdout": {"ref": out.holdout.ref, "sha256": out.holdout.sha256, "n": out.holdout.n_examples},
+            "reused_holdout": out.reused_holdout,
+            "left_out": [m.__dict__ for m in out.left_out],
+            "leaks": [m.__dict__ for m in leaks],
+        }))
+        return
+    how = "kept (frozen)" if out.reused_holdout else "frozen now"
+    console.print(f"train   [bold]{out.train.ref}[/] {out.train.short_hash}: {out.train.n_examples} examples")
+    console.print(f"holdout [bold]{out.holdout.ref}[/] {out.holdout.short_hash}: {out.holdout.n_examples} examples, {how}")
+    for m in out.left_out[:20]:
+        err.print(f"[yellow]left out of train[/] (matches the holdout): {m.format()}", soft_wrap=True)
+    if out.audit is not None:
+        console.print("leakage audit: " + ("[green]clean[/]" if out.audit.clean else f"[red]{len(leaks)} pair(s)[/]"))
+        for m in leaks[:20]:
+            err.print(f"[red]leak:[/] {m.format()}")
+
+
+@app.command()
+def datasets(
+    spec: SpecArg = Path("instil.yaml"),
+    name: Annotated[str | None, typer.Option(help="Show every version of one dataset, with its lineage.")] = None,
+) -> None:
+    """List the job's dataset versions with their hashes and parents."""
+    job = _load(spec)
+    with _open_store(job) as store:
+        versions = store.list_versions(name) if name else [
+            v for v in store.list_datasets() if v.name.startswith(job.name + ":")
+        ]
+        by_id = {}
+        table = Table(title=f"{job.name} datasets in {store.home}", title_justify="left")
+        table.add_column("dataset", no_wrap=True)
+        for col in ("kind", "examples", "sha256", "parents", "frozen"):
+            table.add_column(col, no_wrap=True)
+        for v in versions:
+            parents = [by_id.get(p) or store.get_version(p) for p in v.parents]
+            by_id[v.id] = v
+            table.add_row(v.ref.removeprefix(job.name + ":"), v.kind, str(v.n_examples), v.short_hash[:8], ", ".join(p.ref.removeprefix(job.name + ":") for p in parents),
+                          "yes" if v.frozen else "")
+    console.print(table)
 
 
 # ---- entry point ------------------------------------------------------------------------------------------------------

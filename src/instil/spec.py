@@ -370,8 +370,9 @@ class SplitSpec(_Strict):
     group_by: str | None = None
     """A metadata key whose equal values must stay on one side (such as a customer id)."""
     near_duplicate_threshold: float = 0.8
-    """Estimated Jaccard similarity (word 3-grams) above which two examples count as near-duplicates: they stay on
-    one side of the split and are refused in training when one of them is in the holdout."""
+    """Estimated Jaccard similarity (character 5-grams of the normalised text) at or above which two examples count
+    as near-duplicates: they stay on one side of the split and are refused in training when one of them is in the
+    holdout."""
 
     @field_validator("holdout_fraction", "near_duplicate_threshold")
     @classmethod

@@ -1,0 +1,244 @@
+"""The data stages of the loop for one job: validate, curate, split. Each records what it writes in the store.
+
+    spec = instil.load_spec("instil.yaml")
+    with Store.open(home=home_dir(spec.root)) as store:
+        reports = validate_job(spec)
+        curated = curate_job(spec, store)
+        split = split_job(spec, store)
+        assert_no_holdout_leak(spec, store, training_examples)   # training calls this before it starts
+
+Dataset versions are named ``<job>:raw``, ``<job>:curated``, ``<job>:train``, ``<job>:holdout`` and ``<job>:pool``.
+The first split freezes the holdout: later splits keep it, put every new example on the train side, and leave out
+(and report) any new example that matches a holdout example exactly or nearly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from instil.data.curate import CurationReport, curate, fingerprint
+from instil.data.formats import read_examples
+from instil.data.records import Example
+from instil.data.split import HoldoutIndex, LeakageAudit, LeakMatch, split_examples
+from instil.data.tokens import TokenCounter
+from instil.data.validate import ValidationReport, validate_file
+from instil.errors import DataError, HoldoutLeakError, NotFoundError
+from instil.spec import DataSource, JobSpec
+from instil.store import DatasetVersion, Store
+
+__all__ = [
+    "CurateOutcome",
+    "SourceReport",
+    "SplitOutcome",
+    "assert_no_holdout_leak",
+    "curate_job",
+    "dataset_name",
+    "frozen_holdout",
+    "read_sources",
+    "split_job",
+    "validate_job",
+]
+
+CONTRADICTION_RULES = ("report", "drop", "majority", "first", "last")
+
+
+def dataset_name(spec: JobSpec, kind: str) -> str:
+    """The store name of one of a job's datasets (``raw``, ``curated``, ``train``, ``holdout``, ``pool``)."""
+    return f"{spec.name}:{kind}"
+
+
+@dataclass
+class SourceReport:
+    """The validation report of one data source."""
+
+    source: DataSource
+    path: Path
+    report: ValidationReport
+
+
+def validate_job(
+    spec: JobSpec, *, rejects_dir: Path | None = None, counter: TokenCounter | None = None
+) -> list[SourceReport]:
+    """Validate every data source of the job against the spec (output contract, model context)."""
+    counter = counter or TokenCounter.from_spec(spec)
+    out = []
+    for src in spec.data:
+        path = _existing(spec, src)
+        rejects = (rejects_dir / f"{path.stem}.rejects.jsonl") if rejects_dir is not None else None
+        report = validate_file(
+            path, format=src.format, spec=spec, counter=counter, max_tokens=spec.model.max_length,
+            rejects_path=rejects, columns=src.columns,
+        )  # fmt: skip
+        out.append(SourceReport(src, path, report))
+    return out
+
+
+def read_sources(spec: JobSpec, roles: tuple[str, ...] = ("train",)) -> Iterator[Example]:
+    """Stream the examples of the job's sources with the given roles, each tagged with its source's tags."""
+    for src in spec.data:
+        if src.role in roles:
+            yield from read_examples(_existing(spec, src), format=src.format, columns=src.columns, tags=src.tags)
+
+
+def _existing(spec: JobSpec, src: DataSource) -> Path:
+    path = spec.resolve(src.path)
+    if not path.exists():
+        where = f"{spec.file}: " if spec.file else ""
+        raise DataError(f"{where}data source {src.path!r} not found (looked at {path})")
+    return path
+
+
+# ---- curate -----------------------------------------------------------------------------------------------------
+@dataclass
+class CurateOutcome:
+    """What :func:`curate_job` recorded."""
+
+    raw: DatasetVersion
+    """Every training-role example as read."""
+    curated: DatasetVersion
+    """What is left after duplicates and contradictions are resolved (the parent of the split)."""
+    report: CurationReport
+    pool: DatasetVersion | None = None
+    """The job's traffic pool, recorded as is, when it has one."""
+
+
+def curate_job(
+    spec: JobSpec,
+    store: Store,
+    *,
+    contradictions: str = "majority",
+    choices: dict[str, str] | None = None,
+    drop_near_duplicates: bool = False,
+    redact_pii: bool = False,
+) -> CurateOutcome:
+    """Read the training sources, find duplicates, contradictions and PII, and record raw and curated versions."""
+    if contradictions not in CONTRADICTION_RULES:
+        raise DataError(f"unknown contradiction rule {contradictions!r}; use one of {', '.join(CONTRADICTION_RULES)}")
+    raw = store.put_dataset(dataset_name(spec, "raw"), read_sources(spec, ("train",)), kind="raw")
+    result = curate(
+        read_sources(spec, ("train",)),  # read again rather than from the blob, so findings name file:line
+        near_threshold=spec.split.near_duplicate_threshold,
+        contradictions=contradictions,
+        choices=choices,
+        drop_near=drop_near_duplicates,
+        redact_pii=redact_pii,
+    )
+    curated = store.put_dataset(
+        dataset_name(spec, "curated"), result.examples, kind="curated", parents=[raw],
+        meta={"kept": result.report.kept, "dropped": result.report.dropped, "rule": contradictions,
+              "redacted": redact_pii},
+    )  # fmt: skip
+    pool = None
+    if any(s.role == "pool" for s in spec.data):
+        pool = store.put_dataset(dataset_name(spec, "pool"), read_sources(spec, ("pool",)), kind="pool")
+    return CurateOutcome(raw=raw, curated=curated, report=result.report, pool=pool)
+
+
+# ---- split --------------------------------------------------------------------------------------------------------
+@dataclass
+class SplitOutcome:
+    """What :func:`split_job` recorded."""
+
+    train: DatasetVersion
+    holdout: DatasetVersion
+    audit: LeakageAudit | None
+    """The leakage audit of a fresh split (None when an existing frozen holdout was kept)."""
+    index: HoldoutIndex
+    reused_holdout: bool
+    """True when the job's frozen holdout was kept as it was."""
+    left_out: list[LeakMatch] = field(default_factory=list)
+    """New examples left out of train because they match the frozen holdout."""
+
+
+def frozen_holdout(spec: JobSpec, store: Store) -> DatasetVersion | None:
+    """The job's frozen holdout, or None before the first split."""
+    try:
+        version = store.get_dataset(dataset_name(spec, "holdout"))
+    except NotFoundError:
+        return None
+    return version if version.frozen else None
+
+
+def holdout_index(spec: JobSpec, store: Store, holdout: DatasetVersion) -> HoldoutIndex:
+    """The recorded fingerprints of a frozen holdout (rebuilt from its examples if the file went missing)."""
+    path = _index_path(store, holdout)
+    if path.exists():
+        index = HoldoutIndex.load(path)
+        if index.content_hash != holdout.sha256:
+            raise DataError(f"{path}: holdout index does not match holdout {holdout.sha256[:12]}; delete it to rebuild")
+        return index
+    index = _build_index(holdout, store.iter_examples(holdout.sha256), spec.split.near_duplicate_threshold)
+    index.save(path)
+    return index
+
+
+def _build_index(holdout: DatasetVersion, examples, threshold: float) -> HoldoutIndex:
+    fp = fingerprint(examples)
+    return HoldoutIndex.build(holdout.sha256, fp, np.arange(len(fp)), threshold)
+
+
+def _index_path(store: Store, holdout: DatasetVersion) -> Path:
+    return Path(store.home) / "holdouts" / holdout.sha256
+
+
+def split_job(spec: JobSpec, store: Store, *, refreeze: bool = False) -> SplitOutcome:
+    """Split the latest curated version into train and a frozen holdout, or keep the frozen holdout if there is one.
+
+    With a ``holdout``-role source the holdout is that source, as given. ``refreeze`` makes a new holdout from the
+    current data: evaluations on the old holdout are then no longer comparable with new ones.
+    """
+    curated = store.get_dataset(dataset_name(spec, "curated"))
+    examples = list(store.iter_examples(curated.sha256))
+    labels, label_field = spec.output.labels, spec.output.label_field
+    existing = None if refreeze else frozen_holdout(spec, store)
+    given = [s for s in spec.data if s.role == "holdout"]
+
+    if existing is None and not given:
+        result = split_examples(examples, spec.split, label_field=label_field, labels=labels)
+        holdout = store.put_dataset(
+            dataset_name(spec, "holdout"), result.holdout, kind="holdout", parents=[curated], frozen=True,
+            meta={"seed": spec.split.seed, "fraction": spec.split.holdout_fraction},
+        )  # fmt: skip
+        result.index.save(_index_path(store, holdout))
+        train = store.put_dataset(dataset_name(spec, "train"), result.train, kind="train", parents=[curated])
+        return SplitOutcome(train, holdout, result.audit, result.index, reused_holdout=False)
+
+    if existing is None:  # the holdout comes from its own source(s): frozen as given
+        existing = store.put_dataset(
+            dataset_name(spec, "holdout"), read_sources(spec, ("holdout",)), kind="holdout", frozen=True
+        )
+        index = _build_index(existing, store.iter_examples(existing.sha256), spec.split.near_duplicate_threshold)
+        index.save(_index_path(store, existing))
+        reused = False
+    else:
+        index = holdout_index(spec, store, existing)
+        reused = True
+    matches = index.check(examples)
+    leaking = {m.example_key for m in matches}
+    train_examples = [e for e in examples if e.key() not in leaking]
+    train = store.put_dataset(
+        dataset_name(spec, "train"), train_examples, kind="train", parents=[curated, existing],
+        meta={"left_out_for_holdout": sorted(leaking)},
+    )  # fmt: skip
+    return SplitOutcome(train, existing, None, index, reused_holdout=reused, left_out=matches)
+
+
+def assert_no_holdout_leak(spec: JobSpec, store: Store, examples: list[Example]) -> None:
+    """Refuse training data that holds examples of the job's frozen holdout (exact or near-duplicates).
+
+    Raises :class:`HoldoutLeakError` with the ids of every match. Training calls this before it starts.
+    """
+    holdout = frozen_holdout(spec, store)
+    if holdout is None:
+        return
+    matches = holdout_index(spec, store, holdout).check(examples)
+    if matches:
+        shown = ", ".join(f"{m.example_key} ~ holdout {m.holdout_key} ({m.kind})" for m in matches[:20])
+        more = f" and {len(matches) - 20} more" if len(matches) > 20 else ""
+        raise HoldoutLeakError(
+            f"{len(matches)} training example(s) match the frozen holdout of '{spec.name}': {shown}{more}", matches
+        )
