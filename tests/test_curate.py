@@ -195,3 +195,15 @@ def test_planted_defects_are_found_on_a_small_benchmark(tmp_path):
     for kind, planted, found, correct, hits in bench.score(report, family, kinds, pii):
         assert correct / found >= 0.99, kind
         assert hits / planted >= (0.99 if kind in bench.EXACT_KINDS else 0.95), kind
+
+
+def test_exact_copies_vote_in_the_majority_rule():
+    # Two identical copies say billing, one says account: billing wins 2-1 (after dedup it would be a 1-1 tie).
+    data = [ex(Q, "billing", "a"), ex(Q, "billing", "a2"), ex(Q, "account", "b"), ex(Q2, "shipping", "x")]
+    result = curate(data, contradictions="majority")
+    assert [e.id for e in result.examples] == ["a", "x"]
+    assert result.report.dropped == {"exact": 1, "contradiction": 1}
+    assert [e.id for e in curate(data, contradictions="last").examples] == ["b", "x"]
+    # Choosing a2, which was dropped as an exact copy of a: a stands for it.
+    gid = result.report.contradiction_groups[0].id
+    assert [e.id for e in curate(data, contradictions="drop", choices={gid: "a2"}).examples] == ["a", "x"]

@@ -412,7 +412,9 @@ def plan(
     for g in exact:
         keep[g.rows[1:]] = False
         dropped["exact"] += len(g.rows) - 1
-    contra = find_contradictions(fp, near_threshold=near_threshold, rows=np.flatnonzero(keep))
+    # Contradictions are found over every row, exact copies included: each copy is a vote for its answer, so
+    # "majority" means the answer most copies give (the example job's documented rule).
+    contra = find_contradictions(fp, near_threshold=near_threshold)
     choices = dict(choices or {})
     unknown = sorted(set(choices) - {g.id for g in contra})
     if unknown:
@@ -423,11 +425,19 @@ def plan(
     resolved: dict[str, list[str]] = {}
     for g in contra:
         winners = _resolve(g, contradictions, choices.get(g.id))
+        survivors: set[int] = set()
+        for r in winners:
+            # A winner dropped as an exact copy is represented by its first copy, which was kept.
+            twin = r if keep[r] else next(
+                (k for k in g.rows if keep[k] and fp.example_hash[k] == fp.example_hash[r]), None
+            )
+            if twin is not None:
+                survivors.add(twin)
         for r in g.rows:
-            if r not in winners:
+            if keep[r] and r not in survivors:
                 keep[r] = False
                 dropped["contradiction"] += 1
-        resolved[g.id] = [fp.keys[r] for r in g.rows if r in winners]
+        resolved[g.id] = [fp.keys[r] for r in g.rows if r in survivors]
     if drop_near:
         for g in near:
             for r in g.rows[1:]:
