@@ -10,6 +10,16 @@ The Python API is the product; the `instil` command wraps it.
 
 from __future__ import annotations
 
+from instil.data import (
+    Example,
+    Message,
+    compute_stats,
+    curate,
+    read_examples,
+    split_examples,
+    validate_file,
+    write_examples,
+)
 from instil.errors import (
     ChatTemplateError,
     DataError,
@@ -21,16 +31,6 @@ from instil.errors import (
     NotFoundError,
     SpecError,
     StoreError,
-)
-from instil.data import (
-    Example,
-    Message,
-    compute_stats,
-    curate,
-    read_examples,
-    split_examples,
-    validate_file,
-    write_examples,
 )
 from instil.loop import quickstart, run
 from instil.spec import JobSpec, load_spec, parse_spec, write_starter_spec

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -367,10 +368,8 @@ def _short_source(source: str | None) -> str:
     if not source:
         return "?"
     path, _, line = source.rpartition(":")
-    try:
+    with contextlib.suppress(ValueError):
         path = str(Path(path).resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        pass
     return f"{path}:{line}"
 
 
