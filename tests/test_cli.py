@@ -131,3 +131,20 @@ def test_run_names_the_stage_that_failed(tmp_path: Path, monkeypatch, capsys):
     assert main(["run", str(spec)]) == 1
     err = capsys.readouterr().err
     assert "stage validate" in err and "golden.jsonl" in err
+
+
+def test_curate_a_plain_file(tmp_path: Path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # sources are shown relative to the cwd
+    rows = [
+        {"messages": [{"role": "user", "content": "Where is my parcel?"}, {"role": "assistant", "content": "shipping"}]},
+        {"messages": [{"role": "user", "content": "Where is my parcel?"}, {"role": "assistant", "content": "shipping"}]},
+        {"messages": [{"role": "user", "content": "Mail jane.doe@example.org"}, {"role": "assistant", "content": "other"}]},
+    ]
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out.jsonl"
+    assert main(["data", "curate", str(src), "--out", str(out), "--redact"]) == 0
+    text = capsys.readouterr().out
+    assert "in.jsonl:1" in text and "in.jsonl:2" in text  # the duplicate pair, by file:line
+    kept = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(kept) == 2 and "[EMAIL]" in kept[1]["messages"][0]["content"]

@@ -318,7 +318,8 @@ def data_convert(
 
 @data_app.command("curate")
 def data_curate(
-    spec: SpecArg = Path("instil.yaml"),
+    spec: Annotated[Path, typer.Argument(help="A job spec (its training sources), or a data file.")] = Path("instil.yaml"),
+    out: Annotated[Path | None, typer.Option(help="With a data file: where to write the kept examples (chat JSONL).")] = None,
     contradictions: Annotated[str, typer.Option(help="How contradictions are resolved: report (keep all), drop, majority, first, last.")] = "majority",
     choose: Annotated[list[str] | None, typer.Option(help="GROUP=KEY: keep this example of a contradiction group (repeatable; overrides the rule).")] = None,
     drop_near: Annotated[bool, typer.Option("--drop-near", help="Drop near-duplicates too (the first of each group is kept).")] = False,
@@ -326,7 +327,7 @@ def data_curate(
     as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON.")] = False,
     limit: Annotated[int, typer.Option(help="Groups shown per kind.")] = 10,
 ) -> None:
-    """Find exact and near duplicates, contradictions and PII; record the raw and curated dataset versions."""
+    """Find exact and near duplicates, contradictions and PII; with a spec, record the raw and curated versions."""
     from instil.data.stages import curate_job
 
     choices = {}
@@ -335,13 +336,22 @@ def data_curate(
         if not sep or not group or not key:
             raise typer.BadParameter(f"{item!r}: write GROUP=KEY", param_hint="--choose")
         choices[group] = key
-    job = _load(spec)
-    with _open_store(job) as store:
-        out = curate_job(job, store, contradictions=contradictions, choices=choices, drop_near_duplicates=drop_near,
-                         redact_pii=redact)
-    report = out.report
+    recorded = None
+    if _is_spec(spec):
+        job = _load(spec)
+        with _open_store(job) as store:
+            recorded = curate_job(job, store, contradictions=contradictions, choices=choices,
+                                  drop_near_duplicates=drop_near, redact_pii=redact)
+        report = recorded.report
+    else:
+        from instil.data.curate import curate_file
+        from instil.data.formats import read_examples
+
+        report = curate_file(spec, out, contradictions=contradictions, choices=choices, drop_near=drop_near,
+                             redact_pii=redact, reader=read_examples)
     if as_json:
-        console.print_json(json.dumps({"raw": out.raw.sha256, "curated": out.curated.sha256, **report.to_dict()}))
+        hashes = {"raw": recorded.raw.sha256, "curated": recorded.curated.sha256} if recorded else {}
+        console.print_json(json.dumps({**hashes, **report.to_dict()}))
         return
     _print_groups("exact duplicates (first kept)", report.exact_groups, limit)
     _print_groups("near duplicates (kept)" if not drop_near else "near duplicates (first kept)", report.near_groups, limit)
@@ -357,8 +367,11 @@ def data_curate(
             err.print("[yellow]note:[/] PII was found and kept; pass --redact to mask it in the curated data")
     dropped = ", ".join(f"{n} {why}" for why, n in report.dropped.items()) or "none"
     console.print(f"{report.total} examples read, [bold]{report.kept}[/] kept (dropped: {dropped})")
-    console.print(f"recorded [bold]{out.raw.ref}[/] {out.raw.short_hash} -> [bold]{out.curated.ref}[/] "
-                  f"{out.curated.short_hash}" + (f"; pool [bold]{out.pool.ref}[/]" if out.pool else ""))
+    if recorded is not None:
+        console.print(f"recorded [bold]{recorded.raw.ref}[/] {recorded.raw.short_hash} -> [bold]{recorded.curated.ref}[/] "
+                      f"{recorded.curated.short_hash}" + (f"; pool [bold]{recorded.pool.ref}[/]" if recorded.pool else ""))
+    elif out is not None:
+        console.print(f"kept examples written to [bold]{out}[/]", soft_wrap=True)
     if report.contradiction_groups and report.contradiction_rule == "report":
         err.print("[yellow]note:[/] contradictions were kept; choose with --choose GROUP=KEY or a rule")
 
