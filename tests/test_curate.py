@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from instil.data import minhash
-from instil.data.curate import curate, curate_file, redact, redact_text, scan_pii
+from instil.data.curate import curate, curate_file
+from instil.data.pii import redact, redact_text, scan_pii
 from instil.data.records import Example, Message
 from instil.errors import DataError
 

@@ -5,8 +5,9 @@
 
 from __future__ import annotations
 
-from instil.data.curate import CurationReport, CurationResult, curate, curate_file, redact, scan_pii
+from instil.data.curate import CurationReport, CurationResult, curate, curate_file
 from instil.data.formats import FORMATS, detect_format, read_examples, write_examples
+from instil.data.pii import redact, scan_pii
 from instil.data.records import Example, Message
 from instil.data.split import HoldoutIndex, LeakMatch, SplitResult, split_examples, split_file
 from instil.data.stats import DatasetStats, compute_stats
