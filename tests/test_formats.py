@@ -13,9 +13,9 @@ from instil.data.formats import (
     iter_records,
     read_examples,
     to_example,
-    write_examples,
 )
 from instil.data.records import Example, Message
+from instil.data.writers import write_examples
 from instil.errors import DataFormatError
 
 

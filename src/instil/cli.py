@@ -310,7 +310,8 @@ def data_convert(
     to_format: Annotated[str, typer.Option("--to", help="chat, preference, prompt_completion, alpaca, sharegpt, csv, hf_disk.")] = "chat",
 ) -> None:
     """Convert a data file between formats (through instil's one record type)."""
-    from instil.data.formats import read_examples, write_examples
+    from instil.data.formats import read_examples
+    from instil.data.writers import write_examples
 
     n = write_examples(read_examples(source, format=from_format), dest, format=to_format)
     console.print(f"wrote {n} examples to [bold]{dest}[/] ({to_format})")

@@ -6,13 +6,14 @@
 from __future__ import annotations
 
 from instil.data.curate import CurationReport, CurationResult, curate, curate_file
-from instil.data.formats import FORMATS, detect_format, read_examples, write_examples
+from instil.data.formats import FORMATS, detect_format, read_examples
 from instil.data.pii import redact, scan_pii
 from instil.data.records import Example, Message
 from instil.data.split import HoldoutIndex, LeakMatch, SplitResult, split_examples, split_file
 from instil.data.stats import DatasetStats, compute_stats
 from instil.data.tokens import TokenCounter
 from instil.data.validate import Finding, ValidationReport, validate_file, validate_files
+from instil.data.writers import write_examples
 
 __all__ = [
     "FORMATS",
