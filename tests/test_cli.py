@@ -148,3 +148,16 @@ def test_curate_a_plain_file(tmp_path: Path, capsys, monkeypatch):
     assert "in.jsonl:1" in text and "in.jsonl:2" in text  # the duplicate pair, by file:line
     kept = [json.loads(x) for x in out.read_text().splitlines()]
     assert len(kept) == 2 and "[EMAIL]" in kept[1]["messages"][0]["content"]
+
+
+def test_train_smoke_run_and_mask_preview(tmp_path: Path, monkeypatch, capsys):
+    _triage(tmp_path, monkeypatch)
+    assert main(["run"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--show-mask"]) == 0
+    out = capsys.readouterr().out
+    assert '{"category":' in out and "<|im_end|>" in out
+    assert main(["train", "--max-steps", "2", "--no-progress"]) == 0
+    out, err = capsys.readouterr()
+    assert "train loss" in out and "model written to" in out
+    assert "random" in err  # the tiny preset says plainly that it starts knowing nothing

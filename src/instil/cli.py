@@ -112,6 +112,48 @@ def _run_loop(call):
     return result
 
 
+@app.command()
+def train(
+    spec: SpecArg = Path("instil.yaml"),
+    max_steps: Annotated[int | None, typer.Option(help="Stop after this many optimizer steps (a smoke run).")] = None,
+    output_dir: Annotated[Path | None, typer.Option(help="Where the model goes (default: the store's models/ folder).")] = None,
+    show_mask: Annotated[bool, typer.Option("--show-mask", help="Print what the loss is taken on for one example, then stop.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Fine-tune the job's base model on its training split (SFT; LoRA, QLoRA, full or prompt tuning)."""
+    from transformers.utils import logging as hf_logging
+
+    from instil.train.sft import prepare_sft, train_sft
+
+    hf_logging.disable_progress_bar()  # our own bar shows training; loading bars are noise here
+
+    job = _load(spec)
+    with _open_store(job) as store:
+        if show_mask:
+            from instil.train.masking import mask_preview
+            from instil.train.sft import with_short_prompt
+
+            plan = prepare_sft(job, store, max_steps=1)
+            example = with_short_prompt(next(iter(store.iter_examples(plan.dataset))), job.short_prompt)
+            console.print(f"[bold]{plan.dataset.ref}[/], first example; [green]green[/] is trained, [dim]dim[/] is not:")
+            console.print(mask_preview(plan.renderer, example))
+            return
+        result = train_sft(job, store, output_dir=output_dir, max_steps=max_steps, progress=progress)
+    if result.notice:
+        err.print(f"[yellow]note:[/] {result.notice}", soft_wrap=True)
+    table = Table("setting", "value", "from", title=f"run {result.run_id}: {result.model.ref}", title_justify="left")
+    for name, value, source in result.rows():
+        table.add_row(name, str(value), source)
+    m = result.metrics
+    for name, value in (("train loss", f"{m.train_loss:.4f}"),
+                        ("eval loss", "-" if m.eval_loss is None else f"{m.eval_loss:.4f}"),
+                        ("steps", str(m.steps)), ("trained tokens", f"{m.trained_tokens:,}"),
+                        ("tokens/s", f"{m.tokens_per_second:,.0f}"), ("time", f"{m.seconds:.1f}s")):
+        table.add_row(f"[bold]{name}[/]", value, "result")
+    console.print(table)
+    console.print(f"model written to [bold]{result.output_dir}[/]", soft_wrap=True)
+
+
 # ---- spec -----------------------------------------------------------------------------------------------------------
 @spec_app.command("check")
 def spec_check(spec: SpecArg = Path("instil.yaml")) -> None:

@@ -30,6 +30,7 @@ from instil.train.models import (
     model_info,
     resolve_base,
 )
+from instil.train.sft import Setting, TrainMetrics, TrainResult, train_sft
 from instil.train.tiny import TINY_NOTICE, build_tiny
 
 __all__ = [
@@ -41,7 +42,10 @@ __all__ = [
     "ChatTemplateError",
     "ModelInfo",
     "Rendering",
+    "Setting",
     "TokenizedExample",
+    "TrainMetrics",
+    "TrainResult",
     "TurnSpan",
     "build_tiny",
     "load_model",
@@ -50,5 +54,6 @@ __all__ = [
     "model_info",
     "resolve_base",
     "tokenize_example",
+    "train_sft",
     "trained_segments",
 ]

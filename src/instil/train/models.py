@@ -396,22 +396,21 @@ def _quantization_config(quantization: str) -> Any:
     if importlib.util.find_spec("bitsandbytes") is None:
         raise DependencyError(
             f"{quantization} loading needs bitsandbytes, which is not installed",
-            hint="pip install bitsandbytes (needs an NVIDIA GPU), or train with adapter: lora",
-        )
-    if not torch.cuda.is_available():
-        raise ModelError(
-            f"{quantization} loading needs a CUDA GPU and none is visible",
-            hint="train with adapter: lora (or full) on this machine",
+            hint="pip install 'instil[qlora]' (bitsandbytes), or train with adapter: lora",
         )
     from transformers import BitsAndBytesConfig
 
+    cuda = torch.cuda.is_available()
     if quantization == "8bit":
+        if not cuda:  # bitsandbytes' int8 matmul has no CPU path
+            raise ModelError("8bit loading needs a CUDA GPU and none is visible", hint="use 4bit (QLoRA) or lora")
         return BitsAndBytesConfig(load_in_8bit=True)
+    # bitsandbytes >= 0.45 has CPU kernels for nf4; compute in float32 there (bf16 matmuls are slow on most CPUs).
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.bfloat16,
+        bnb_4bit_compute_dtype=torch.bfloat16 if cuda else torch.float32,
     )
 
 

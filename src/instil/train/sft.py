@@ -1,0 +1,587 @@
+"""Supervised fine-tuning (``instil train`` with ``training.method: sft``) on TRL's ``SFTTrainer`` and PEFT.
+
+    spec = instil.load_spec("instil.yaml")
+    with Store.open(home=home_dir(spec.root)) as store:
+        result = train_sft(spec, store)                  # trains on the latest <job>:train, records run + model
+        result.metrics.eval_loss, result.output_dir      # the adapter (or model) with its tokenizer beside it
+        for name, value, source in result.rows(): ...    # every resolved setting and where it came from
+
+It reads top to bottom:
+
+1. **Data.** The latest ``<job>:train`` version; every example is checked against the frozen holdout first and the
+   run is refused on a match (:class:`HoldoutLeakError`), before anything is recorded. The system prompt is swapped
+   for ``spec.short_prompt`` (the tuned model runs with it); with no short prompt the system message is dropped,
+   because the tuned model then runs with none, and it must be trained the way it runs.
+2. **Model.** The base model and tokenizer (``tiny`` is built from these examples), rendered through the chat template
+   (:class:`ChatRenderer`); each example tokenized with loss only on the assistant turns (:func:`tokenize_example`).
+3. **Settings.** Defaults from the data, every one overridable and shown with its source (:class:`Setting`):
+   ``max_length`` = the longest example, capped at the model's context; ``epochs`` = about 3,000 examples seen
+   (between 1 and 10 passes); learning rate by adapter (LoRA/QLoRA 2e-4, full 2e-5, or 1e-3 for a random ``tiny``
+   model, prompt tuning 3e-2); a validation slice of the *training* split (10%, at least 1, at most 200; only with 10
+   or more examples) with early stopping on its loss (patience 3 evaluations, about 10 evaluations a run); batches
+   grouped by length on CPU, where padding costs the most. ``training.trl`` is passed through to ``SFTConfig`` last.
+4. **Train.** TRL's ``SFTTrainer`` with pre-tokenized rows carrying our own ``labels`` (TRL uses a ``labels`` column as
+   is), and a PEFT config for ``lora``, ``qlora`` (4-bit NF4 base) or ``prompt_tuning``; none for ``full``.
+5. **Save.** The adapter (or whole model) in safetensors, the tokenizer with the chat template, ``loss_history.json``
+   and ``instil_train.json`` (settings and metrics), written to a temp folder then renamed into place. Checkpoints
+   only ever hold safetensors weights and are deleted after; no pickle (``training_args.bin``) is ever loaded.
+6. **Record.** A ``train`` run (the resolved settings as its config, linked to the dataset version), the model
+   version (model info, library versions, seed, dataset hash, loss history) and the output folder as an artifact.
+   A run that fails after it started is finished as ``failed`` with the error, which is then re-raised.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from instil.data.records import Example, Message
+from instil.data.stages import assert_no_holdout_leak, dataset_name
+from instil.env import library_versions
+from instil.errors import DataError, InstilError, ModelError
+from instil.spec import JobSpec
+from instil.store import DatasetVersion, ModelVersion, Store
+from instil.train.chat import ChatRenderer
+from instil.train.masking import IGNORE_INDEX, tokenize_example
+from instil.train.models import (
+    ModelInfo,
+    is_tiny_base,
+    load_model,
+    load_tokenizer,
+    model_info,
+    resolve_base,
+    weights_sha256,
+)
+
+__all__ = [
+    "Setting",
+    "SftPlan",
+    "TrainMetrics",
+    "TrainResult",
+    "build_trainer",
+    "prepare_sft",
+    "train_sft",
+    "with_short_prompt",
+]
+
+LEARNING_RATES = {"lora": 2e-4, "qlora": 2e-4, "full": 2e-5, "prompt_tuning": 3e-2}
+"""Default peak learning rate by adapter, for a pretrained base."""
+TINY_LEARNING_RATE = 1e-3
+"""Default for full fine-tuning of the random ``tiny`` model, which learns from scratch."""
+EXAMPLES_SEEN = 3000
+"""The default number of epochs aims at about this many examples seen..."""
+MAX_EPOCHS = 10
+"""...in at most this many passes (small data), and at least one."""
+VALIDATION_FRACTION, MIN_FOR_VALIDATION, MAX_VALIDATION = 0.1, 10, 200
+"""The validation slice: 10% of the training examples, only with 10 or more of them, at most 200."""
+EARLY_STOPPING_PATIENCE = 3
+"""Stop after this many evaluations without a better validation loss."""
+EVALUATIONS_PER_RUN = 10
+"""How many times the validation loss is measured over a run (when nothing sets ``eval_steps``)."""
+LOG_POINTS = 200
+"""About how many training-loss points the loss history keeps."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One resolved training setting and where its value came from."""
+
+    value: Any
+    """The value used."""
+    source: str
+    """``spec`` (the job spec's own field), ``trl`` (``training.trl``), ``argument`` (passed to the API), ``data``
+    (derived from the examples or the model) or ``default`` (instil's default)."""
+    why: str = ""
+    """For a derived value, how it was derived."""
+
+
+@dataclass
+class TrainMetrics:
+    """What a training run measured."""
+
+    train_loss: float | None
+    """The last logged training loss."""
+    eval_loss: float | None
+    """The best validation loss (of the saved model); None without a validation slice."""
+    steps: int
+    """Optimizer steps taken."""
+    epochs: float
+    """Passes over the training rows taken."""
+    tokens_seen: int
+    """Non-padding tokens in the training batches."""
+    trained_tokens: int
+    """Tokens that carried loss (assistant turns and their end-of-turn markers)."""
+    seconds: float
+    """Wall time of the training loop."""
+    tokens_per_second: float
+    """``tokens_seen / seconds``."""
+    stopped_early: bool
+    """True when early stopping ended the run before its planned steps."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train_sft` produced and recorded."""
+
+    run_id: int
+    """The ``train`` run in the store."""
+    model: ModelVersion
+    """The registered model version."""
+    output_dir: Path
+    """The folder holding the adapter (or model), the tokenizer, ``loss_history.json`` and ``instil_train.json``."""
+    metrics: TrainMetrics
+    resolved: dict[str, Setting]
+    """Every setting the run used and where it came from."""
+    history: list[dict[str, Any]] = field(default_factory=list)
+    """The logged losses: ``{"step", "epoch", "loss"}`` and ``{"step", "epoch", "eval_loss"}`` entries."""
+    notice: str | None = None
+    """A line to show the user (for the ``tiny`` model: that it started knowing nothing)."""
+
+    def rows(self) -> list[tuple[str, Any, str]]:
+        """(setting, value, source) for the run summary table."""
+        return [(name, s.value, s.source) for name, s in self.resolved.items()]
+
+
+@dataclass
+class SftPlan:
+    """Everything prepared before training: data, model, tokenized rows and resolved settings."""
+
+    spec: JobSpec
+    dataset: DatasetVersion
+    """The ``<job>:train`` version trained on."""
+    model: Any
+    """The loaded base model (not yet wrapped by PEFT)."""
+    tokenizer: Any
+    renderer: ChatRenderer
+    info: ModelInfo
+    train_rows: list[dict[str, list[int]]]
+    """Pre-tokenized training rows: ``input_ids`` and ``labels`` (-100 outside the trained turns)."""
+    eval_rows: list[dict[str, list[int]]]
+    """The validation slice, taken from the training split (never the holdout)."""
+    settings: dict[str, Setting]
+    dropped: list[str] = field(default_factory=list)
+    """Keys of examples left out because nothing trainable was left after truncation."""
+
+    def config(self) -> dict[str, Any]:
+        """The resolved settings as JSON, recorded as the run's config."""
+        return {
+            "settings": {
+                k: {"value": s.value, "source": s.source, "why": s.why} for k, s in self.settings.items()
+            },
+            "dataset": {"ref": self.dataset.ref, "sha256": self.dataset.sha256},
+            "base_model": self.info.to_dict(),
+        }
+
+
+# ---- 1. data ---------------------------------------------------------------------------------------------------------
+def with_short_prompt(example: Example, short_prompt: str | None) -> Example:
+    """The example as the tuned model sees it: its system messages replaced by ``short_prompt`` (dropped when None)."""
+    rest = [m for m in example.messages if m.role != "system"]
+    messages = ([Message("system", short_prompt)] if short_prompt is not None else []) + rest
+    return Example(
+        messages=messages, tools=example.tools, rejected=example.rejected, id=example.key(), tags=list(example.tags),
+        group=example.group, meta=dict(example.meta), source=example.source,
+    )  # fmt: skip
+
+
+def _validation_split(n: int, seed: int) -> tuple[list[int], list[int]]:
+    """Indexes of (train, validation) rows: a seeded random slice of the training split."""
+    import numpy as np
+
+    if n < MIN_FOR_VALIDATION:
+        return list(range(n)), []
+    k = min(MAX_VALIDATION, max(1, round(n * VALIDATION_FRACTION)))
+    order = np.random.default_rng(seed).permutation(n)
+    val = sorted(int(i) for i in order[:k])
+    taken = set(val)
+    return [i for i in range(n) if i not in taken], val
+
+
+# ---- 2 and 3. model, tokens, settings ----------------------------------------------------------------------------------
+def prepare_sft(spec: JobSpec, store: Store, *, max_steps: int | None = None) -> SftPlan:
+    """Load the data and model, tokenize with our masks and resolve every setting; records nothing.
+
+    Raises :class:`HoldoutLeakError` when a training example matches the frozen holdout.
+    """
+    import torch
+
+    dataset = store.get_dataset(dataset_name(spec, "train"))
+    stored = list(store.iter_examples(dataset))
+    if not stored:
+        raise DataError(
+            f"dataset {dataset.ref} is empty: nothing to train on", hint="add examples, then re-split"
+        )
+    assert_no_holdout_leak(spec, store, stored)
+    examples = [with_short_prompt(e, spec.short_prompt) for e in stored]
+
+    t = spec.training
+    cuda = torch.cuda.is_available()
+    source = resolve_base(spec.model, root=spec.root, examples=examples)
+    # The resolved folder (or hub id) with the spec's revision, trust setting and chat template.
+    local_spec = spec.model.model_copy(update={"base": str(source)})
+    tokenizer = load_tokenizer(local_spec, root=spec.root)
+    dtype = "auto" if cuda else "float32"  # half precision on CPU is slow or unsupported for many kernels
+    model = load_model(
+        local_spec, root=spec.root, dtype=dtype, quantization="4bit" if t.adapter == "qlora" else None
+    )
+    info = model_info(model, base=spec.model.base, revision=spec.model.revision)
+    if is_tiny_base(spec.model.base):
+        info = ModelInfo(**{**info.to_dict(), "is_tiny": True})
+    renderer = ChatRenderer(tokenizer, allow_dropped_messages=spec.model.allow_dropped_messages)
+
+    full = [tokenize_example(renderer, e) for e in examples]
+    longest = max(len(x.input_ids) for x in full)
+    context = getattr(model.config, "max_position_embeddings", None)
+    s: dict[str, Setting] = {}
+    if spec.model.max_length is not None:
+        s["max_length"] = Setting(spec.model.max_length, "spec")
+    elif context is not None and longest > context:
+        s["max_length"] = Setting(
+            context, "data", f"longest example has {longest} tokens: capped at the context"
+        )
+    else:
+        s["max_length"] = Setting(longest, "data", "the longest example")
+    max_length = s["max_length"].value
+
+    rows, dropped, truncated = [], [], 0
+    for e, x in zip(examples, full, strict=True):
+        ids, labels = x.input_ids[:max_length], x.labels[:max_length]
+        truncated += len(x.input_ids) > max_length
+        if all(label == IGNORE_INDEX for label in labels):
+            dropped.append(e.key())
+            continue
+        rows.append({"input_ids": ids, "labels": labels})
+    if not rows:
+        raise DataError(
+            f"no example of {dataset.ref} keeps a trained token within max_length={max_length}",
+            hint="raise model.max_length, or shorten the prompts before the assistant turns",
+        )
+    train_idx, val_idx = _validation_split(len(rows), t.seed)
+    train_rows, eval_rows = [rows[i] for i in train_idx], [rows[i] for i in val_idx]
+
+    s.update(_resolve(spec, n_train=len(train_rows), n_val=len(eval_rows), tiny=info.is_tiny, cuda=cuda,
+                      max_steps=max_steps, dtype=dtype))  # fmt: skip
+    s["examples"] = Setting(len(stored), "data", f"{dataset.ref} ({dataset.short_hash})")
+    s["truncated_examples"] = Setting(truncated, "data", f"longer than max_length={max_length}")
+    s["dropped_examples"] = Setting(len(dropped), "data", "no trained token left after truncation")
+    return SftPlan(spec, dataset, model, tokenizer, renderer, info, train_rows, eval_rows, s, dropped)
+
+
+def _resolve(
+    spec: JobSpec, *, n_train: int, n_val: int, tiny: bool, cuda: bool, max_steps: int | None, dtype: str
+) -> dict[str, Setting]:
+    """Every setting besides max_length: the spec's value when given, else a default from the data."""
+    t, trl = spec.training, spec.training.trl
+    s: dict[str, Setting] = {"adapter": Setting(t.adapter, "spec")}
+    if t.epochs is not None:
+        s["epochs"] = Setting(t.epochs, "spec")
+    else:
+        epochs = min(MAX_EPOCHS, max(1, math.ceil(EXAMPLES_SEEN / n_train)))
+        s["epochs"] = Setting(epochs, "data", f"about {EXAMPLES_SEEN} examples seen, {n_train} training rows")
+    if t.learning_rate is not None:
+        s["learning_rate"] = Setting(t.learning_rate, "spec")
+    elif tiny and t.adapter == "full":
+        s["learning_rate"] = Setting(
+            TINY_LEARNING_RATE, "default", "the random tiny model learns from scratch"
+        )
+    else:
+        s["learning_rate"] = Setting(LEARNING_RATES[t.adapter], "default", f"for adapter {t.adapter}")
+    s["batch_size"] = Setting(t.batch_size, "spec")
+    s["seed"] = Setting(t.seed, "spec")
+    if t.adapter in ("lora", "qlora"):
+        for name in ("r", "alpha", "dropout", "target_modules"):
+            s[f"lora_{name}"] = Setting(getattr(t.lora, name), "spec")
+    if t.adapter == "prompt_tuning":
+        s["num_virtual_tokens"] = Setting(t.num_virtual_tokens, "spec")
+    s["system_prompt"] = Setting(
+        "short_prompt" if spec.short_prompt is not None else "none", "spec",
+        "the tuned model runs with the spec's short_prompt" if spec.short_prompt is not None
+        else "no short_prompt: system messages are dropped",
+    )  # fmt: skip
+    s["train_rows"] = Setting(n_train, "data")
+    s["validation_rows"] = Setting(
+        n_val, "default", f"{VALIDATION_FRACTION:.0%} of the training split, at most {MAX_VALIDATION}"
+        if n_val else f"fewer than {MIN_FOR_VALIDATION} examples: no validation, no early stopping",
+    )  # fmt: skip
+    s["dtype"] = Setting(dtype, "default", "the checkpoint's own dtype on GPU, float32 on CPU")
+
+    def pick(name: str, value: Any, why: str) -> None:
+        s[name] = Setting(trl[name], "trl") if name in trl else Setting(value, "default", why)
+
+    if max_steps is not None:
+        s["max_steps"] = Setting(max_steps, "argument")
+    else:
+        pick("max_steps", -1, "-1: run the epochs")
+    accumulation = trl.get("gradient_accumulation_steps", 1)
+    per_epoch = math.ceil(n_train / (t.batch_size * accumulation))
+    planned = s["max_steps"].value if s["max_steps"].value > 0 else math.ceil(per_epoch * s["epochs"].value)
+    pick("gradient_accumulation_steps", 1, "")
+    pick(
+        "logging_steps", max(1, planned // LOG_POINTS), f"about {LOG_POINTS} loss points over {planned} steps"
+    )
+    if n_val:
+        pick(
+            "eval_steps",
+            max(1, math.ceil(planned / EVALUATIONS_PER_RUN)),
+            f"{EVALUATIONS_PER_RUN} evaluations a run",
+        )
+        s["early_stopping_patience"] = Setting(
+            EARLY_STOPPING_PATIENCE, "default", "evaluations without improvement"
+        )
+    pick("train_sampling_strategy", "random" if cuda else "group_by_length",
+         "length grouping cuts padding on CPU" if not cuda else "random order on GPU")  # fmt: skip
+    pick("bf16", cuda and _bf16_ok(), "bf16 mixed precision where the GPU supports it")
+    pick("gradient_checkpointing", cuda, "saves GPU memory; off on CPU, where it only costs time")
+    return s
+
+
+def _cuda() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def _bf16_ok() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+
+def _peft_config(spec: JobSpec) -> Any:
+    t = spec.training
+    if t.adapter == "full":
+        return None
+    if t.adapter in ("lora", "qlora"):
+        from peft import LoraConfig
+
+        return LoraConfig(
+            r=t.lora.r, lora_alpha=t.lora.alpha, lora_dropout=t.lora.dropout, target_modules=t.lora.target_modules,
+            task_type="CAUSAL_LM",
+        )  # fmt: skip
+    from peft import PromptTuningConfig
+
+    return PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=t.num_virtual_tokens)
+
+
+# ---- 4. train ----------------------------------------------------------------------------------------------------------
+def build_trainer(plan: SftPlan, checkpoint_dir: Path, *, callbacks: list[Any] = ()) -> Any:
+    """TRL's ``SFTTrainer`` for the plan: our rows and labels as they are, the PEFT config, early stopping."""
+    from datasets import Dataset
+    from transformers import EarlyStoppingCallback, PrinterCallback
+    from trl import SFTConfig, SFTTrainer
+
+    s, has_eval = plan.settings, bool(plan.eval_rows)
+    managed = {"output_dir", "num_train_epochs", "learning_rate", "per_device_train_batch_size", "seed"}
+    derived = {k: v.value for k, v in s.items() if v.source != "trl" and k in _CONFIG_FIELDS}
+    kwargs: dict[str, Any] = {
+        **derived,
+        "output_dir": str(checkpoint_dir),
+        "num_train_epochs": s["epochs"].value,
+        "learning_rate": s["learning_rate"].value,
+        "per_device_train_batch_size": s["batch_size"].value,
+        "per_device_eval_batch_size": s["batch_size"].value,
+        "seed": s["seed"].value,
+        "data_seed": s["seed"].value,
+        "report_to": "none",
+        "disable_tqdm": True,  # our own progress bar, or none
+        "logging_first_step": True,
+        "save_only_model": True,  # checkpoints hold weights only: no optimizer or RNG pickles to write or load
+        "save_total_limit": 1,
+        "dataloader_pin_memory": _cuda(),
+        "eval_strategy": "steps" if has_eval else "no",
+        "save_strategy": "steps" if has_eval else "no",
+        "load_best_model_at_end": has_eval,  # reads the best checkpoint's safetensors, never training_args.bin
+        "metric_for_best_model": "eval_loss" if has_eval else None,
+        "greater_is_better": False if has_eval else None,
+    }
+    kwargs.update({k: v for k, v in plan.spec.training.trl.items() if k not in managed})
+    if has_eval and "save_steps" not in plan.spec.training.trl:
+        kwargs["save_steps"] = kwargs["eval_steps"]  # the best model can only be loaded from a saved step
+    try:
+        config = SFTConfig(**kwargs)
+    except (ValueError, TypeError) as e:
+        given = ", ".join(sorted(plan.spec.training.trl)) or "none"
+        raise InstilError(
+            f"{plan.spec.file or 'the spec'}: SFTConfig refused the resolved settings (training.trl fields: {given}): {e}",
+            hint="fix or remove the training.trl field it names (see TRL's SFTConfig for the allowed values)",
+        ) from None
+    trainer = SFTTrainer(
+        model=plan.model,
+        args=config,
+        train_dataset=Dataset.from_list(plan.train_rows),
+        eval_dataset=Dataset.from_list(plan.eval_rows) if has_eval else None,
+        processing_class=plan.tokenizer,
+        peft_config=_peft_config(plan.spec),
+        callbacks=[
+            *([EarlyStoppingCallback(s["early_stopping_patience"].value)] if has_eval else []),
+            *callbacks,
+        ],
+    )
+    trainer.remove_callback(PrinterCallback)  # the API prints nothing; the CLI renders the summary
+    return trainer
+
+
+_CONFIG_FIELDS = {
+    "max_length", "max_steps", "gradient_accumulation_steps", "logging_steps", "eval_steps", "train_sampling_strategy",
+    "bf16", "gradient_checkpointing",
+}  # fmt: skip
+"""Resolved settings that are ``SFTConfig`` fields of the same name."""
+
+
+# ---- 5 and 6. save and record --------------------------------------------------------------------------------------------
+def train_sft(
+    spec: JobSpec,
+    store: Store,
+    *,
+    output_dir: Path | None = None,
+    max_steps: int | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Fine-tune the job's base model on its training split with SFT and record the run and the model.
+
+    ``output_dir`` defaults to ``<home>/models/<job>/run-<run id>`` and must not exist yet. ``max_steps`` caps the
+    optimizer steps (overrides the epochs). ``progress`` shows a progress bar on stderr.
+    """
+    if spec.training.method != "sft":
+        raise InstilError(
+            f"training.method is {spec.training.method!r}, but train_sft runs supervised fine-tuning",
+            hint="set training.method: sft (dpo and grpo are not available yet)",
+        )
+    if output_dir is not None and Path(output_dir).exists():
+        raise InstilError(f"output folder {output_dir} exists already", hint="pick a new folder or remove it")
+    plan = prepare_sft(spec, store, max_steps=max_steps)
+    run_id = store.start_run(spec.name, "train", config=plan.config())
+    try:
+        store.link_run_dataset(run_id, plan.dataset, "train")
+        target = (
+            Path(output_dir)
+            if output_dir is not None
+            else Path(store.home) / "models" / spec.name / f"run-{run_id}"
+        )
+        if target.exists():
+            raise InstilError(
+                f"output folder {target} exists already", hint="remove it, or pass another output_dir"
+            )
+        metrics, history = _train_and_save(plan, target, progress=progress)
+        meta = {
+            "model_info": plan.info.to_dict(), "library_versions": library_versions(), "seed": spec.training.seed,
+            "dataset": {"ref": plan.dataset.ref, "sha256": plan.dataset.sha256}, "adapter": spec.training.adapter,
+            "method": "sft", "loss_history": history,
+        }  # fmt: skip
+        model = store.register_model(
+            spec.name,
+            base_model=spec.model.base,
+            path=target,
+            run_id=run_id,
+            revision=plan.info.revision,
+            meta=meta,
+        )
+        store.add_artifact(run_id, "model", target, sha256=weights_sha256(target))
+        store.add_artifact(run_id, "history", target / "loss_history.json")
+        store.finish_run(run_id, "succeeded", metrics=metrics.to_dict())
+    except BaseException as e:
+        status = "cancelled" if isinstance(e, KeyboardInterrupt) else "failed"
+        store.finish_run(run_id, status, error=f"{type(e).__name__}: {e}")
+        raise
+    return TrainResult(run_id, model, target, metrics, plan.settings, history, plan.info.notice)
+
+
+def _train_and_save(
+    plan: SftPlan, target: Path, *, progress: bool
+) -> tuple[TrainMetrics, list[dict[str, Any]]]:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".{target.name}.partial-{os.getpid()}"
+    checkpoints = target.parent / f".{target.name}.checkpoints-{os.getpid()}"
+    from instil.train.callbacks import RichProgress, TokenTally  # imports transformers: only when training
+
+    tally = TokenTally()
+    try:
+        with _quiet():
+            trainer = build_trainer(plan, checkpoints, callbacks=[RichProgress(tally)] if progress else [])
+            handle = tally.attach(trainer.model)
+            start = time.perf_counter()
+            try:
+                trainer.train()
+            finally:
+                handle.remove()
+            seconds = time.perf_counter() - start
+            history = _history(trainer.state.log_history)
+            state = trainer.state
+            train_losses = [h["loss"] for h in history if "loss" in h]
+            metrics = TrainMetrics(
+                train_loss=train_losses[-1] if train_losses else None,
+                eval_loss=float(state.best_metric) if state.best_metric is not None else None,
+                steps=int(state.global_step),
+                epochs=float(state.epoch or 0.0),
+                tokens_seen=tally.seen,
+                trained_tokens=tally.trained,
+                seconds=round(seconds, 3),
+                tokens_per_second=round(tally.seen / seconds, 1) if seconds > 0 else 0.0,
+                stopped_early=bool(state.global_step < state.max_steps),
+            )
+            _save(plan, trainer.model, staging, metrics, history)
+            os.replace(staging, target)
+    finally:
+        for scratch in (staging, checkpoints):
+            if scratch.exists():
+                shutil.rmtree(scratch)
+    return metrics, history
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence the progress bars datasets and transformers print on their own: the API prints nothing itself."""
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    was_datasets, was_hf = datasets.is_progress_bar_enabled(), hf_logging.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_datasets:
+            datasets.enable_progress_bars()
+        if was_hf:
+            hf_logging.enable_progress_bar()
+
+
+def _history(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for entry in log_history:
+        for key in ("loss", "eval_loss"):
+            if key in entry:
+                out.append({"step": entry.get("step"), "epoch": entry.get("epoch"), key: float(entry[key])})
+    return out
+
+
+def _save(
+    plan: SftPlan, model: Any, folder: Path, metrics: TrainMetrics, history: list[dict[str, Any]]
+) -> None:
+    """The model (or adapter) in safetensors, the tokenizer with its chat template, the history and the settings."""
+    from peft import PeftModel
+
+    folder.mkdir(parents=True)
+    if isinstance(model, PeftModel):
+        model.save_pretrained(folder, safe_serialization=True)
+    else:
+        model.save_pretrained(folder)  # transformers 5 writes safetensors only
+    plan.tokenizer.chat_template = plan.renderer.template  # serving renders exactly what training rendered
+    plan.tokenizer.save_pretrained(folder)
+    (folder / "loss_history.json").write_text(json.dumps(history, indent=1), encoding="utf-8")
+    summary = {**plan.config(), "metrics": metrics.to_dict(), "end_of_turn": plan.renderer.end_of_turn}
+    (folder / "instil_train.json").write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl"))
+    if pickles:
+        raise ModelError(f"saving wrote pickle files {pickles} to {folder}; instil ships safetensors only")
