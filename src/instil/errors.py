@@ -7,6 +7,7 @@
     │   └── HoldoutLeakError       a training set contains examples of the frozen holdout
     ├── StoreError                 the store (database or blob files) cannot be opened or is inconsistent
     │   └── NotFoundError          a named dataset, version, run or model does not exist
+    ├── GraderError                a grader is broken (a judge endpoint down, a user function raising)
     ├── ModelError                 a base model cannot be found, resolved or loaded
     │   └── ChatTemplateError      a chat template is missing, or cannot render an example faithfully
     └── DependencyError            an optional dependency is missing; the message says what to install
@@ -23,6 +24,7 @@ __all__ = [
     "ChatTemplateError",
     "DataFormatError",
     "DependencyError",
+    "GraderError",
     "HoldoutLeakError",
     "InstilError",
     "ModelError",
@@ -103,6 +105,24 @@ class StoreError(InstilError):
 
 class NotFoundError(StoreError):
     """A named dataset, version, run or model does not exist in the store."""
+
+
+class GraderError(InstilError):
+    """A grader is broken (not the output it grades): a judge endpoint is down, a user function raises.
+
+    Evaluation stops on it rather than record a failing score that would blame the model.
+    """
+
+    def __init__(self, message: str, *, grader: str | None = None, example_id: str | None = None,
+                 hint: str | None = None) -> None:  # fmt: skip
+        self.grader = grader
+        self.example_id = example_id
+        where = []
+        if grader is not None:
+            where.append(f"grader '{grader}'")
+        if example_id is not None:
+            where.append(f"example {example_id}")
+        super().__init__(f"{', '.join(where)}: {message}" if where else message, hint=hint)
 
 
 class ModelError(InstilError):

@@ -1,0 +1,190 @@
+"""The LLM and pairwise judges against a real OpenAI-compatible server on loopback (FastAPI + uvicorn).
+
+The fake judge answers deterministically from the request: the rubric judge gives the top score when the candidate
+contains the reference, else 1; the pairwise judge prefers the answer that says "correct". Magic candidates make it
+misbehave: GARBLE (a verdict that is not JSON), ERROR500 (HTTP 500), NOSCORE (JSON without a score).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+fastapi = pytest.importorskip("fastapi")
+uvicorn = pytest.importorskip("uvicorn")
+pytest.importorskip("openai")
+
+from instil.data.records import Example, Message  # noqa: E402
+from instil.eval import GraderError, LlmJudge, PairwiseJudge, build_graders  # noqa: E402
+from instil.spec import parse_spec  # noqa: E402
+
+
+def _between(tag: str, text: str) -> str | None:
+    m = re.search(rf"<{tag}>\n(.*?)\n</{tag}>", text, re.DOTALL)
+    return m.group(1) if m else None
+
+
+def make_app(log: list[dict]) -> object:
+    app = fastapi.FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def completions(request: fastapi.Request) -> object:
+        body = await request.json()
+        log.append({"body": body, "auth": request.headers.get("authorization")})
+        user = body["messages"][-1]["content"]
+        candidate = _between("candidate", user)
+        if candidate is not None:
+            if "ERROR500" in candidate:
+                return fastapi.responses.JSONResponse(
+                    {"error": {"message": "judge overloaded"}}, status_code=500
+                )
+            reference = _between("reference", user) or ""
+            top = int(re.search(r"integer from 1 to (\d+)", body["messages"][0]["content"]).group(1))
+            score = top if reference.casefold() in candidate.casefold() else 1
+            verdict = {
+                "score": score,
+                "reason": "contains the reference" if score == top else "misses the reference",
+            }
+            content = (
+                "I think it is fine."
+                if "GARBLE" in candidate
+                else "```json\n" + json.dumps(verdict) + "\n```"
+            )
+            if "NOSCORE" in candidate:
+                content = json.dumps({"reason": "no score here"})
+        else:
+            a, b = _between("answer_a", user) or "", _between("answer_b", user) or ""
+            winner = "tie" if ("correct" in a) == ("correct" in b) else ("A" if "correct" in a else "B")
+            content = json.dumps({"winner": winner, "reason": f"{winner} says correct"})
+        return {
+            "id": "chatcmpl-test", "object": "chat.completion", "created": int(time.time()), "model": body["model"],
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": content}}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        }  # fmt: skip
+
+    return app
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def judge_server() -> Iterator[tuple[str, list[dict]]]:
+    log: list[dict] = []
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(make_app(log), host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "the test judge server did not start"
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}/v1", log
+    server.should_exit = True
+    thread.join(timeout=5)
+
+
+def ex(answer: str = "Paris", id: str = "q1") -> Example:
+    return Example([Message("user", "Capital of France?"), Message("assistant", answer)], id=id)
+
+
+def judge(url: str, **kw: object) -> LlmJudge:
+    kw = {"max_retries": 0, "timeout": 5.0, **kw}
+    return LlmJudge("judge", rubric="Names the right city.", base_url=url, model="judge-model", **kw)
+
+
+def test_llm_judge_scores_and_maps_the_scale(judge_server: tuple[str, list[dict]]) -> None:
+    url, log = judge_server
+    good = judge(url, threshold=0.75).grade(ex(), "It is Paris.")
+    assert (good.value, good.passed, good.reason) == (1.0, True, None)
+    assert good.details == {"judge_score": 5, "judge_reason": "contains the reference"}
+    bad = judge(url, scale=3).grade(ex(), "Lyon")
+    assert (bad.value, bad.passed, bad.reason) == (0.0, False, "misses the reference")
+    request = log[-1]["body"]
+    assert request["model"] == "judge-model" and request["temperature"] == 0
+    assert "<rubric>\nNames the right city.\n</rubric>" in request["messages"][1]["content"]
+    assert "<input>\nuser: Capital of France?\n</input>" in request["messages"][1]["content"]
+
+
+def test_llm_judge_does_not_call_for_missing_output(judge_server: tuple[str, list[dict]]) -> None:
+    url, log = judge_server
+    before = len(log)
+    assert judge(url).grade(ex(), None).reason == "no output (the model returned None)"
+    assert judge(url).grade(ex(), "  ").reason == "the output is empty"
+    assert len(log) == before
+
+
+def test_a_broken_judge_stops_with_grader_error(judge_server: tuple[str, list[dict]]) -> None:
+    url, log = judge_server
+    with pytest.raises(
+        GraderError, match=r"grader 'judge', example q1: the judge .* did not answer a JSON verdict"
+    ):
+        judge(url).grade(ex(), "GARBLE")
+    with pytest.raises(GraderError, match="has no score from 1 to 5"):
+        judge(url).grade(ex(), "NOSCORE")
+    before = len(log)
+    with pytest.raises(GraderError, match="answered HTTP 500: judge overloaded"):
+        judge(url, max_retries=1).grade(ex(), "ERROR500")
+    assert len(log) - before == 2  # the client retried once before giving up
+
+
+def test_judge_down_fails_fast_with_grader_error() -> None:
+    url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    start = time.monotonic()
+    with pytest.raises(
+        GraderError, match=r"cannot reach the judge at .* after 1 retries: APIConnectionError"
+    ):
+        judge(url, max_retries=1).grade(ex(), "Paris")
+    assert time.monotonic() - start < 5
+
+
+def test_pairwise_judge_swaps_positions(judge_server: tuple[str, list[dict]]) -> None:
+    url, log = judge_server
+    pair = PairwiseJudge("pref", rubric="The correct answer wins.", base_url=url, model="m", max_retries=0)
+    e = ex("Paris")
+    win = pair.grade(e, "Paris, correct")
+    assert (win.value, win.passed, win.details["verdicts"]) == (1.0, True, ["A", "B"])
+    first, second = (entry["body"]["messages"][1]["content"] for entry in log[-2:])
+    assert (
+        _between("answer_a", first) == "Paris, correct" and _between("answer_b", second) == "Paris, correct"
+    )
+    assert "<reference>" not in first  # against the reference itself, the judge is not shown it twice
+    loss = pair.compare(e, "Lyon", "Paris, correct")
+    assert (
+        loss.value == 0.0 and "<reference>\nParis\n</reference>" in log[-1]["body"]["messages"][1]["content"]
+    )
+    tie = pair.grade(e, "Paris")
+    assert (tie.value, tie.passed) == (0.5, False)
+    assert pair.aggregate([win, loss, tie]) == {"n": 3, "win_rate": 0.5, "wins": 1, "ties": 1, "losses": 1}
+
+
+def test_judges_from_spec_read_the_key_from_the_environment(judge_server: tuple[str, list[dict]],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    url, log = judge_server
+    text = f"""
+name: t
+system_prompt: s
+data: [{{path: d.jsonl}}]
+graders:
+  - {{name: j, type: llm_judge, primary: true, rubric: r, scale: 4,
+      endpoint: {{base_url: "{url}", model: m, api_key_env: TEST_JUDGE_KEY}}}}
+  - {{name: p, type: pairwise_judge, rubric: r, endpoint: {{base_url: "{url}", model: m}}}}
+"""
+    monkeypatch.delenv("TEST_JUDGE_KEY", raising=False)
+    with pytest.raises(GraderError, match="TEST_JUDGE_KEY .* is not set"):
+        build_graders(parse_spec(text))
+    monkeypatch.setenv("TEST_JUDGE_KEY", "sk-test-123")
+    j, p = build_graders(parse_spec(text))
+    assert "sk-test-123" not in repr(j)
+    assert j.grade(ex(), "Paris").value == 1.0 and log[-1]["auth"] == "Bearer sk-test-123"
+    assert p.grade(ex(), "Paris, correct").value == 1.0
