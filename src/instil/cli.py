@@ -90,9 +90,9 @@ def quickstart(
                               epochs=result.spec.training.epochs or 3)
     _print_stats(stats)
     console.print(
-        "\n[bold]Next[/]: training (SFT with LoRA/full/QLoRA), side-by-side evaluation and the promotion gate land in "
-        "the next releases; the frozen holdout and the versioned train set above are what they will use.\n"
-        f"Try: [bold]cd {dest} && instil datasets[/], [bold]instil data stats --dataset holdout[/]."
+        "\n[bold]Next[/]: [bold]instil train[/] fine-tunes on the train set above (the holdout never enters it); "
+        "side-by-side evaluation and the promotion gate land in the next releases.\n"
+        f"Try: [bold]cd {dest} && instil datasets[/], [bold]instil train --show-mask[/], [bold]instil train[/]."
     )
 
 
