@@ -1,0 +1,289 @@
+"""Batched local generation for evaluation: a candidate's answers to a list of examples, with per-request figures.
+
+    from instil.eval.generate import generate_local
+    renderer = ChatRenderer(tokenizer, chat_template=spec.model.chat_template)
+    gens = generate_local(model, tokenizer, renderer, examples, system_prompt=candidate_prompt)
+    gens[0].text, gens[0].finish_reason, gens[0].input_tokens, gens[0].output_tokens, gens[0].latency_s
+
+Prompts are rendered exactly as in training (:meth:`ChatRenderer.prompt`, so the same template and the example's
+``tools``), with the candidate's system prompt in place of the example's own (the full best prompt, a short prompt, or
+``system_prompt=None`` to keep the example's messages as they are).
+
+How batching keeps greedy answers identical to one-by-one ``model.generate``: prompts are tokenized without special
+tokens (the template already writes BOS), sorted by length so that a batch holds prompts of similar length (less
+padding to compute), and left-padded with an attention mask; ``generate`` derives position ids from that mask, so
+every prompt sees the positions it would see alone. Generation stops at the end-of-turn token, the EOS token, or the
+model's own EOS ids, whichever comes first; results come back in input order.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from instil.data.records import Example
+from instil.errors import ModelError
+
+__all__ = [
+    "Generation",
+    "generate_local",
+    "parse_tool_calls",
+    "stop_token_ids",
+]
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True, slots=True)
+class Generation:
+    """One generated answer and what it cost."""
+
+    text: str
+    """The answer, without the end-of-turn marker or anything after it, and without surrounding whitespace (the
+    trained span is the stripped content, so this is what training's reference looks like)."""
+    input_tokens: int
+    """Tokens of the rendered prompt (no padding)."""
+    output_tokens: int
+    """Generated tokens up to and including the stop token; padding after it is not counted."""
+    latency_s: float
+    """Wall time of the batch this request was generated in. Every request of a batch waits for the whole batch, so
+    each is given the batch's full time: what a caller waiting for this answer would have measured."""
+    first_token_s: float
+    """Wall time from the batch's start to its first generated token (the prefill), shared by the whole batch."""
+    finish_reason: FinishReason
+    """``stop`` when the model ended its turn (a stop token or stop string), ``length`` when ``max_new_tokens`` ran
+    out first."""
+    batch_size: int
+    """How many requests shared the batch (latency and first-token time are the batch's)."""
+    tool_calls: list[dict[str, Any]] | None = None
+    """Tool calls found in the text (Hermes-style ``<tool_call>{...}</tool_call>``, as instil's ``chatml`` template
+    writes them), in OpenAI's shape; None when the text holds none. The tags stay in ``text``."""
+
+
+def stop_token_ids(tokenizer: Any, renderer: Any, model: Any = None) -> list[int]:
+    """Ids that end a generated turn: the template's end-of-turn token, the tokenizer's EOS, and the EOS ids in the
+    model's generation config (a model's authors list there what ends its answers). Sorted, without repeats."""
+    ids: set[int] = set()
+    for token in renderer.stop_strings:
+        tid = tokenizer.convert_tokens_to_ids(token)
+        if isinstance(tid, int) and tid != getattr(tokenizer, "unk_token_id", None):
+            ids.add(tid)
+    if getattr(tokenizer, "eos_token_id", None) is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if config_eos is not None:
+        ids.update([config_eos] if isinstance(config_eos, int) else config_eos)
+    if not ids:
+        raise ModelError(
+            f"no token ends a turn: the end-of-turn marker {renderer.end_of_turn!r} is not a token of this tokenizer "
+            "and it has no EOS token, so generation could only stop at max_new_tokens",
+            hint="use a tokenizer whose chat template ends turns with a special token (or `model.chat_template: "
+            "chatml` with a tokenizer that has <|im_end|>)",
+        )
+    return sorted(ids)
+
+
+def generate_local(
+    model: Any,
+    tokenizer: Any,
+    renderer: Any,
+    examples: Sequence[Example],
+    *,
+    system_prompt: str | None,
+    tools: list[dict[str, Any]] | None = None,
+    max_new_tokens: int = 256,
+    batch_size: int = 32,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[Generation]:
+    """Generate the next assistant turn for each example, batched; results in the order of ``examples``.
+
+    ``system_prompt`` is the candidate's prompt: it replaces the example's system message (or is added when there is
+    none); None leaves the example's messages as they are. ``tools`` replaces every example's own tool definitions
+    (the job's tools); None keeps each example's. Greedy by default; ``temperature`` and ``top_p`` apply only with
+    ``do_sample=True``. ``progress(done, total)`` is called after each batch.
+
+    Raises :class:`ModelError` when a prompt plus ``max_new_tokens`` does not fit the model's context.
+    """
+    from transformers import GenerationConfig
+
+    if batch_size < 1 or max_new_tokens < 1:
+        raise ValueError(
+            f"batch_size ({batch_size}) and max_new_tokens ({max_new_tokens}) must be at least 1"
+        )
+    prompts = [renderer.prompt(ex, tools=tools, system_prompt_override=system_prompt) for ex in examples]
+    encoded = (
+        [list(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]] if prompts else []
+    )
+    _check_context(model, examples, encoded, max_new_tokens)
+
+    stops = stop_token_ids(tokenizer, renderer, model)
+    # Padding never reaches the model's attention (the mask hides it); without a pad token any id does, EOS is usual.
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        temperature=temperature if do_sample else None,
+        top_p=top_p if do_sample else None,
+        top_k=None,
+        use_cache=True,
+        eos_token_id=stops,
+        pad_token_id=pad_id,
+        bos_token_id=getattr(tokenizer, "bos_token_id", None),
+    )
+    stop_set = set(stops)
+    device = _device(model)
+    # A model fresh from training may still be in train mode, where dropout (LoRA's too) would make greedy answers
+    # random; evaluation mode for the run, the caller's mode restored after.
+    was_training = bool(getattr(model, "training", False))
+    model.eval()
+    try:
+        return _run(model, tokenizer, renderer, encoded, config, stop_set, device, batch_size, progress)
+    finally:
+        model.train(was_training)
+
+
+def _run(
+    model: Any,
+    tokenizer: Any,
+    renderer: Any,
+    encoded: list[list[int]],
+    config: Any,
+    stop_set: set[int],
+    device: Any,
+    batch_size: int,
+    progress: Callable[[int, int], None] | None,
+) -> list[Generation]:
+    import torch
+    from transformers import StoppingCriteriaList
+
+    pad_id = config.pad_token_id
+
+    # Longest first: similar lengths share a batch (little padding), and running out of memory shows at once.
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+    results: list[Generation | None] = [None] * len(encoded)
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        width = max(len(encoded[i]) for i in batch)
+        input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        attention = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, i in enumerate(batch):
+            n = len(encoded[i])
+            input_ids[row, width - n :] = torch.tensor(encoded[i], dtype=torch.long)
+            attention[row, width - n :] = 1
+        first = _FirstToken()
+        began = time.perf_counter()
+        with torch.inference_mode():
+            out = model.generate(
+                input_ids=input_ids.to(device),
+                attention_mask=attention.to(device),
+                generation_config=config,
+                stopping_criteria=StoppingCriteriaList([first]),
+            )
+        elapsed = time.perf_counter() - began
+        first_token_s = (first.at - began) if first.at is not None else elapsed
+        new_tokens = out[:, width:].tolist()
+        for row, i in enumerate(batch):
+            text, output_tokens, finish_reason = _finish(tokenizer, renderer, new_tokens[row], stop_set)
+            results[i] = Generation(
+                text=text,
+                input_tokens=len(encoded[i]),
+                output_tokens=output_tokens,
+                latency_s=elapsed,
+                first_token_s=first_token_s,
+                finish_reason=finish_reason,
+                batch_size=len(batch),
+                tool_calls=parse_tool_calls(text),
+            )
+        if progress is not None:
+            progress(min(start + batch_size, len(order)), len(order))
+    return [r for r in results if r is not None]
+
+
+class _FirstToken:
+    """A stopping criterion that stops nothing: generate calls it right after each new token, so its first call
+    marks the first token. Duck-typed (``StoppingCriteriaList`` only calls it), so this module imports no torch."""
+
+    def __init__(self) -> None:
+        self.at: float | None = None
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        if self.at is None:
+            self.at = time.perf_counter()
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
+def _finish(
+    tokenizer: Any, renderer: Any, new_ids: list[int], stops: set[int]
+) -> tuple[str, int, FinishReason]:
+    """One request's (text, output tokens, finish reason) from its generated ids, which run on with padding after
+    its own stop token while its batch-mates go on."""
+    end = next((k for k, tid in enumerate(new_ids) if tid in stops), None)
+    text = tokenizer.decode(new_ids if end is None else new_ids[:end], skip_special_tokens=False)
+    # A stop string may also come out as ordinary tokens ("<|" "im" "_end|>"): the turn ends there too.
+    cut = min((at for s in renderer.stop_strings if (at := text.find(s)) >= 0), default=None)
+    if cut is not None:
+        text = text[:cut]
+    output_tokens = len(new_ids) if end is None else end + 1
+    return text.strip(), output_tokens, "stop" if end is not None or cut is not None else "length"
+
+
+_TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
+
+
+def parse_tool_calls(text: str) -> list[dict[str, Any]] | None:
+    """Hermes-style tool calls in ``text`` as OpenAI ``tool_calls`` (``{"type": "function", "function": {"name",
+    "arguments"}}``, arguments as a JSON string); None when there are none. A block that is not a JSON object with a
+    ``name`` is kept with its raw text under ``function.arguments`` and ``name`` empty, so a grader can fail it."""
+    blocks = _TOOL_CALL.findall(text)
+    if not blocks:
+        return None
+    calls: list[dict[str, Any]] = []
+    for k, raw in enumerate(blocks):
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError:
+            obj = None
+        if isinstance(obj, dict) and isinstance(obj.get("name"), str):
+            args = obj.get("arguments", {})
+            arguments = args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)
+            fn = {"name": obj["name"], "arguments": arguments}
+        else:
+            fn = {"name": "", "arguments": raw}
+        calls.append({"id": f"call_{k}", "type": "function", "function": fn})
+    return calls
+
+
+def _device(model: Any) -> Any:
+    device = getattr(model, "device", None)
+    if device is None:
+        device = next(model.parameters()).device
+    return device
+
+
+def _check_context(
+    model: Any, examples: Sequence[Example], encoded: list[list[int]], max_new_tokens: int
+) -> None:
+    """Raise when a prompt and its answer would run past the model's positions: RoPE models do not refuse longer
+    inputs, they silently answer worse."""
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if not limit:
+        return
+    too_long = [(k, len(ids)) for k, ids in enumerate(encoded) if len(ids) + max_new_tokens > limit]
+    if not too_long:
+        return
+    k, n = too_long[0]
+    where = examples[k].source or (f"id {examples[k].id}" if examples[k].id else f"example #{k}")
+    raise ModelError(
+        f"{where}: the prompt is {n} tokens, and with max_new_tokens={max_new_tokens} the answer would run past the "
+        f"model's {limit} positions ({len(too_long)} of {len(encoded)} prompts are too long)",
+        hint="lower max_new_tokens, shorten or drop the long examples, or use a model with a longer context",
+    )
