@@ -161,3 +161,17 @@ def test_train_smoke_run_and_mask_preview(tmp_path: Path, monkeypatch, capsys):
     out, err = capsys.readouterr()
     assert "train loss" in out and "model written to" in out
     assert "random" in err  # the tiny preset says plainly that it starts knowing nothing
+
+
+def test_convert_between_formats_round_trips(tmp_path: Path, capsys):
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"instruction": "Say hi", "input": "", "output": "hi"}) + "\n")
+    csv_path = tmp_path / "out.csv"
+    assert main(["data", "convert", str(src), str(csv_path), "--to", "csv"]) == 0
+    assert "wrote 1 examples" in capsys.readouterr().out
+    back = tmp_path / "back.jsonl"
+    assert main(["data", "convert", str(csv_path), str(back), "--to", "chat"]) == 0
+    row = json.loads(back.read_text())
+    assert [m["role"] for m in row["messages"]] == ["user", "assistant"]
+    assert row["messages"][1]["content"] == "hi"
+    assert main(["data", "convert", str(src), str(tmp_path / "x.jsonl"), "--to", "nope"]) == 1
