@@ -219,3 +219,14 @@ def test_parse_tool_calls():
         {"id": "call_1", "type": "function", "function": {"name": "", "arguments": "oops"}},
     ]
     assert parse_tool_calls("no calls here") is None
+
+
+def test_batches_respect_rows_and_the_padded_token_budget():
+    from instil.eval.generate import _batches
+
+    lengths = [700, 90, 80, 80, 70, 60, 10]
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    # 700 alone: a second row would pad to 1400 > 1000; then 90-wide rows, at most 3 a batch.
+    assert _batches(order, lengths, 3, 1000) == [[0], [1, 2, 3], [4, 5, 6]]
+    assert _batches(order, lengths, 32, None) == [order]
+    assert [len(b) for b in _batches(order, lengths, 2, None)] == [2, 2, 2, 1]

@@ -97,6 +97,7 @@ def generate_local(
     tools: list[dict[str, Any]] | None = None,
     max_new_tokens: int = 256,
     batch_size: int = 32,
+    max_batch_tokens: int | None = 4096,
     do_sample: bool = False,
     temperature: float = 1.0,
     top_p: float = 1.0,
@@ -107,7 +108,9 @@ def generate_local(
     ``system_prompt`` is the candidate's prompt: it replaces the example's system message (or is added when there is
     none); None leaves the example's messages as they are. ``tools`` replaces every example's own tool definitions
     (the job's tools); None keeps each example's. Greedy by default; ``temperature`` and ``top_p`` apply only with
-    ``do_sample=True``. ``progress(done, total)`` is called after each batch.
+    ``do_sample=True``. ``progress(done, total)`` is called after each batch. ``max_batch_tokens`` caps a batch's
+    padded prompt size (rows x longest prompt): a few long prompts then run in small batches instead of padding 31
+    short ones to their length.
 
     Raises :class:`ModelError` when a prompt plus ``max_new_tokens`` does not fit the model's context.
     """
@@ -144,7 +147,8 @@ def generate_local(
     was_training = bool(getattr(model, "training", False))
     model.eval()
     try:
-        return _run(model, tokenizer, renderer, encoded, config, stop_set, device, batch_size, progress)
+        return _run(model, tokenizer, renderer, encoded, config, stop_set, device, batch_size, max_batch_tokens,
+                    progress)
     finally:
         model.train(was_training)
 
@@ -158,6 +162,7 @@ def _run(
     stop_set: set[int],
     device: Any,
     batch_size: int,
+    max_batch_tokens: int | None,
     progress: Callable[[int, int], None] | None,
 ) -> list[Generation]:
     import torch
@@ -168,8 +173,8 @@ def _run(
     # Longest first: similar lengths share a batch (little padding), and running out of memory shows at once.
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
     results: list[Generation | None] = [None] * len(encoded)
-    for start in range(0, len(order), batch_size):
-        batch = order[start : start + batch_size]
+    done = 0
+    for batch in _batches(order, [len(e) for e in encoded], batch_size, max_batch_tokens):
         width = max(len(encoded[i]) for i in batch)
         input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
         attention = torch.zeros((len(batch), width), dtype=torch.long)
@@ -201,9 +206,26 @@ def _run(
                 batch_size=len(batch),
                 tool_calls=parse_tool_calls(text),
             )
+        done += len(batch)
         if progress is not None:
-            progress(min(start + batch_size, len(order)), len(order))
+            progress(done, len(order))
     return [r for r in results if r is not None]
+
+
+def _batches(order: list[int], lengths: list[int], batch_size: int, max_tokens: int | None) -> list[list[int]]:
+    """Cut ``order`` (longest first) into batches of at most ``batch_size`` rows and ``max_tokens`` padded tokens."""
+    batches: list[list[int]] = []
+    batch: list[int] = []
+    for i in order:
+        width = lengths[batch[0]] if batch else lengths[i]  # longest first: the first row sets the width
+        full = len(batch) >= batch_size or (max_tokens is not None and (len(batch) + 1) * width > max_tokens)
+        if batch and full:
+            batches.append(batch)
+            batch = []
+        batch.append(i)
+    if batch:
+        batches.append(batch)
+    return batches
 
 
 class _FirstToken:
