@@ -76,6 +76,7 @@ def test_lora_run_records_run_model_and_a_safetensors_adapter_that_loads_back(tm
     assert model.meta["model_info"]["is_tiny"] is True and model.meta["loss_history"]
     kinds = {a.kind: a for a in store.list_artifacts(result.run_id)}
     assert kinds["model"].sha256 and Path(kinds["history"].path).is_file()
+    assert Path(kinds["loss_curve"].path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     out = result.output_dir
     names = {p.name for p in out.iterdir()}
@@ -84,6 +85,7 @@ def test_lora_run_records_run_model_and_a_safetensors_adapter_that_loads_back(tm
         "adapter_config.json",
         "tokenizer.json",
         "loss_history.json",
+        "loss_curve.png",
     } <= names
     assert not any(n.endswith((".bin", ".pt", ".pkl")) for n in names)
     assert [p.name for p in out.parent.iterdir()] == [out.name]  # no staging or checkpoint folder left behind

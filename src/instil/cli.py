@@ -119,8 +119,18 @@ def train(
     output_dir: Annotated[Path | None, typer.Option(help="Where the model goes (default: the store's models/ folder).")] = None,
     show_mask: Annotated[bool, typer.Option("--show-mask", help="Print what the loss is taken on for one example, then stop.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest complete checkpoint of a run that stopped early.")] = False,
+    processes: Annotated[int, typer.Option(help="Training processes (data parallel through torchrun; training.batch_size stays the global batch).")] = 1,
+    config: Annotated[str | None, typer.Option(help="With --processes: ddp, deepspeed-zero2, deepspeed-zero3, fsdp, or an accelerate config file.")] = None,
 ) -> None:
     """Fine-tune the job's base model on its training split (SFT; LoRA, QLoRA, full or prompt tuning)."""
+    if processes > 1 or config is not None:
+        from instil.train.launch import launch
+
+        worker = [*(["--max-steps", str(max_steps)] if max_steps is not None else []),
+                  *(["--output-dir", str(output_dir)] if output_dir is not None else []),
+                  *([] if progress else ["--no-progress"]), *(["--resume"] if resume else [])]  # fmt: skip
+        raise typer.Exit(launch(spec, processes=processes, config=config, extra_args=worker))
     from transformers.utils import logging as hf_logging
 
     from instil.train.sft import prepare_sft, train_sft
@@ -138,7 +148,15 @@ def train(
             console.print(f"[bold]{plan.dataset.ref}[/], first example; [green]green[/] is trained, [dim]dim[/] is not:")
             console.print(mask_preview(plan.renderer, example))
             return
-        result = train_sft(job, store, output_dir=output_dir, max_steps=max_steps, progress=progress)
+        from instil.train.checkpoints import TrainingInterrupted
+
+        try:
+            result = train_sft(job, store, output_dir=output_dir, max_steps=max_steps, progress=progress, resume=resume)
+        except TrainingInterrupted as e:
+            err.print(f"[yellow]interrupted:[/] {e}", soft_wrap=True)
+            if e.checkpoint is not None:
+                err.print("run [bold]instil train --resume[/] (with the same options) to continue from it", soft_wrap=True)
+            raise typer.Exit(130) from None
     if result.notice:
         err.print(f"[yellow]note:[/] {result.notice}", soft_wrap=True)
     table = Table("setting", "value", "from", title=f"run {result.run_id}: {result.model.ref}", title_justify="left")
@@ -152,6 +170,27 @@ def train(
         table.add_row(f"[bold]{name}[/]", value, "result")
     console.print(table)
     console.print(f"model written to [bold]{result.output_dir}[/]", soft_wrap=True)
+
+
+@app.command()
+def export(
+    spec: SpecArg = Path("instil.yaml"),
+    out: Annotated[Path, typer.Option("--out", help="The folder to write (must not exist yet).")] = ...,  # type: ignore[assignment]
+    version: Annotated[int | None, typer.Option(help="The model version to export (default: the latest).")] = None,
+    merge: Annotated[bool, typer.Option("--merge/--no-merge", help="Merge a LoRA/QLoRA adapter into its base (default), or copy the adapter as is.")] = True,
+) -> None:
+    """Export a trained model: a LoRA adapter merged into its base (safetensors), with the tokenizer and chat template."""
+    from transformers.utils import logging as hf_logging
+
+    from instil.train.export import EXPORT_FILE, export_model
+
+    hf_logging.disable_progress_bar()
+    job = _load(spec)
+    with _open_store(job) as store:
+        folder = export_model(store, job.name, version=version, dest=out, merge=merge)
+    record = json.loads((folder / EXPORT_FILE).read_text(encoding="utf-8"))
+    what = "merged into its base" if record["merged"] else "copied as is"
+    console.print(f"{record['source']['ref']} ({record['source']['kind']}) {what}: [bold]{folder}[/]", soft_wrap=True)
 
 
 # ---- spec -----------------------------------------------------------------------------------------------------------

@@ -177,6 +177,9 @@ class ChatRenderer:
         elif getattr(tokenizer, "chat_template", None):
             self.template = tokenizer.chat_template
             self.template_name = "tokenizer"
+            # A built-in template saved onto a tokenizer (as `model.chat_template: chatml` does) keeps its known
+            # marker: the tokenizer may not have it as a special token (stories260K has no <|im_end|>).
+            marker = next((m for t, m in BUILTIN_TEMPLATES.values() if t == self.template), None)
         else:
             name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
             raise ChatTemplateError(

@@ -22,9 +22,11 @@ It reads top to bottom:
    grouped by length on CPU, where padding costs the most. ``training.trl`` is passed through to ``SFTConfig`` last.
 4. **Train.** TRL's ``SFTTrainer`` with pre-tokenized rows carrying our own ``labels`` (TRL uses a ``labels`` column as
    is), and a PEFT config for ``lora``, ``qlora`` (4-bit NF4 base) or ``prompt_tuning``; none for ``full``.
-5. **Save.** The adapter (or whole model) in safetensors, the tokenizer with the chat template, ``loss_history.json``
-   and ``instil_train.json`` (settings and metrics), written to a temp folder then renamed into place. Checkpoints
-   only ever hold safetensors weights and are deleted after; no pickle (``training_args.bin``) is ever loaded.
+5. **Save.** The adapter (or whole model) in safetensors, the tokenizer with the chat template, ``loss_history.json``,
+   ``loss_curve.png`` and ``instil_train.json`` (settings and metrics), written to a temp folder then renamed into place. Checkpoints
+   (``<home>/checkpoints/<job>/<config key>``, see :mod:`instil.train.checkpoints`) are marked complete, hashed and
+   recorded as they are written, kept when a run stops early (``resume=True`` continues from the newest one; Ctrl-C
+   saves one first) and deleted after a run succeeds; no pickle (``training_args.bin``) is ever loaded.
 6. **Record.** A ``train`` run (the resolved settings as its config, linked to the dataset version), the model
    version (model info, library versions, seed, dataset hash, loss history) and the output folder as an artifact.
    A run that fails after it started is finished as ``failed`` with the error, which is then re-raised.
@@ -50,6 +52,7 @@ from instil.errors import DataError, InstilError, ModelError
 from instil.spec import JobSpec
 from instil.store import DatasetVersion, ModelVersion, Store
 from instil.train.chat import ChatRenderer
+from instil.train.launch import all_sum, barrier, distributed_settings
 from instil.train.masking import IGNORE_INDEX, tokenize_example
 from instil.train.models import (
     ModelInfo,
@@ -67,6 +70,7 @@ __all__ = [
     "TrainMetrics",
     "TrainResult",
     "build_trainer",
+    "follow_sft",
     "prepare_sft",
     "train_sft",
     "with_short_prompt",
@@ -88,6 +92,8 @@ EVALUATIONS_PER_RUN = 10
 """How many times the validation loss is measured over a run (when nothing sets ``eval_steps``)."""
 LOG_POINTS = 200
 """About how many training-loss points the loss history keeps."""
+CHECKPOINTS_PER_RUN = 10
+"""How many checkpoints a run without validation writes (with validation: one at every evaluation)."""
 
 
 @dataclass(frozen=True)
@@ -272,6 +278,7 @@ def prepare_sft(spec: JobSpec, store: Store, *, max_steps: int | None = None) ->
 
     s.update(_resolve(spec, n_train=len(train_rows), n_val=len(eval_rows), tiny=info.is_tiny, cuda=cuda,
                       max_steps=max_steps, dtype=dtype))  # fmt: skip
+    s.update(distributed_settings(t.batch_size, cuda=cuda))  # launched on N processes: batch_size / N each
     s["examples"] = Setting(len(stored), "data", f"{dataset.ref} ({dataset.short_hash})")
     s["truncated_examples"] = Setting(truncated, "data", f"longer than max_length={max_length}")
     s["dropped_examples"] = Setting(len(dropped), "data", "no trained token left after truncation")
@@ -339,6 +346,12 @@ def _resolve(
         s["early_stopping_patience"] = Setting(
             EARLY_STOPPING_PATIENCE, "default", "evaluations without improvement"
         )
+    pick(
+        "save_steps",
+        s["eval_steps"].value if n_val else max(1, math.ceil(planned / CHECKPOINTS_PER_RUN)),
+        "at every evaluation (the best model is loaded from a saved step)" if n_val
+        else f"{CHECKPOINTS_PER_RUN} checkpoints a run, to resume from",
+    )  # fmt: skip
     pick("train_sampling_strategy", "random" if cuda else "group_by_length",
          "length grouping cuts padding on CPU" if not cuda else "random order on GPU")  # fmt: skip
     pick("bf16", cuda and _bf16_ok(), "bf16 mixed precision where the GPU supports it")
@@ -389,25 +402,25 @@ def build_trainer(plan: SftPlan, checkpoint_dir: Path, *, callbacks: list[Any] =
         "output_dir": str(checkpoint_dir),
         "num_train_epochs": s["epochs"].value,
         "learning_rate": s["learning_rate"].value,
-        "per_device_train_batch_size": s["batch_size"].value,
-        "per_device_eval_batch_size": s["batch_size"].value,
+        "per_device_train_batch_size": s.get("per_device_batch_size", s["batch_size"]).value,
+        "per_device_eval_batch_size": s.get("per_device_batch_size", s["batch_size"]).value,
         "seed": s["seed"].value,
         "data_seed": s["seed"].value,
         "report_to": "none",
         "disable_tqdm": True,  # our own progress bar, or none
         "logging_first_step": True,
-        "save_only_model": True,  # checkpoints hold weights only: no optimizer or RNG pickles to write or load
-        "save_total_limit": 1,
+        # Optimizer, scheduler and RNG state too, so a run resumes exactly; the Trainer loads them weights_only, and
+        # CheckpointRecorder rotates (the Trainer's own rotation deletes the last good one before the new one is marked).
+        "save_only_model": False,
+        "save_total_limit": None,
         "dataloader_pin_memory": _cuda(),
         "eval_strategy": "steps" if has_eval else "no",
-        "save_strategy": "steps" if has_eval else "no",
+        "save_strategy": "steps",
         "load_best_model_at_end": has_eval,  # reads the best checkpoint's safetensors, never training_args.bin
         "metric_for_best_model": "eval_loss" if has_eval else None,
         "greater_is_better": False if has_eval else None,
     }
     kwargs.update({k: v for k, v in plan.spec.training.trl.items() if k not in managed})
-    if has_eval and "save_steps" not in plan.spec.training.trl:
-        kwargs["save_steps"] = kwargs["eval_steps"]  # the best model can only be loaded from a saved step
     try:
         config = SFTConfig(**kwargs)
     except (ValueError, TypeError) as e:
@@ -429,12 +442,15 @@ def build_trainer(plan: SftPlan, checkpoint_dir: Path, *, callbacks: list[Any] =
         ],
     )
     trainer.remove_callback(PrinterCallback)  # the API prints nothing; the CLI renders the summary
+    from instil.train.checkpoints import make_resumable
+
+    make_resumable(trainer, s["seed"].value)  # the same batch order after a resume from mid-epoch
     return trainer
 
 
 _CONFIG_FIELDS = {
     "max_length", "max_steps", "gradient_accumulation_steps", "logging_steps", "eval_steps", "train_sampling_strategy",
-    "bf16", "gradient_checkpointing",
+    "bf16", "gradient_checkpointing", "save_steps", "use_cpu", "ddp_backend",
 }  # fmt: skip
 """Resolved settings that are ``SFTConfig`` fields of the same name."""
 
@@ -447,11 +463,15 @@ def train_sft(
     output_dir: Path | None = None,
     max_steps: int | None = None,
     progress: bool = True,
+    resume: bool = False,
 ) -> TrainResult:
     """Fine-tune the job's base model on its training split with SFT and record the run and the model.
 
     ``output_dir`` defaults to ``<home>/models/<job>/run-<run id>`` and must not exist yet. ``max_steps`` caps the
-    optimizer steps (overrides the epochs). ``progress`` shows a progress bar on stderr.
+    optimizer steps (overrides the epochs). ``progress`` shows a progress bar on stderr. ``resume`` continues from the
+    newest complete checkpoint of an earlier run with the same settings and data (refused when there is none, or when
+    it fails its hash checks); without it, checkpoints left by such a run are deleted and training starts over.
+    Ctrl-C saves a checkpoint and raises :class:`~instil.train.checkpoints.TrainingInterrupted` (a KeyboardInterrupt).
     """
     if spec.training.method != "sft":
         raise InstilError(
@@ -461,7 +481,15 @@ def train_sft(
     if output_dir is not None and Path(output_dir).exists():
         raise InstilError(f"output folder {output_dir} exists already", hint="pick a new folder or remove it")
     plan = prepare_sft(spec, store, max_steps=max_steps)
-    run_id = store.start_run(spec.name, "train", config=plan.config())
+    from instil.train.checkpoints import checkpoint_folder, config_key, find_resumable, recorded_hashes
+
+    checkpoints = checkpoint_folder(store.home, spec.name, config_key(_checkpoint_identity(plan)))
+    resume_from = find_resumable(checkpoints, recorded_hashes(store, spec.name)) if resume else None
+    config = plan.config()
+    if resume_from is not None:
+        config["resumed_from"] = {"path": str(resume_from.path), "step": resume_from.step,
+                                  "run_id": resume_from.run_id, "marker_sha256": resume_from.marker_sha256}  # fmt: skip
+    run_id = store.start_run(spec.name, "train", config=config)
     try:
         store.link_run_dataset(run_id, plan.dataset, "train")
         target = (
@@ -473,7 +501,10 @@ def train_sft(
             raise InstilError(
                 f"output folder {target} exists already", hint="remove it, or pass another output_dir"
             )
-        metrics, history = _train_and_save(plan, target, progress=progress)
+        metrics, history = _train_and_save(
+            plan, target, progress=progress, store=store, run_id=run_id, checkpoints=checkpoints,
+            resume_from=resume_from.path if resume_from is not None else None,
+        )  # fmt: skip
         meta = {
             "model_info": plan.info.to_dict(), "library_versions": library_versions(), "seed": spec.training.seed,
             "dataset": {"ref": plan.dataset.ref, "sha256": plan.dataset.sha256}, "adapter": spec.training.adapter,
@@ -489,6 +520,8 @@ def train_sft(
         )
         store.add_artifact(run_id, "model", target, sha256=weights_sha256(target))
         store.add_artifact(run_id, "history", target / "loss_history.json")
+        if (target / "loss_curve.png").is_file():
+            store.add_artifact(run_id, "loss_curve", target / "loss_curve.png")
         store.finish_run(run_id, "succeeded", metrics=metrics.to_dict())
     except BaseException as e:
         status = "cancelled" if isinstance(e, KeyboardInterrupt) else "failed"
@@ -497,25 +530,63 @@ def train_sft(
     return TrainResult(run_id, model, target, metrics, plan.settings, history, plan.info.notice)
 
 
-def _train_and_save(
-    plan: SftPlan, target: Path, *, progress: bool
-) -> tuple[TrainMetrics, list[dict[str, Any]]]:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.parent / f".{target.name}.partial-{os.getpid()}"
-    checkpoints = target.parent / f".{target.name}.checkpoints-{os.getpid()}"
-    from instil.train.callbacks import RichProgress, TokenTally  # imports transformers: only when training
+def follow_sft(
+    spec: JobSpec, store: Store, *, output_dir: Path | None = None, max_steps: int | None = None, resume: bool = False
+) -> None:
+    """Train as a non-zero rank of a launched run (``instil train --processes N``, :mod:`instil.train.launch`).
 
+    Rank 0 runs :func:`train_sft` with the same arguments and alone records the run and saves the model; this process
+    trains its shard of each batch and writes nothing to the store.
+    """
+    from instil.train.checkpoints import checkpoint_folder, config_key, find_resumable, recorded_hashes
+
+    plan = prepare_sft(spec, store, max_steps=max_steps)
+    checkpoints = checkpoint_folder(store.home, spec.name, config_key(_checkpoint_identity(plan)))
+    resume_from = find_resumable(checkpoints, recorded_hashes(store, spec.name)) if resume else None
+    _train_and_save(plan, None, progress=False, store=None, run_id=None, checkpoints=checkpoints,
+                    resume_from=resume_from.path if resume_from is not None else None)  # fmt: skip
+
+
+def _checkpoint_identity(plan: SftPlan) -> dict[str, Any]:
+    """What makes two runs the same run, for finding the checkpoints to resume from: settings, data, base weights."""
+    return {
+        "settings": {k: s.value for k, s in plan.settings.items()},
+        "dataset": plan.dataset.sha256,
+        "base": [plan.info.base, plan.info.revision, plan.info.weights_sha256],
+    }
+
+
+def _train_and_save(
+    plan: SftPlan, target: Path | None, *, progress: bool, store: Store | None, run_id: int | None, checkpoints: Path,
+    resume_from: Path | None,
+) -> tuple[TrainMetrics, list[dict[str, Any]]]:  # fmt: skip
+    """Train, then save into ``target``; with ``target`` None (a follower rank, see :func:`follow_sft`) train only."""
+    staging = None if target is None else target.parent / f".{target.name}.partial-{os.getpid()}"
+    if target is not None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    from instil.train.callbacks import RichProgress, TokenTally  # imports transformers: only when training
+    from instil.train.checkpoints import CheckpointRecorder, StopOnInterrupt
+
+    if resume_from is None and target is not None and checkpoints.exists():
+        shutil.rmtree(checkpoints)  # a fresh start: an earlier run's would mix with this one's
     tally = TokenTally()
+    recorder, stopper = CheckpointRecorder(store, run_id), StopOnInterrupt()
+    callbacks = [recorder, stopper, *([RichProgress(tally)] if progress else [])]
     try:
         with _quiet():
-            trainer = build_trainer(plan, checkpoints, callbacks=[RichProgress(tally)] if progress else [])
+            trainer = build_trainer(plan, checkpoints, callbacks=callbacks)
             handle = tally.attach(trainer.model)
             start = time.perf_counter()
             try:
-                trainer.train()
+                with stopper.installed():
+                    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
             finally:
                 handle.remove()
+            stopper.raise_if_interrupted(recorder.latest)  # checkpoints are kept for --resume
             seconds = time.perf_counter() - start
+            barrier()  # nobody deletes the checkpoints while another rank still loads the best one from them
+            seen, trained = all_sum(tally.seen, tally.trained)  # each rank counted its own shard
+            state_dict = _gathered_state(trainer)
             history = _history(trainer.state.log_history)
             state = trainer.state
             train_losses = [h["loss"] for h in history if "loss" in h]
@@ -524,18 +595,22 @@ def _train_and_save(
                 eval_loss=float(state.best_metric) if state.best_metric is not None else None,
                 steps=int(state.global_step),
                 epochs=float(state.epoch or 0.0),
-                tokens_seen=tally.seen,
-                trained_tokens=tally.trained,
+                tokens_seen=seen,
+                trained_tokens=trained,
                 seconds=round(seconds, 3),
-                tokens_per_second=round(tally.seen / seconds, 1) if seconds > 0 else 0.0,
+                tokens_per_second=round(seen / seconds, 1) if seconds > 0 else 0.0,
                 stopped_early=bool(state.global_step < state.max_steps),
             )
-            _save(plan, trainer.model, staging, metrics, history)
+            if target is None:
+                return metrics, history  # a follower: rank 0 saves, records and cleans up
+            _save(plan, trainer.model, staging, metrics, history, state_dict=state_dict)
             os.replace(staging, target)
+        shutil.rmtree(checkpoints, ignore_errors=True)  # the run is done: nothing left to resume
+        if checkpoints.parent.is_dir() and not any(checkpoints.parent.iterdir()):
+            checkpoints.parent.rmdir()
     finally:
-        for scratch in (staging, checkpoints):
-            if scratch.exists():
-                shutil.rmtree(scratch)
+        if staging is not None and staging.exists():
+            shutil.rmtree(staging)
     return metrics, history
 
 
@@ -566,20 +641,37 @@ def _history(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _gathered_state(trainer: Any) -> dict[str, Any] | None:
+    """The full state dict of a sharded model (DeepSpeed ZeRO, FSDP), gathered on every rank; None otherwise."""
+    if getattr(trainer, "is_deepspeed_enabled", False) or getattr(trainer, "is_fsdp_enabled", False):
+        return trainer.accelerator.get_state_dict(trainer.model_wrapped)  # a collective: every rank calls it
+    return None
+
+
 def _save(
-    plan: SftPlan, model: Any, folder: Path, metrics: TrainMetrics, history: list[dict[str, Any]]
+    plan: SftPlan,
+    model: Any,
+    folder: Path,
+    metrics: TrainMetrics,
+    history: list[dict[str, Any]],
+    *,
+    state_dict: dict[str, Any] | None = None,
 ) -> None:
     """The model (or adapter) in safetensors, the tokenizer with its chat template, the history and the settings."""
     from peft import PeftModel
 
     folder.mkdir(parents=True)
     if isinstance(model, PeftModel):
-        model.save_pretrained(folder, safe_serialization=True)
+        model.save_pretrained(folder, safe_serialization=True, state_dict=state_dict)
     else:
-        model.save_pretrained(folder)  # transformers 5 writes safetensors only
+        model.save_pretrained(folder, state_dict=state_dict)  # transformers 5 writes safetensors only
     plan.tokenizer.chat_template = plan.renderer.template  # serving renders exactly what training rendered
     plan.tokenizer.save_pretrained(folder)
     (folder / "loss_history.json").write_text(json.dumps(history, indent=1), encoding="utf-8")
+    if any("loss" in h or "eval_loss" in h for h in history):
+        from instil.train.plots import plot_loss
+
+        plot_loss(history, folder / "loss_curve.png")
     summary = {**plan.config(), "metrics": metrics.to_dict(), "end_of_turn": plan.renderer.end_of_turn}
     (folder / "instil_train.json").write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
     pickles = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl"))

@@ -1,0 +1,246 @@
+"""Export a trained model version as a standalone folder (``instil export``): a merged model, or the adapter as is.
+
+    with Store.open(home=home_dir(spec.root)) as store:
+        folder = export_model(store, "colors", dest=Path("exported/colors"))           # LoRA merged into its base
+        folder = export_model(store, "colors", version=2, dest=out, merge=False)       # the adapter, copied
+
+What is written, by the kind of model version:
+
+* **LoRA**: the base model is loaded in float32 (from the folder recorded with the model version, see
+  :func:`base_source`), the adapter applied with PEFT and folded in with ``merge_and_unload()``; the result is saved
+  with ``save_pretrained(safe_serialization=True)`` in the base's own dtype (merging itself runs in float32, so a
+  bf16 base loses nothing to rounding before the final cast). The merged folder loads with plain transformers
+  (``AutoModelForCausalLM.from_pretrained``), no PEFT needed, and gives the logits base+adapter gave.
+* **QLoRA**: the adapter was trained against the 4-bit NF4 base, so it is merged into that base *dequantized* to
+  float (``load_in_4bit`` then ``model.dequantize()``): the merged weights are the weights the adapter actually saw
+  during training, rounding of NF4 included, rather than the original full-precision ones. Needs bitsandbytes.
+* **Full fine-tune**: already a whole model; its folder is copied as it is.
+* **Prompt tuning**: virtual tokens are an input, not a weight delta, so there is nothing to merge:
+  :class:`ModelError`; export it with ``merge=False`` (the adapter folder, loadable with PEFT).
+
+Beside the weights go the tokenizer with the chat template training used (so serving renders exactly what training
+rendered), the run's ``instil_train.json`` and ``loss_history.json``, and ``instil_export.json``: the source model
+version, the base, the sha256 of every adapter file, whether it was merged, and the library versions. The folder is
+built under a temp name next to ``dest`` and renamed into place, so a crash never leaves a half-written export.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from instil.env import library_versions
+from instil.errors import InstilError, ModelError, StoreError
+from instil.store import ModelVersion, Store
+from instil.train.models import load_model, weights_sha256
+
+__all__ = ["EXPORT_FILE", "base_source", "export_model", "model_kind"]
+
+EXPORT_FILE = "instil_export.json"
+"""The provenance file written into every exported folder."""
+_CARRIED = ("instil_train.json", "loss_history.json", "loss_curve.png")
+"""Files of the training output carried into a merged export, when present."""
+_ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
+
+def model_kind(folder: Path) -> str:
+    """What a training output folder holds: ``lora``, ``qlora``, ``prompt_tuning`` (or another PEFT type, lower
+    case) for an adapter, ``full`` for a whole model.
+
+    LoRA and QLoRA adapters look the same on disk; the run's ``instil_train.json`` tells them apart.
+    """
+    folder = Path(folder)
+    config = folder / "adapter_config.json"
+    if config.is_file():
+        peft_type = str(_read_json(config).get("peft_type", "")).lower()
+        if peft_type == "lora" and _trained_adapter(folder) == "qlora":
+            return "qlora"
+        return peft_type or "unknown"
+    if (folder / "config.json").is_file():
+        return "full"
+    raise ModelError(
+        f"{folder} holds neither an adapter (adapter_config.json) nor a model (config.json)",
+        hint="check the folder was written by `instil train` and is complete; the store records where each model is",
+    )
+
+
+def base_source(model: ModelVersion, folder: Path) -> str | Path:
+    """Where the base of an adapter is loaded from: the folder recorded at training, else the adapter's own record.
+
+    In order: the resolved base in the model version's meta (``model_info.path``: for ``tiny``, the built folder in
+    the instil home; for a local ``model.base``, its absolute path; for a hub id, its cache snapshot), then PEFT's
+    ``base_model_name_or_path`` in ``adapter_config.json``, then the model version's ``base_model`` (a hub id).
+    A recorded folder that no longer exists is an error, never a silent switch to another base.
+    """
+    recorded = (model.meta.get("model_info") or {}).get("path")
+    candidates = [recorded, _read_json(folder / "adapter_config.json").get("base_model_name_or_path")]
+    for value in candidates:
+        if not value:
+            continue
+        path = Path(str(value)).expanduser()
+        if path.is_absolute() or path.exists():
+            if not path.is_dir():
+                raise ModelError(
+                    f"the base of {model.ref} was {path} at training time, and that folder is gone",
+                    hint="restore the base model folder there (for model.base: tiny, re-run `instil train` once to "
+                    "rebuild it), or export with --no-merge to copy the adapter alone",
+                )
+            return path
+        return str(value)  # a hub id: load_model resolves it in the local cache, at the recorded revision
+    return model.base_model
+
+
+def export_model(
+    store: Store, job: str, *, version: int | None = None, dest: Path, merge: bool = True
+) -> Path:
+    """Write model version ``version`` of ``job`` (the latest when None) to the new folder ``dest``; returns it.
+
+    With ``merge`` (the default) a LoRA or QLoRA adapter is merged into its base; without it, or for a full
+    fine-tune, the trained folder is copied as it is. Raises :class:`NotFoundError` for an unknown job or version,
+    :class:`ModelError` for a prompt-tuning adapter with ``merge`` or a base that cannot be loaded, and
+    :class:`InstilError` when ``dest`` exists.
+    """
+    model = store.get_model(job, version)
+    source = Path(model.path)
+    if not source.is_dir():
+        raise StoreError(
+            f"model {model.ref} is recorded at {source}, and that folder is gone",
+            hint="restore the folder, or train again with `instil train`",
+        )
+    dest = Path(dest)
+    if dest.exists():
+        raise InstilError(
+            f"export folder {dest} exists already", hint="pick a new --out folder or remove this one"
+        )
+    kind = model_kind(source)
+    if kind == "lora" and model.meta.get("adapter") == "qlora":
+        kind = "qlora"  # the same files on disk; the model version records which one trained it
+    if merge and kind not in ("lora", "qlora", "full"):
+        raise ModelError(
+            f"model {model.ref} is a {kind} adapter, which cannot be merged into its base: its virtual tokens are "
+            "an input to the model, not a change to its weights",
+            hint="export it with --no-merge (the adapter folder, loaded with peft's AutoPeftModelForCausalLM)",
+        )
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = dest.parent / f".{dest.name}.partial-{os.getpid()}"
+    if staging.exists():
+        shutil.rmtree(staging)
+    try:
+        record: dict[str, Any] = {
+            "source": {"job": model.job, "version": model.version, "ref": model.ref, "path": str(source),
+                       "run_id": model.run_id, "kind": kind},
+            "base": {"base_model": model.base_model, "revision": model.revision},
+        }  # fmt: skip
+        if kind in ("lora", "qlora") and merge:
+            base = base_source(model, source)
+            record["base"]["path"] = str(base)
+            record["adapter_files"] = _file_hashes(source, _ADAPTER_FILES)
+            record["dtype"] = _merge(source, base, staging, revision=model.revision, qlora=kind == "qlora")
+            for name in _CARRIED:
+                if (source / name).is_file():
+                    shutil.copy2(source / name, staging / name)
+            merged = True
+        else:
+            shutil.copytree(source, staging)
+            if kind != "full":
+                record["adapter_files"] = _file_hashes(source, _ADAPTER_FILES)
+            merged = False
+        pickles = sorted(p.name for p in staging.iterdir() if p.suffix in _PICKLE_SUFFIXES)
+        if pickles:
+            raise ModelError(
+                f"the export of {model.ref} holds pickle files {pickles}; instil ships safetensors only"
+            )
+        record.update(
+            merged=merged, weights_sha256=weights_sha256(staging), library_versions=library_versions()
+        )
+        (staging / EXPORT_FILE).write_text(json.dumps(record, indent=1, default=str), encoding="utf-8")
+        os.replace(staging, dest)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return dest
+
+
+def _merge(adapter: Path, base: str | Path, out: Path, *, revision: str | None, qlora: bool) -> str:
+    """Merge the LoRA adapter in ``adapter`` into ``base`` and save model and tokenizer to ``out``; returns the dtype.
+
+    Merging runs in float32; the merged model is saved in the base's own dtype.
+    """
+    import torch
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    base_model = load_model(
+        base, revision=revision if isinstance(base, str) else None, dtype="float32",
+        quantization="4bit" if qlora else None,
+    )  # fmt: skip
+    if qlora:
+        base_model = base_model.dequantize(
+            dtype=torch.float32
+        )  # the NF4 weights the adapter was trained against
+    saved_dtype = _config_dtype(base_model.config)
+    try:
+        wrapped = PeftModel.from_pretrained(base_model, adapter, is_trainable=False)
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise ModelError(
+            f"cannot apply the adapter in {adapter} to the base {base}: {str(e).splitlines()[0] if str(e) else e!r}",
+            hint="the base must be the model the adapter was trained on; check model_info.path in the model's meta",
+        ) from None
+    merged = wrapped.merge_and_unload()
+    if saved_dtype != torch.float32:
+        merged = merged.to(saved_dtype)
+    merged.save_pretrained(out, safe_serialization=True)
+    # The adapter folder's tokenizer carries the chat template training rendered with (a base may have none).
+    tokenizer = AutoTokenizer.from_pretrained(adapter)
+    tokenizer.save_pretrained(out)
+    return str(saved_dtype).removeprefix("torch.")
+
+
+def _config_dtype(config: Any) -> Any:
+    """The dtype the base checkpoint was stored in (``config.json``), float32 when it names none."""
+    import torch
+
+    value = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(value, str):
+        value = getattr(torch, value, None)
+    return value if isinstance(value, torch.dtype) else torch.float32
+
+
+def _file_hashes(folder: Path, names: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for name in names:
+        path = folder / name
+        if path.is_file():
+            h = hashlib.sha256()
+            with path.open("rb") as f:
+                while block := f.read(1 << 20):
+                    h.update(block)
+            out[name] = h.hexdigest()
+    return out
+
+
+def _trained_adapter(folder: Path) -> str | None:
+    """The adapter the run's ``instil_train.json`` records (``lora``, ``qlora``...), or None without one."""
+    summary = folder / "instil_train.json"
+    if not summary.is_file():
+        return None
+    setting = (_read_json(summary).get("settings") or {}).get("adapter") or {}
+    return setting.get("value") if isinstance(setting, dict) else None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ModelError(
+            f"{path} is not readable JSON: {e}", hint="the training output is damaged; train the model again"
+        ) from None
+    return value if isinstance(value, dict) else {}
