@@ -352,3 +352,9 @@ def test_gate_rejects_graders_scored_on_different_holdouts() -> None:
     a, b = _pairs(10, 2, 1, 7)
     with pytest.raises(DataError, match="style: 19 scores but the primary grader 'label' has 20"):
         gate_decision((a, b, "binary"), {"style": ([0.5] * 19, [0.5] * 19)}, primary_name="label")
+
+
+def test_wilson_bounds_contain_the_estimate_at_the_edges():
+    for passed, n in ((0, 6), (6, 6), (0, 1), (1, 1), (0, 1000)):
+        ci = wilson_interval(passed, n)
+        assert ci.low <= ci.estimate <= ci.high

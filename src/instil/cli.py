@@ -172,6 +172,56 @@ def train(
     console.print(f"model written to [bold]{result.output_dir}[/]", soft_wrap=True)
 
 
+@app.command("eval")
+def eval_cmd(
+    spec: SpecArg = Path("instil.yaml"),
+    candidate: Annotated[list[str] | None, typer.Option("--candidate", help="Evaluate only this candidate (repeatable): base+full, base+short, <job>@<n>+short, or an endpoint's name.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Evaluate only the holdout's first N examples (a quick look; intervals widen).")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(help="Most tokens per answer (default: eval.max_new_tokens, else 1.5x the longest reference).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON instead of tables.")] = False,
+) -> None:
+    """Run the candidates on the frozen holdout and print one table: scores with 95% intervals, latency and cost."""
+    from transformers.utils import logging as hf_logging
+
+    from instil.eval.compare import evaluate, select_candidates
+
+    hf_logging.disable_progress_bar()
+    job = _load(spec)
+    with _open_store(job) as store:
+        report = evaluate(job, store, select_candidates(job, store, candidate), limit=limit,
+                          max_new_tokens=max_new_tokens)  # fmt: skip
+    if as_json:
+        console.print_json(json.dumps(report.to_dict()))
+        return
+    graders = list(report.candidates[0].graders)
+    title = f"run {report.run_id}: {report.holdout}, {report.n_examples} examples (primary: {report.primary})"
+    table = Table("candidate", *graders, "pass rate", "p50 / p95 s", "tokens in / out", "cost / 1k",
+                  "cost / success", title=title, title_justify="left")  # fmt: skip
+    for c in report.candidates:
+        cells = [f"{g.mean:.2f} [{g.low:.2f}, {g.high:.2f}]" for g in c.graders.values()]
+        table.add_row(
+            c.name, *cells, f"{c.success_rate:.0%}", f"{c.latency_p50_s:.2f} / {c.latency_p95_s:.2f}",
+            f"{c.mean_input_tokens:,.0f} / {c.mean_output_tokens:,.0f}", f"{c.cost_per_1k:.4g}",
+            "-" if c.cost_per_success is None else f"{c.cost_per_success:.4g}",
+        )  # fmt: skip
+    console.print(table)
+    tags = sorted({t for c in report.candidates for t in c.slices})
+    if tags:
+        slices = Table("tag", *(c.name for c in report.candidates), title=f"{report.primary} by tag",
+                       title_justify="left")  # fmt: skip
+        for tag in tags:
+            row = [tag]
+            for c in report.candidates:
+                s = c.slices.get(tag)
+                row.append("-" if s is None else f"{s.mean:.2f} [{s.low:.2f}, {s.high:.2f}] n={s.n}")
+            slices.add_row(*row)
+        console.print(slices)
+    truncated = [f"{c.name} ({c.truncated})" for c in report.candidates if c.truncated]
+    if truncated:
+        err.print(f"[yellow]note:[/] answers cut off at max_new_tokens: {', '.join(truncated)}", soft_wrap=True)
+    console.print(f"per-example results: [bold]{report.examples_path}[/]", soft_wrap=True)
+
+
 @app.command()
 def export(
     spec: SpecArg = Path("instil.yaml"),

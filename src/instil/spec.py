@@ -30,6 +30,8 @@ from instil.errors import InstilError, Problem, SpecError
 
 __all__ = [
     "DataSource",
+    "EvalEndpointSpec",
+    "EvalSpec",
     "GateSpec",
     "GraderSpec",
     "JobSpec",
@@ -492,6 +494,66 @@ class GateSpec(_Strict):
         return v
 
 
+class EvalEndpointSpec(_Strict):
+    """An OpenAI-compatible endpoint evaluated as a candidate beside the local models."""
+
+    name: str
+    """The candidate's name in reports (letters, digits, '_', '-', '.', '@' and ':')."""
+    base_url: str
+    """Such as ``https://api.openai.com/v1`` or ``http://127.0.0.1:8000/v1``."""
+    model: str
+    """The model name sent in requests."""
+    api_key_env: str | None = None
+    """The environment variable holding the API key (never the key itself)."""
+    prompt: Literal["full", "short", "none"] = "full"
+    """The system prompt it runs with: ``system_prompt``, ``short_prompt``, or none."""
+    input_price_per_million: float = 0.0
+    """Price of one million input (prompt) tokens, in the currency of the report."""
+    output_price_per_million: float = 0.0
+    """Price of one million output (completion) tokens."""
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.@:-]*", v):
+            raise ValueError("use letters, digits, '_', '-', '.', '@' and ':' only")
+        return v
+
+    @field_validator("input_price_per_million", "output_price_per_million")
+    @classmethod
+    def _price(cls, v: float) -> float:
+        if v < 0:
+            raise ValueError("a price cannot be negative")
+        return v
+
+
+class EvalSpec(_Strict):
+    """How ``instil eval`` runs the candidates on the frozen holdout, and what they cost."""
+
+    machine_price_per_hour: float = 0.0
+    """What the machine running local models costs per hour; local cost is generation time x this price."""
+    max_new_tokens: int | None = None
+    """Most tokens generated per answer; defaults to 1.5x the longest reference answer plus a margin, capped."""
+    batch_size: int = 16
+    """Requests generated together by a local model."""
+    endpoints: list[EvalEndpointSpec] = []
+    """OpenAI-compatible endpoints to evaluate as candidates too."""
+
+    @field_validator("machine_price_per_hour")
+    @classmethod
+    def _price(cls, v: float) -> float:
+        if v < 0:
+            raise ValueError("a price cannot be negative")
+        return v
+
+    @field_validator("max_new_tokens", "batch_size")
+    @classmethod
+    def _positive(cls, v: int | None) -> int | None:
+        if v is not None and v < 1:
+            raise ValueError("must be at least 1")
+        return v
+
+
 class JobSpec(_Strict):
     """A job: what the model must do, how it is scored, the data, the model, training and the promotion gate."""
 
@@ -517,6 +579,8 @@ class JobSpec(_Strict):
     """How the model is trained."""
     gate: GateSpec = GateSpec()
     """The promotion gate."""
+    eval: EvalSpec = EvalSpec()
+    """How candidates are evaluated and priced (``instil eval``)."""
 
     _root: Path = PrivateAttr(default_factory=Path.cwd)
     _file: Path | None = PrivateAttr(default=None)

@@ -9,6 +9,8 @@ The graders live in ``instil.eval.graders`` (one file per family); this package 
 
 from __future__ import annotations
 
+from instil.eval.candidates import Candidate, default_candidates, run_candidate
+from instil.eval.compare import CandidateSummary, EvalReport, ExampleResult, evaluate, select_candidates
 from instil.eval.graders import (
     INVALID,
     Contains,
@@ -37,9 +39,13 @@ from instil.eval.graders import (
 
 __all__ = [
     "INVALID",
+    "Candidate",
+    "CandidateSummary",
     "Contains",
     "EmbeddingSimilarity",
+    "EvalReport",
     "ExactMatch",
+    "ExampleResult",
     "FieldF1",
     "Grader",
     "GraderError",
@@ -57,6 +63,10 @@ __all__ = [
     "ToolCallMatch",
     "as_output",
     "build_graders",
+    "default_candidates",
+    "evaluate",
     "from_spec",
     "reward",
+    "run_candidate",
+    "select_candidates",
 ]

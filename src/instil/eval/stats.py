@@ -333,7 +333,8 @@ def wilson_interval(passed: int, n: int, *, confidence: float = 0.95) -> Interva
     denom = 1.0 + z * z / n
     center = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return Interval(p, max(0.0, center - half), min(1.0, center + half), confidence, "wilson")
+    # Clamped to the estimate: at p = 0 or 1 rounding can put center -/+ half a hair past it (2.8e-17 at 0/6).
+    return Interval(p, min(p, max(0.0, center - half)), max(p, min(1.0, center + half)), confidence, "wilson")
 
 
 # ---------------------------------------------------------------- paired tests
