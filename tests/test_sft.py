@@ -208,3 +208,13 @@ def test_qlora_trains_lora_on_a_4bit_base(tmp_path: Path, store: Store):
     assert result.metrics.steps == 2
     assert result.resolved["adapter"].value == "qlora"
     assert (result.output_dir / "adapter_model.safetensors").is_file()
+
+
+def test_a_diverging_run_stops_at_the_nan_and_is_recorded_failed(tmp_path: Path, store: Store):
+    spec = job(tmp_path, "full", learning_rate=1.0e6)
+    put_train(store, examples(8))
+    with pytest.raises(InstilError, match="diverged"):
+        train_sft(spec, store, max_steps=10, progress=False)
+    [run] = store.list_runs("colors")
+    assert run.status == "failed" and "step" in (run.error or "")
+    assert store.list_models("colors") == []

@@ -166,9 +166,12 @@ def train(
     for name, value in (("train loss", f"{m.train_loss:.4f}"),
                         ("eval loss", "-" if m.eval_loss is None else f"{m.eval_loss:.4f}"),
                         ("steps", str(m.steps)), ("trained tokens", f"{m.trained_tokens:,}"),
-                        ("tokens/s", f"{m.tokens_per_second:,.0f}"), ("time", f"{m.seconds:.1f}s")):
+                        ("tokens/s", f"{m.tokens_per_second:,.0f}"), ("padding", f"{m.padding_fraction:.1%}"),
+                        ("time", f"{m.seconds:.1f}s")):
         table.add_row(f"[bold]{name}[/]", value, "result")
     console.print(table)
+    for anomaly in m.anomalies:
+        err.print(f"[yellow]anomaly[/] ({anomaly['kind']}, step {anomaly['step']}): {anomaly['message']}", soft_wrap=True)
     console.print(f"model written to [bold]{result.output_dir}[/]", soft_wrap=True)
 
 

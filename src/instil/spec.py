@@ -433,6 +433,9 @@ class TrainingSpec(_Strict):
     """LoRA settings, for ``lora`` and ``qlora``."""
     num_virtual_tokens: int = 20
     """Soft prompt length, for ``prompt_tuning``."""
+    report_to: str | list[str] = "none"
+    """Experiment trackers to log to: ``none``, ``auto`` (whichever of tensorboard, mlflow, wandb is installed), or
+    names; a named tracker that is not installed is an error."""
     trl: dict[str, Any] = {}
     """Further fields passed as is to TRL's config for the method (``SFTConfig``, ``DPOConfig``, ``GRPOConfig``,
     which include ``transformers.TrainingArguments``); checked against those classes' real fields."""

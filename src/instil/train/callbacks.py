@@ -6,6 +6,7 @@
     trainer.train()
     handle.remove()
     tally.seen, tally.trained                             # non-pad input tokens, tokens that carried loss
+    tally.padding_fraction                                # pad tokens / all tokens of the training batches
 
 Both are plain pieces any method (sft, dpo, grpo) can use with a TRL trainer; neither changes what is trained.
 """
@@ -34,6 +35,13 @@ class TokenTally:
         """Non-padding input tokens in training batches (``attention_mask`` ones)."""
         self.trained = 0
         """Tokens that carried loss (labels other than -100)."""
+        self.positions = 0
+        """All input positions in training batches, padding included (``seen`` plus the pad tokens)."""
+
+    @property
+    def padding_fraction(self) -> float:
+        """The share of training batch positions that were padding: compute spent on nothing."""
+        return (self.positions - self.seen) / self.positions if self.positions else 0.0
 
     def attach(self, model: Any) -> Any:
         """Start counting the batches ``model`` runs; returns the hook handle (call ``.remove()`` when done)."""
@@ -45,6 +53,8 @@ class TokenTally:
         mask = kwargs.get("attention_mask")
         ids = kwargs.get("input_ids", args[0] if args else None)
         labels = kwargs.get("labels")
+        if ids is not None:
+            self.positions += int(ids.numel())
         if mask is not None:
             self.seen += int(mask.sum().item())
         elif ids is not None:  # padding-free batches carry no attention mask: every token is real

@@ -131,6 +131,10 @@ class TrainMetrics:
     """``tokens_seen / seconds``."""
     stopped_early: bool
     """True when early stopping ended the run before its planned steps."""
+    padding_fraction: float = 0.0
+    """Pad tokens / all tokens of the training batches, measured on the batches the model ran (0 when padding-free)."""
+    anomalies: list[dict[str, Any]] = field(default_factory=list)
+    """Anomalies seen while training (loss spikes, a flat or chance-level loss); a NaN stops the run instead."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -394,6 +398,8 @@ def build_trainer(plan: SftPlan, checkpoint_dir: Path, *, callbacks: list[Any] =
     from transformers import EarlyStoppingCallback, PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
+    from instil.train.anomalies import resolve_report_to
+
     s, has_eval = plan.settings, bool(plan.eval_rows)
     managed = {"output_dir", "num_train_epochs", "learning_rate", "per_device_train_batch_size", "seed"}
     derived = {k: v.value for k, v in s.items() if v.source != "trl" and k in _CONFIG_FIELDS}
@@ -406,7 +412,7 @@ def build_trainer(plan: SftPlan, checkpoint_dir: Path, *, callbacks: list[Any] =
         "per_device_eval_batch_size": s.get("per_device_batch_size", s["batch_size"]).value,
         "seed": s["seed"].value,
         "data_seed": s["seed"].value,
-        "report_to": "none",
+        "report_to": resolve_report_to(plan.spec.training.report_to),
         "disable_tqdm": True,  # our own progress bar, or none
         "logging_first_step": True,
         # Optimizer, scheduler and RNG state too, so a run resumes exactly; the Trainer loads them weights_only, and
@@ -564,6 +570,7 @@ def _train_and_save(
     staging = None if target is None else target.parent / f".{target.name}.partial-{os.getpid()}"
     if target is not None:
         target.parent.mkdir(parents=True, exist_ok=True)
+    from instil.train.anomalies import AnomalyCallback
     from instil.train.callbacks import RichProgress, TokenTally  # imports transformers: only when training
     from instil.train.checkpoints import CheckpointRecorder, StopOnInterrupt
 
@@ -571,7 +578,8 @@ def _train_and_save(
         shutil.rmtree(checkpoints)  # a fresh start: an earlier run's would mix with this one's
     tally = TokenTally()
     recorder, stopper = CheckpointRecorder(store, run_id), StopOnInterrupt()
-    callbacks = [recorder, stopper, *([RichProgress(tally)] if progress else [])]
+    anomalies = AnomalyCallback()  # a NaN stops training; spikes and flat loss are recorded in the metrics
+    callbacks = [recorder, stopper, anomalies, *([RichProgress(tally)] if progress else [])]
     try:
         with _quiet():
             trainer = build_trainer(plan, checkpoints, callbacks=callbacks)
@@ -583,9 +591,11 @@ def _train_and_save(
             finally:
                 handle.remove()
             stopper.raise_if_interrupted(recorder.latest)  # checkpoints are kept for --resume
+            anomalies.raise_if_stopped()  # diverged: the run is recorded as failed, with the step
             seconds = time.perf_counter() - start
             barrier()  # nobody deletes the checkpoints while another rank still loads the best one from them
-            seen, trained = all_sum(tally.seen, tally.trained)  # each rank counted its own shard
+            # Each rank counted its own shard.
+            seen, trained, positions = all_sum(tally.seen, tally.trained, tally.positions)
             state_dict = _gathered_state(trainer)
             history = _history(trainer.state.log_history)
             state = trainer.state
@@ -600,6 +610,8 @@ def _train_and_save(
                 seconds=round(seconds, 3),
                 tokens_per_second=round(seen / seconds, 1) if seconds > 0 else 0.0,
                 stopped_early=bool(state.global_step < state.max_steps),
+                padding_fraction=round((positions - seen) / positions, 4) if positions else 0.0,
+                anomalies=anomalies.to_list(),
             )
             if target is None:
                 return metrics, history  # a follower: rank 0 saves, records and cleans up
