@@ -199,6 +199,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args(argv)
 
+    try:
+        return _work(args)
+    finally:
+        _shutdown()
+
+
+def _shutdown() -> None:
+    """Tear the process group down before exit: a gloo thread left running aborts the process ("terminate called
+    without an active exception"), which torchrun reports as a failed worker."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _work(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from instil.env import home_dir
