@@ -4,13 +4,13 @@ and an endpoint candidate on a loopback OpenAI-compatible server."""
 from __future__ import annotations
 
 import json
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from servers import serve_app
 
 try:  # FastAPI resolves the handler's annotations by name in this module's globals
     from fastapi import Request
@@ -169,23 +169,12 @@ def _app(log: list[dict]) -> object:
 
 @pytest.fixture
 def oracle() -> Iterator[tuple[str, list[dict]]]:
-    uvicorn = pytest.importorskip("uvicorn")
+    pytest.importorskip("uvicorn")
     pytest.importorskip("fastapi")
     pytest.importorskip("openai")
     log: list[dict] = []
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(_app(log), host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "the test server did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}/v1", log
-    server.should_exit = True
-    thread.join(timeout=5)
+    with serve_app(_app(log)) as url:
+        yield url, log
 
 
 def test_an_endpoint_and_the_untrained_base_disagree_and_are_priced(tmp_path: Path, store: Store, oracle):

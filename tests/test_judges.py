@@ -10,14 +10,15 @@ from __future__ import annotations
 import json
 import re
 import socket
-import threading
 import time
 from collections.abc import Iterator
 
 import pytest
 
+from servers import serve_app
+
 fastapi = pytest.importorskip("fastapi")
-uvicorn = pytest.importorskip("uvicorn")
+pytest.importorskip("uvicorn")
 pytest.importorskip("openai")
 
 from instil.data.records import Example, Message  # noqa: E402
@@ -81,17 +82,8 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def judge_server() -> Iterator[tuple[str, list[dict]]]:
     log: list[dict] = []
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(make_app(log), host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "the test judge server did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}/v1", log
-    server.should_exit = True
-    thread.join(timeout=5)
+    with serve_app(make_app(log)) as url:
+        yield url, log
 
 
 def ex(answer: str = "Paris", id: str = "q1") -> Example:
