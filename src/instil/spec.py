@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import typing
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -747,10 +748,12 @@ def _problems(error: ValidationError, lines: dict[tuple, int]) -> list[Problem]:
     return problems
 
 
-_GRADER_TAGS = {
-    "exact_match", "contains", "not_contains", "regex", "json_valid", "json_schema", "field_f1", "label_accuracy",
-    "numeric", "length", "tool_call_match", "embedding_similarity", "llm_judge", "pairwise_judge", "python",
-}  # fmt: skip
+# Every grader's `type` tag, read off the union so a new grader type needs no second edit here.
+_GRADER_TAGS = frozenset(
+    tag
+    for cls in typing.get_args(typing.get_args(GraderSpec)[0])
+    for tag in typing.get_args(cls.model_fields["type"].annotation)
+)
 _ALIASES = {"json_schema": "schema"}
 
 
