@@ -192,9 +192,9 @@ def load_local(candidate: Candidate, spec: JobSpec, store: Store) -> tuple[Any, 
     from instil.train.models import load_model, load_tokenizer
 
     dtype = "auto" if torch.cuda.is_available() else "float32"  # as training loads it
-    base_spec = spec.model.model_copy(update={"base": str(base_source(spec, store))})
     version = candidate.model_version
     if version is None:
+        base_spec = spec.model.model_copy(update={"base": str(base_source(spec, store))})
         tokenizer = load_tokenizer(base_spec, root=spec.root)
         model = load_model(base_spec, root=spec.root, dtype=dtype)
     else:
@@ -211,7 +211,14 @@ def load_local(candidate: Candidate, spec: JobSpec, store: Store) -> tuple[Any, 
         if (folder / "adapter_config.json").is_file():
             from peft import PeftModel
 
-            base = load_model(base_spec, root=spec.root, dtype=dtype)
+            from instil.train.export import base_source as trained_base
+
+            # The base this version was trained on (export resolves it the same way), not the latest model's.
+            base_path = trained_base(version, folder)
+            base = load_model(
+                base_path, revision=version.revision if isinstance(base_path, str) else None,
+                trust_remote_code=spec.model.trust_remote_code, root=spec.root, dtype=dtype,
+            )  # fmt: skip
             model = PeftModel.from_pretrained(base, folder)
         else:
             model = load_model(folder, dtype=dtype)
