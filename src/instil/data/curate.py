@@ -28,7 +28,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -396,7 +396,7 @@ def plan(
     redacted: bool = False,
 ) -> tuple[np.ndarray, CurationReport]:
     """Decide what to keep from fingerprints alone: a boolean mask over rows and the report."""
-    if contradictions not in ("report", "drop", "majority", "first", "last"):
+    if contradictions not in get_args(ContradictionRule):
         raise DataError(
             f"contradictions={contradictions!r} is not a rule; use report, drop, majority, first or last"
         )

@@ -14,13 +14,14 @@ The first split freezes the holdout: later splits keep it, put every new example
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from instil.data.curate import CurationReport, curate, fingerprint
+from instil.data.curate import ContradictionRule, CurationReport, curate, fingerprint
 from instil.data.formats import read_examples
 from instil.data.records import Example
 from instil.data.split import HoldoutIndex, LeakageAudit, LeakMatch, split_examples
@@ -43,7 +44,7 @@ __all__ = [
     "validate_job",
 ]
 
-CONTRADICTION_RULES = ("report", "drop", "majority", "first", "last")
+CONTRADICTION_RULES = typing.get_args(ContradictionRule)
 
 
 def dataset_name(spec: JobSpec, kind: str) -> str:
