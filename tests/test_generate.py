@@ -200,8 +200,8 @@ def test_prompt_past_the_context_raises(tiny):
     model, tokenizer, renderer = tiny
     ex = _examples()[1]
     ex.source = "golden.jsonl:2"
-    with pytest.raises(ModelError, match=r"golden.jsonl:2: the prompt is \d+ tokens.*max_new_tokens=2048"):
-        generate_local(model, tokenizer, renderer, [ex], system_prompt=None, max_new_tokens=2048)
+    with pytest.raises(ModelError, match=r"golden.jsonl:2: the prompt is \d+ tokens.*max_new_tokens=4096"):
+        generate_local(model, tokenizer, renderer, [ex], system_prompt=None, max_new_tokens=4096)
 
 
 def test_empty_input_and_bad_arguments(tiny):

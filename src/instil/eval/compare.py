@@ -43,6 +43,7 @@ __all__ = [
     "ExampleResult",
     "GraderSummary",
     "SliceSummary",
+    "eval_inputs_sha256",
     "evaluate",
     "select_candidates",
 ]
@@ -235,7 +236,8 @@ def evaluate(
     primary = spec.primary_grader
 
     config = {"candidates": [c.to_dict() for c in candidates], "limit": limit, "max_new_tokens": max_new_tokens,
-              "holdout": {"ref": holdout.ref, "sha256": holdout.sha256}, "n_examples": len(examples)}  # fmt: skip
+              "holdout": {"ref": holdout.ref, "sha256": holdout.sha256}, "n_examples": len(examples),
+              "inputs_sha256": eval_inputs_sha256(spec)}  # fmt: skip
     run_id = store.start_run(spec.name, "eval", config=config)
     try:
         store.link_run_dataset(run_id, holdout, "eval")
@@ -263,6 +265,17 @@ def evaluate(
                          error=f"{type(e).__name__}: {e}")  # fmt: skip
         raise
     return report
+
+
+def eval_inputs_sha256(spec: JobSpec) -> str:
+    """A hash of what decides a candidate's scores besides the model and the holdout: graders, prompts, output
+    contract and generation settings. Results recorded under another hash are stale."""
+    parts = {
+        "graders": [g.model_dump(mode="json") for g in spec.graders],
+        "system_prompt": spec.system_prompt, "short_prompt": spec.short_prompt,
+        "output": spec.output.model_dump(mode="json"), "max_new_tokens": spec.eval.max_new_tokens,
+    }  # fmt: skip
+    return sha256_hex(json.dumps(parts, sort_keys=True).encode())
 
 
 def _grade(c: Candidate, spec: JobSpec, graders: list[Grader], e: Example, g: Generation) -> ExampleResult:

@@ -59,7 +59,7 @@ _TEMPLATE_TEXTS = (
 # transformers.models.qwen2.tokenization_qwen2.PRETOKENIZE_REGEX, copied: a private detail of transformers may move.
 _PRETOKENIZE_REGEX = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 
-_BUILD_VERSION = 1
+_BUILD_VERSION = 2
 """Bumped whenever the build changes its output for the same inputs, so caches keyed on settings rebuild."""
 
 
@@ -77,7 +77,7 @@ class TinySettings:
     """Number of decoder layers."""
     num_heads: int = 4
     """Attention heads per layer (key/value heads too: no grouped-query sharing at this size)."""
-    max_position_embeddings: int = 2048
+    max_position_embeddings: int = 4096
     """The longest sequence the model accepts (RoPE positions; also the tokenizer's ``model_max_length``)."""
     seed: int = 0
     """Seed of the weight initialisation."""
@@ -109,7 +109,7 @@ def build_tiny(
     hidden_size: int = 128,
     num_layers: int = 2,
     num_heads: int = 4,
-    max_position_embeddings: int = 2048,
+    max_position_embeddings: int = 4096,
     seed: int = 0,
 ) -> Path:
     """Train a tokenizer on ``examples``, build a random model of ``arch`` on it, and save both into ``out_dir``.
