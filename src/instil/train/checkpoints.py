@@ -45,6 +45,7 @@ __all__ = [
     "MARKER",
     "Checkpoint",
     "CheckpointRecorder",
+    "NoCheckpointError",
     "StopOnInterrupt",
     "TrainingInterrupted",
     "checkpoint_folder",
@@ -215,6 +216,10 @@ def _problems(checkpoint: Checkpoint, recorded: set[str]) -> list[str]:
     return problems
 
 
+class NoCheckpointError(InstilError):
+    """``--resume`` found no complete checkpoint of an earlier run with the same settings and data."""
+
+
 def _folders(root: Path) -> list[tuple[int, Path]]:
     """The ``checkpoint-<step>`` folders under ``root``, newest step first."""
     found = []
@@ -246,7 +251,7 @@ def find_resumable(root: Path, recorded: set[str]) -> Checkpoint:
             )
         return checkpoint
     note = f" ({', '.join(skipped)} never finished writing)" if skipped else ""
-    raise InstilError(
+    raise NoCheckpointError(
         f"no complete checkpoint to resume from in {root}{note}",
         hint="train without --resume to start from the beginning (checkpoints are kept only for runs that stopped "
         "early with the same settings and data)",

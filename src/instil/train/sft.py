@@ -14,55 +14,45 @@ It reads top to bottom:
    because the tuned model then runs with none, and it must be trained the way it runs.
 2. **Model.** The base model and tokenizer (``tiny`` is built from these examples), rendered through the chat template
    (:class:`ChatRenderer`); each example tokenized with loss only on the assistant turns (:func:`tokenize_example`).
-3. **Settings.** Defaults from the data, every one overridable and shown with its source (:class:`Setting`):
-   ``max_length`` = the longest example, capped at the model's context; ``epochs`` = about 3,000 examples seen
-   (between 1 and 10 passes); learning rate by adapter (LoRA/QLoRA 2e-4, full 2e-5, or 1e-3 for a random ``tiny``
-   model, prompt tuning 3e-2); a validation slice of the *training* split (10%, at least 1, at most 200; only with 10
-   or more examples) with early stopping on its loss (patience 3 evaluations, about 10 evaluations a run); batches
-   grouped by length on CPU, where padding costs the most. ``training.trl`` is passed through to ``SFTConfig`` last.
+3. **Settings.** Defaults from the data, every one overridable and shown with its source (:class:`Setting`; how each
+   is derived is in :mod:`instil.train.settings`), with a validation slice of the *training* split and early stopping
+   on its loss. ``training.trl`` is passed through to ``SFTConfig`` last.
 4. **Train.** TRL's ``SFTTrainer`` with pre-tokenized rows carrying our own ``labels`` (TRL uses a ``labels`` column as
-   is), and a PEFT config for ``lora``, ``qlora`` (4-bit NF4 base) or ``prompt_tuning``; none for ``full``.
-5. **Save.** The adapter (or whole model) in safetensors, the tokenizer with the chat template, ``loss_history.json``,
-   ``loss_curve.png`` and ``instil_train.json`` (settings and metrics), written to a temp folder then renamed into place. Checkpoints
+   is), and a PEFT config for ``lora``, ``qlora`` (4-bit NF4 base) or ``prompt_tuning``; none for ``full``. Checkpoints
    (``<home>/checkpoints/<job>/<config key>``, see :mod:`instil.train.checkpoints`) are marked complete, hashed and
    recorded as they are written, kept when a run stops early (``resume=True`` continues from the newest one; Ctrl-C
    saves one first) and deleted after a run succeeds; no pickle (``training_args.bin``) is ever loaded.
+5. **Save.** The adapter (or whole model) in safetensors, the tokenizer with the chat template, ``loss_history.json``,
+   ``loss_curve.png`` and ``instil_train.json`` (settings and metrics), written to a temp folder then renamed into
+   place (:func:`~instil.train.record.save_model`).
 6. **Record.** A ``train`` run (the resolved settings as its config, linked to the dataset version), the model
-   version (model info, library versions, seed, dataset hash, loss history) and the output folder as an artifact.
-   A run that fails after it started is finished as ``failed`` with the error, which is then re-raised.
+   version (model info, library versions, seed, dataset hash, loss history) and the output folder as an artifact
+   (:func:`~instil.train.record.record_run`). A run that fails after it started is finished as ``failed`` (or
+   ``cancelled`` on Ctrl-C) with the error, which is then re-raised.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from instil.data.records import Example, Message
 from instil.data.stages import assert_no_holdout_leak, dataset_name
-from instil.env import library_versions
-from instil.errors import DataError, InstilError, ModelError
+from instil.errors import DataError, InstilError
 from instil.spec import JobSpec
 from instil.store import DatasetVersion, ModelVersion, Store
 from instil.train.chat import ChatRenderer
 from instil.train.launch import all_sum, barrier, distributed_settings
 from instil.train.masking import IGNORE_INDEX, tokenize_example
-from instil.train.models import (
-    ModelInfo,
-    is_tiny_base,
-    load_model,
-    load_tokenizer,
-    model_info,
-    resolve_base,
-    weights_sha256,
-)
+from instil.train.models import ModelInfo, is_tiny_base, load_model, load_tokenizer, model_info, resolve_base
+from instil.train.record import TrainMetrics, gathered_state, loss_history, measure, record_run, save_model
+from instil.train.settings import Setting, resolve_max_length, resolve_settings, validation_split
 
 __all__ = [
     "Setting",
@@ -75,69 +65,6 @@ __all__ = [
     "train_sft",
     "with_short_prompt",
 ]
-
-LEARNING_RATES = {"lora": 2e-4, "qlora": 2e-4, "full": 2e-5, "prompt_tuning": 3e-2}
-"""Default peak learning rate by adapter, for a pretrained base."""
-TINY_LEARNING_RATE = 1e-3
-"""Default for full fine-tuning of the random ``tiny`` model, which learns from scratch."""
-EXAMPLES_SEEN = 3000
-"""The default number of epochs aims at about this many examples seen..."""
-MAX_EPOCHS = 10
-"""...in at most this many passes (small data), and at least one."""
-VALIDATION_FRACTION, MIN_FOR_VALIDATION, MAX_VALIDATION = 0.1, 10, 200
-"""The validation slice: 10% of the training examples, only with 10 or more of them, at most 200."""
-EARLY_STOPPING_PATIENCE = 3
-"""Stop after this many evaluations without a better validation loss."""
-EVALUATIONS_PER_RUN = 10
-"""How many times the validation loss is measured over a run (when nothing sets ``eval_steps``)."""
-LOG_POINTS = 200
-"""About how many training-loss points the loss history keeps."""
-CHECKPOINTS_PER_RUN = 10
-"""How many checkpoints a run without validation writes (with validation: one at every evaluation)."""
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One resolved training setting and where its value came from."""
-
-    value: Any
-    """The value used."""
-    source: str
-    """``spec`` (the job spec's own field), ``trl`` (``training.trl``), ``argument`` (passed to the API), ``data``
-    (derived from the examples or the model) or ``default`` (instil's default)."""
-    why: str = ""
-    """For a derived value, how it was derived."""
-
-
-@dataclass
-class TrainMetrics:
-    """What a training run measured."""
-
-    train_loss: float | None
-    """The last logged training loss."""
-    eval_loss: float | None
-    """The best validation loss (of the saved model); None without a validation slice."""
-    steps: int
-    """Optimizer steps taken."""
-    epochs: float
-    """Passes over the training rows taken."""
-    tokens_seen: int
-    """Non-padding tokens in the training batches."""
-    trained_tokens: int
-    """Tokens that carried loss (assistant turns and their end-of-turn markers)."""
-    seconds: float
-    """Wall time of the training loop."""
-    tokens_per_second: float
-    """``tokens_seen / seconds``."""
-    stopped_early: bool
-    """True when early stopping ended the run before its planned steps."""
-    padding_fraction: float = 0.0
-    """Pad tokens / all tokens of the training batches, measured on the batches the model ran (0 when padding-free)."""
-    anomalies: list[dict[str, Any]] = field(default_factory=list)
-    """Anomalies seen while training (loss spikes, a flat or chance-level loss); a NaN stops the run instead."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass
@@ -205,28 +132,20 @@ def with_short_prompt(example: Example, short_prompt: str | None) -> Example:
     )  # fmt: skip
 
 
-def _validation_split(n: int, seed: int) -> tuple[list[int], list[int]]:
-    """Indexes of (train, validation) rows: a seeded random slice of the training split."""
-    import numpy as np
-
-    if n < MIN_FOR_VALIDATION:
-        return list(range(n)), []
-    k = min(MAX_VALIDATION, max(1, round(n * VALIDATION_FRACTION)))
-    order = np.random.default_rng(seed).permutation(n)
-    val = sorted(int(i) for i in order[:k])
-    taken = set(val)
-    return [i for i in range(n) if i not in taken], val
-
-
 # ---- 2 and 3. model, tokens, settings ----------------------------------------------------------------------------------
-def prepare_sft(spec: JobSpec, store: Store, *, max_steps: int | None = None) -> SftPlan:
+def prepare_sft(
+    spec: JobSpec, store: Store, *, max_steps: int | None = None, dataset: DatasetVersion | None = None
+) -> SftPlan:
     """Load the data and model, tokenize with our masks and resolve every setting; records nothing.
+
+    ``dataset`` is the training version to use (default: the newest version of ``<job>:train``).
 
     Raises :class:`HoldoutLeakError` when a training example matches the frozen holdout.
     """
     import torch
 
-    dataset = store.get_dataset(dataset_name(spec, "train"))
+    if dataset is None:
+        dataset = store.get_dataset(dataset_name(spec, "train"))
     stored = list(store.iter_examples(dataset))
     if not stored:
         raise DataError(
@@ -253,15 +172,7 @@ def prepare_sft(spec: JobSpec, store: Store, *, max_steps: int | None = None) ->
     full = [tokenize_example(renderer, e) for e in examples]
     longest = max(len(x.input_ids) for x in full)
     context = getattr(model.config, "max_position_embeddings", None)
-    s: dict[str, Setting] = {}
-    if spec.model.max_length is not None:
-        s["max_length"] = Setting(spec.model.max_length, "spec")
-    elif context is not None and longest > context:
-        s["max_length"] = Setting(
-            context, "data", f"longest example has {longest} tokens: capped at the context"
-        )
-    else:
-        s["max_length"] = Setting(longest, "data", "the longest example")
+    s: dict[str, Setting] = {"max_length": resolve_max_length(spec, longest=longest, context=context)}
     max_length = s["max_length"].value
 
     rows, dropped, truncated = [], [], 0
@@ -277,11 +188,11 @@ def prepare_sft(spec: JobSpec, store: Store, *, max_steps: int | None = None) ->
             f"no example of {dataset.ref} keeps a trained token within max_length={max_length}",
             hint="raise model.max_length, or shorten the prompts before the assistant turns",
         )
-    train_idx, val_idx = _validation_split(len(rows), t.seed)
+    train_idx, val_idx = validation_split(len(rows), t.seed)
     train_rows, eval_rows = [rows[i] for i in train_idx], [rows[i] for i in val_idx]
 
-    s.update(_resolve(spec, n_train=len(train_rows), n_val=len(eval_rows), tiny=info.is_tiny, cuda=cuda,
-                      max_steps=max_steps, dtype=dtype))  # fmt: skip
+    s.update(resolve_settings(spec, n_train=len(train_rows), n_val=len(eval_rows), tiny=info.is_tiny, cuda=cuda,
+                              max_steps=max_steps, dtype=dtype))  # fmt: skip
     s.update(distributed_settings(t.batch_size, cuda=cuda))  # launched on N processes: batch_size / N each
     s["examples"] = Setting(len(stored), "data", f"{dataset.ref} ({dataset.short_hash})")
     s["truncated_examples"] = Setting(truncated, "data", f"longer than max_length={max_length}")
@@ -289,90 +200,10 @@ def prepare_sft(spec: JobSpec, store: Store, *, max_steps: int | None = None) ->
     return SftPlan(spec, dataset, model, tokenizer, renderer, info, train_rows, eval_rows, s, dropped)
 
 
-def _resolve(
-    spec: JobSpec, *, n_train: int, n_val: int, tiny: bool, cuda: bool, max_steps: int | None, dtype: str
-) -> dict[str, Setting]:
-    """Every setting besides max_length: the spec's value when given, else a default from the data."""
-    t, trl = spec.training, spec.training.trl
-    s: dict[str, Setting] = {"adapter": Setting(t.adapter, "spec")}
-    if t.epochs is not None:
-        s["epochs"] = Setting(t.epochs, "spec")
-    else:
-        epochs = min(MAX_EPOCHS, max(1, math.ceil(EXAMPLES_SEEN / n_train)))
-        s["epochs"] = Setting(epochs, "data", f"about {EXAMPLES_SEEN} examples seen, {n_train} training rows")
-    if t.learning_rate is not None:
-        s["learning_rate"] = Setting(t.learning_rate, "spec")
-    elif tiny and t.adapter == "full":
-        s["learning_rate"] = Setting(
-            TINY_LEARNING_RATE, "default", "the random tiny model learns from scratch"
-        )
-    else:
-        s["learning_rate"] = Setting(LEARNING_RATES[t.adapter], "default", f"for adapter {t.adapter}")
-    s["batch_size"] = Setting(t.batch_size, "spec")
-    s["seed"] = Setting(t.seed, "spec")
-    if t.adapter in ("lora", "qlora"):
-        for name in ("r", "alpha", "dropout", "target_modules"):
-            s[f"lora_{name}"] = Setting(getattr(t.lora, name), "spec")
-    if t.adapter == "prompt_tuning":
-        s["num_virtual_tokens"] = Setting(t.num_virtual_tokens, "spec")
-    s["system_prompt"] = Setting(
-        "short_prompt" if spec.short_prompt is not None else "none", "spec",
-        "the tuned model runs with the spec's short_prompt" if spec.short_prompt is not None
-        else "no short_prompt: system messages are dropped",
-    )  # fmt: skip
-    s["train_rows"] = Setting(n_train, "data")
-    s["validation_rows"] = Setting(
-        n_val, "default", f"{VALIDATION_FRACTION:.0%} of the training split, at most {MAX_VALIDATION}"
-        if n_val else f"fewer than {MIN_FOR_VALIDATION} examples: no validation, no early stopping",
-    )  # fmt: skip
-    s["dtype"] = Setting(dtype, "default", "the checkpoint's own dtype on GPU, float32 on CPU")
-
-    def pick(name: str, value: Any, why: str) -> None:
-        s[name] = Setting(trl[name], "trl") if name in trl else Setting(value, "default", why)
-
-    if max_steps is not None:
-        s["max_steps"] = Setting(max_steps, "argument")
-    else:
-        pick("max_steps", -1, "-1: run the epochs")
-    accumulation = trl.get("gradient_accumulation_steps", 1)
-    per_epoch = math.ceil(n_train / (t.batch_size * accumulation))
-    planned = s["max_steps"].value if s["max_steps"].value > 0 else math.ceil(per_epoch * s["epochs"].value)
-    pick("gradient_accumulation_steps", 1, "")
-    pick(
-        "logging_steps", max(1, planned // LOG_POINTS), f"about {LOG_POINTS} loss points over {planned} steps"
-    )
-    if n_val:
-        pick(
-            "eval_steps",
-            max(1, math.ceil(planned / EVALUATIONS_PER_RUN)),
-            f"{EVALUATIONS_PER_RUN} evaluations a run",
-        )
-        s["early_stopping_patience"] = Setting(
-            EARLY_STOPPING_PATIENCE, "default", "evaluations without improvement"
-        )
-    pick(
-        "save_steps",
-        s["eval_steps"].value if n_val else max(1, math.ceil(planned / CHECKPOINTS_PER_RUN)),
-        "at every evaluation (the best model is loaded from a saved step)" if n_val
-        else f"{CHECKPOINTS_PER_RUN} checkpoints a run, to resume from",
-    )  # fmt: skip
-    pick("train_sampling_strategy", "random" if cuda else "group_by_length",
-         "length grouping cuts padding on CPU" if not cuda else "random order on GPU")  # fmt: skip
-    pick("bf16", cuda and _bf16_ok(), "bf16 mixed precision where the GPU supports it")
-    pick("gradient_checkpointing", cuda, "saves GPU memory; off on CPU, where it only costs time")
-    return s
-
-
 def _cuda() -> bool:
     import torch
 
     return bool(torch.cuda.is_available())
-
-
-def _bf16_ok() -> bool:
-    import torch
-
-    return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
 
 
 def _peft_config(spec: JobSpec) -> Any:
@@ -461,7 +292,7 @@ _CONFIG_FIELDS = {
 """Resolved settings that are ``SFTConfig`` fields of the same name."""
 
 
-# ---- 5 and 6. save and record --------------------------------------------------------------------------------------------
+# ---- the run: 4. train, 5. save, 6. record ---------------------------------------------------------------------------
 def train_sft(
     spec: JobSpec,
     store: Store,
@@ -470,9 +301,11 @@ def train_sft(
     max_steps: int | None = None,
     progress: bool = True,
     resume: bool = False,
+    dataset: DatasetVersion | None = None,
 ) -> TrainResult:
     """Fine-tune the job's base model on its training split with SFT and record the run and the model.
 
+    ``dataset`` is the training version to learn from (default: the newest version of ``<job>:train``).
     ``output_dir`` defaults to ``<home>/models/<job>/run-<run id>`` and must not exist yet. ``max_steps`` caps the
     optimizer steps (overrides the epochs). ``progress`` shows a progress bar on stderr. ``resume`` continues from the
     newest complete checkpoint of an earlier run with the same settings and data (refused when there is none, or when
@@ -486,7 +319,7 @@ def train_sft(
         )
     if output_dir is not None and Path(output_dir).exists():
         raise InstilError(f"output folder {output_dir} exists already", hint="pick a new folder or remove it")
-    plan = prepare_sft(spec, store, max_steps=max_steps)
+    plan = prepare_sft(spec, store, max_steps=max_steps, dataset=dataset)
     from instil.train.checkpoints import checkpoint_folder, config_key, find_resumable, recorded_hashes
 
     checkpoints = checkpoint_folder(store.home, spec.name, config_key(_checkpoint_identity(plan)))
@@ -511,24 +344,7 @@ def train_sft(
             plan, target, progress=progress, store=store, run_id=run_id, checkpoints=checkpoints,
             resume_from=resume_from.path if resume_from is not None else None,
         )  # fmt: skip
-        meta = {
-            "model_info": plan.info.to_dict(), "library_versions": library_versions(), "seed": spec.training.seed,
-            "dataset": {"ref": plan.dataset.ref, "sha256": plan.dataset.sha256}, "adapter": spec.training.adapter,
-            "method": "sft", "loss_history": history,
-        }  # fmt: skip
-        model = store.register_model(
-            spec.name,
-            base_model=spec.model.base,
-            path=target,
-            run_id=run_id,
-            revision=plan.info.revision,
-            meta=meta,
-        )
-        store.add_artifact(run_id, "model", target, sha256=weights_sha256(target))
-        store.add_artifact(run_id, "history", target / "loss_history.json")
-        if (target / "loss_curve.png").is_file():
-            store.add_artifact(run_id, "loss_curve", target / "loss_curve.png")
-        store.finish_run(run_id, "succeeded", metrics=metrics.to_dict())
+        model = record_run(store, run_id, plan, target, metrics, history)  # 6. register; run succeeded
     except BaseException as e:
         status = "cancelled" if isinstance(e, KeyboardInterrupt) else "failed"
         store.finish_run(run_id, status, error=f"{type(e).__name__}: {e}")
@@ -537,7 +353,12 @@ def train_sft(
 
 
 def follow_sft(
-    spec: JobSpec, store: Store, *, output_dir: Path | None = None, max_steps: int | None = None, resume: bool = False
+    spec: JobSpec,
+    store: Store,
+    *,
+    output_dir: Path | None = None,
+    max_steps: int | None = None,
+    resume: bool = False,
 ) -> None:
     """Train as a non-zero rank of a launched run (``instil train --processes N``, :mod:`instil.train.launch`).
 
@@ -596,26 +417,13 @@ def _train_and_save(
             barrier()  # nobody deletes the checkpoints while another rank still loads the best one from them
             # Each rank counted its own shard.
             seen, trained, positions = all_sum(tally.seen, tally.trained, tally.positions)
-            state_dict = _gathered_state(trainer)
-            history = _history(trainer.state.log_history)
-            state = trainer.state
-            train_losses = [h["loss"] for h in history if "loss" in h]
-            metrics = TrainMetrics(
-                train_loss=train_losses[-1] if train_losses else None,
-                eval_loss=float(state.best_metric) if state.best_metric is not None else None,
-                steps=int(state.global_step),
-                epochs=float(state.epoch or 0.0),
-                tokens_seen=seen,
-                trained_tokens=trained,
-                seconds=round(seconds, 3),
-                tokens_per_second=round(seen / seconds, 1) if seconds > 0 else 0.0,
-                stopped_early=bool(state.global_step < state.max_steps),
-                padding_fraction=round((positions - seen) / positions, 4) if positions else 0.0,
-                anomalies=anomalies.to_list(),
-            )
+            state_dict = gathered_state(trainer)
+            history = loss_history(trainer.state.log_history)
+            metrics = measure(trainer.state, history, seconds=seconds, seen=seen, trained=trained,
+                              positions=positions, anomalies=anomalies.to_list())  # fmt: skip
             if target is None:
                 return metrics, history  # a follower: rank 0 saves, records and cleans up
-            _save(plan, trainer.model, staging, metrics, history, state_dict=state_dict)
+            save_model(plan, trainer.model, staging, metrics, history, state_dict=state_dict)
             os.replace(staging, target)
         shutil.rmtree(checkpoints, ignore_errors=True)  # the run is done: nothing left to resume
         if checkpoints.parent.is_dir() and not any(checkpoints.parent.iterdir()):
@@ -642,50 +450,3 @@ def _quiet() -> Iterator[None]:
             datasets.enable_progress_bars()
         if was_hf:
             hf_logging.enable_progress_bar()
-
-
-def _history(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    out = []
-    for entry in log_history:
-        for key in ("loss", "eval_loss"):
-            if key in entry:
-                out.append({"step": entry.get("step"), "epoch": entry.get("epoch"), key: float(entry[key])})
-    return out
-
-
-def _gathered_state(trainer: Any) -> dict[str, Any] | None:
-    """The full state dict of a sharded model (DeepSpeed ZeRO, FSDP), gathered on every rank; None otherwise."""
-    if getattr(trainer, "is_deepspeed_enabled", False) or getattr(trainer, "is_fsdp_enabled", False):
-        return trainer.accelerator.get_state_dict(trainer.model_wrapped)  # a collective: every rank calls it
-    return None
-
-
-def _save(
-    plan: SftPlan,
-    model: Any,
-    folder: Path,
-    metrics: TrainMetrics,
-    history: list[dict[str, Any]],
-    *,
-    state_dict: dict[str, Any] | None = None,
-) -> None:
-    """The model (or adapter) in safetensors, the tokenizer with its chat template, the history and the settings."""
-    from peft import PeftModel
-
-    folder.mkdir(parents=True)
-    if isinstance(model, PeftModel):
-        model.save_pretrained(folder, safe_serialization=True, state_dict=state_dict)
-    else:
-        model.save_pretrained(folder, state_dict=state_dict)  # transformers 5 writes safetensors only
-    plan.tokenizer.chat_template = plan.renderer.template  # serving renders exactly what training rendered
-    plan.tokenizer.save_pretrained(folder)
-    (folder / "loss_history.json").write_text(json.dumps(history, indent=1), encoding="utf-8")
-    if any("loss" in h or "eval_loss" in h for h in history):
-        from instil.train.plots import plot_loss
-
-        plot_loss(history, folder / "loss_curve.png")
-    summary = {**plan.config(), "metrics": metrics.to_dict(), "end_of_turn": plan.renderer.end_of_turn}
-    (folder / "instil_train.json").write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
-    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl"))
-    if pickles:
-        raise ModelError(f"saving wrote pickle files {pickles} to {folder}; instil ships safetensors only")
