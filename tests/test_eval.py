@@ -3,7 +3,9 @@ and an endpoint candidate on a loopback OpenAI-compatible server."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,8 +31,24 @@ COLORS = ["red", "green", "blue", "yellow"]
 LONG_PROMPT = "You are the colour desk. Answer with one colour name, lower case, nothing else, ever."
 
 
-WORDS = ["lantern", "orchid", "quartz", "meadow", "harbor", "pepper", "violin", "glacier", "saddle", "thimble",
-         "canyon", "biscuit", "marble", "falcon", "juniper", "rocket"]
+WORDS = [
+    "lantern",
+    "orchid",
+    "quartz",
+    "meadow",
+    "harbor",
+    "pepper",
+    "violin",
+    "glacier",
+    "saddle",
+    "thimble",
+    "canyon",
+    "biscuit",
+    "marble",
+    "falcon",
+    "juniper",
+    "rocket",
+]
 
 
 def _ticket(i: int) -> str:
@@ -87,7 +105,7 @@ def prepared(root: Path, store: Store, endpoint: str | None = None, train: bool 
     return spec
 
 
-def test_evaluate_runs_base_and_tuned_records_and_reports(tmp_path: Path, store: Store):
+def test_evaluate_runs_base_and_tuned_records_and_reports(tmp_path: Path, store: Store, capsys):
     spec = prepared(tmp_path / "job", store)
     cands = default_candidates(spec, store)
     assert [c.name for c in cands] == ["base+full", "base+short", "colors@1+short"]
@@ -123,6 +141,39 @@ def test_evaluate_runs_base_and_tuned_records_and_reports(tmp_path: Path, store:
     assert len(lines) == 18 and json.loads(lines[0])["candidate"] == "base+full"
     assert json.loads(Path(kinds["report"].path).read_text())["run_id"] == report.run_id
     json.dumps(report.to_dict(with_examples=True))  # JSON all the way down
+    assert all(c.reused_from is None for c in report.candidates)
+
+    # reuse=True: the tuned model's rows come from that run, not from a new generation; a new run is still recorded.
+    again = evaluate(spec, store, [cands[2]], limit=6, max_new_tokens=4, reuse=True)
+    assert again.run_id != report.run_id and store.get_run(again.run_id).status == "succeeded"
+    assert again.candidates[0].reused_from == report.run_id
+    assert again.examples == [
+        r for r in report.examples if r.candidate == cands[2].name
+    ]  # latencies included
+    assert store.list_evaluations(run_id=again.run_id)[0].metrics["reused_from"] == report.run_id
+    # Another limit is another measurement: generated afresh.
+    other = evaluate(spec, store, [cands[2]], limit=5, max_new_tokens=4, reuse=True)
+    assert other.candidates[0].reused_from is None
+
+    # The HTML report beside report.json, recorded, with the tuned model's loss curve from its training run.
+    assert report.html_path == report.examples_path.with_name("report.html")
+    assert Path(kinds["report_html"].path) == report.html_path
+    page = report.html_path.read_text(encoding="utf-8")
+    assert (
+        'id="loss"' in page and "colors@1+short <span" in page and page.count("data:image/png;base64,") == 3
+    )
+    assert json.loads(Path(kinds["report"].path).read_text())["html_path"] == str(report.html_path)
+
+    # The CLI prints the tuned model's failure-mode checks and the HTML report's path.
+    from instil.cli import main
+
+    capsys.readouterr()
+    args = ["eval", str(spec.file), "--candidate", "colors@1+short", "--limit", "3", "--max-new-tokens", "2"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "colors@1+short: no overfitting" in out or "colors@1+short: overfitting" in out
+    assert "style collapse" in out and "HTML report:" in out and "report.html" in out
+    assert "win rate" not in out  # no pairwise judge in this spec
 
 
 def test_prompts_are_swapped_as_in_training(tmp_path: Path, store: Store):
@@ -194,6 +245,117 @@ def test_an_endpoint_and_the_untrained_base_disagree_and_are_priced(tmp_path: Pa
     assert len(log) == 8 and log[0]["messages"][0] == {"role": "system", "content": "Name the colour."}
     assert log[0]["model"] == "fixed" and log[0]["max_tokens"] == 3
 
+    # Reused: no request reaches the endpoint, and the rows name the run that generated them, even reused twice.
+    for _ in range(2):
+        again = evaluate(spec, store, cands, max_new_tokens=3, reuse=True)
+        assert len(log) == 8
+        assert [c.reused_from for c in again.candidates] == [report.run_id, report.run_id]
+        assert again.examples == report.examples and again.candidates == [
+            dataclasses.replace(c, reused_from=report.run_id) for c in report.candidates
+        ]
+    # A price change is another candidate identity (its costs came from the old price): asked again.
+    endpoint = spec.eval.endpoints[0].model_copy(update={"input_price_per_million": 10.0})
+    repriced = dataclasses.replace(cands[0], endpoint=endpoint)
+    fresh = evaluate(spec, store, [repriced], max_new_tokens=3, reuse=True)
+    assert len(log) == 16 and fresh.candidates[0].reused_from is None
+    # A changed grader set changes eval_inputs_sha256: nothing is reused.
+    regraded = spec.model_copy(update={"graders": spec.graders[:1]})
+    assert (
+        evaluate(regraded, store, cands[:1], max_new_tokens=3, reuse=True).candidates[0].reused_from is None
+    )
+    assert len(log) == 24
+
+
+# ---- a pairwise judge on loopback: win rates against the first candidate ---------------------------------------------
+def _between(tag: str, text: str) -> str | None:
+    m = re.search(rf"<{tag}>\n(.*?)\n</{tag}>", text, re.DOTALL)
+    return m.group(1) if m else None
+
+
+def _oracle_and_judge(judged: list[dict]) -> object:
+    import fastapi
+
+    app = fastapi.FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def completions(request: Request) -> object:
+        body = await request.json()
+        user = body["messages"][-1]["content"]
+        if body["model"] == "judge":
+            judged.append(body)
+            # The answer equal to the reference wins; without a reference shown, or both alike, a tie.
+            ref, a, b = _between("reference", user), _between("answer_a", user), _between("answer_b", user)
+            winner = "tie" if ref is None or (a == ref) == (b == ref) else ("A" if a == ref else "B")
+            content = json.dumps({"winner": winner, "reason": f"{winner} matches the reference"})
+        else:
+            # An oracle that is wrong on every third item: answers that disagree with the base's on some examples.
+            number = int(user.split()[-1].rstrip("?"))
+            content = "purple" if number % 3 == 0 else COLORS[number % len(COLORS)]
+        return {
+            "id": "x", "object": "chat.completion", "created": int(time.time()), "model": body["model"],
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11},
+        }  # fmt: skip
+
+    return app
+
+
+def test_win_rate_against_the_first_candidate_by_a_pairwise_judge(tmp_path: Path, store: Store, capsys):
+    pytest.importorskip("uvicorn")
+    pytest.importorskip("fastapi")
+    pytest.importorskip("openai")
+    judged: list[dict] = []
+    with serve_app(_oracle_and_judge(judged)) as url:
+        spec_file = prepared(tmp_path / "job", store, endpoint=url, train=False).file
+        text = spec_file.read_text(encoding="utf-8").replace(
+            "  - {name: short, type: length, max_chars: 8}\n",
+            "  - {name: short, type: length, max_chars: 8}\n  - {name: pref, type: pairwise_judge, rubric: Right wins., "
+            f"endpoint: {{base_url: '{url}', model: judge}}}}\n",
+        )
+        spec_file.write_text(text, encoding="utf-8")
+        spec = load_spec(spec_file)
+        assert spec.graders[-1].type == "pairwise_judge"
+        cands = select_candidates(spec, store, ["base+full", "oracle"])
+        report = evaluate(spec, store, cands, max_new_tokens=3)
+        base, oracle = report.candidate("base+full"), report.candidate("oracle")
+        assert base.win_rate is None and oracle.win_rate is not None
+        # The expected verdicts from the answers themselves: right beats wrong, alike is a tie.
+        right = {(r.candidate, r.example_id): r.scores["em"] == 1.0 for r in report.examples}
+        expected = [1.0 if right["oracle", k] > right["base+full", k] else 0.0 if right["oracle", k] < right["base+full", k]
+                    else 0.5 for k in report.references]  # fmt: skip
+        w = oracle.win_rate
+        assert (w.judge, w.against, w.n) == ("pref", "base+full", 8)
+        assert w.win_rate == pytest.approx(sum(expected) / 8) and w.win_rate > 0.5
+        assert (
+            w.wins == expected.count(1.0)
+            and w.ties == expected.count(0.5)
+            and w.losses == expected.count(0.0)
+        )
+        assert w.ties >= 2 and w.low <= w.win_rate <= w.high  # items 102 and 105: the oracle is wrong too
+        assert [r.win for r in report.examples if r.candidate == "oracle"] == expected
+        # The judge as a grader (against the reference, not shown it) plus the head-to-head, both orders each time.
+        assert len(judged) == 2 * 8 * 2 + 2 * 8
+        assert f"{w.wins}W {w.ties}T {w.losses}L vs base+full" in report.html_path.read_text(encoding="utf-8")
+
+        # Reused: neither the candidates nor the judge are asked again, and the verdicts stand.
+        again = evaluate(spec, store, cands, max_new_tokens=3, reuse=True)
+        assert len(judged) == 48 and again.candidate("oracle").win_rate == w
+        # In the other order the first candidate changes: the verdicts are asked afresh, from the other side; back in
+        # the first order, the first run's verdicts are found again.
+        flipped = evaluate(spec, store, cands[::-1], max_new_tokens=3, reuse=True)
+        assert len(judged) == 48 + 16 and flipped.candidate("oracle").win_rate is None
+        assert flipped.candidate("base+full").win_rate.win_rate == pytest.approx(1 - w.win_rate)
+
+        from instil.cli import main
+
+        capsys.readouterr()
+        assert main(["eval", str(spec_file), "--candidate", "base+full", "--candidate", "oracle", "--max-new-tokens",
+                     "3", "--reuse"]) == 0  # fmt: skip
+        out = capsys.readouterr().out
+        assert (f"win rate of oracle against base+full (judge pref, ties half): {w.win_rate:.2f} [{w.low:.2f}, "
+                f"{w.high:.2f}], {w.wins} won, {w.ties} tied, {w.losses} lost") in out  # fmt: skip
+        assert f"reused from earlier eval runs: base+full (run {report.run_id})" in out and len(judged) == 64
+
 
 # ---- the CLI ---------------------------------------------------------------------------------------------------------
 def test_cli_prints_the_table_and_the_tag_slices_and_json(tmp_path: Path, store: Store, capsys):
@@ -206,7 +368,9 @@ def test_cli_prints_the_table_and_the_tag_slices_and_json(tmp_path: Path, store:
     assert "colors:holdout@1, 4 examples (primary: em)" in out
     assert "base+short" in out and "base+full" not in out
     assert "em by tag" in out and "warm" in out and "cool" in out
-    assert "examples.jsonl" in out
+    assert "examples.jsonl" in out and "HTML report:" in out
+    html = Path(out.split("HTML report:")[1].split()[0])
+    assert html.name == "report.html" and html.is_file()
     assert main([*args, "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert [c["name"] for c in data["candidates"]] == ["base+short"]

@@ -180,3 +180,108 @@ graders:
     assert "sk-test-123" not in repr(j)
     assert j.grade(ex(), "Paris").value == 1.0 and log[-1]["auth"] == "Bearer sk-test-123"
     assert p.grade(ex(), "Paris, correct").value == 1.0
+
+
+# ---- against a real model: a tiny model trained to answer a verdict, served by instil.serve ---------------------------
+VERDICT = '{"score": 4, "winner": "A"}'
+"""The one reply the tiny judge learns: both judges parse it (the rubric judge reads the score, the pairwise one the
+winner), so one model trained for seconds serves both."""
+
+
+@pytest.fixture(scope="module")
+def verdict_job(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[object, object]]:
+    """A job whose tiny model (full fine-tuning, 30 steps) answers VERDICT to judge prompts; (spec, store)."""
+    pytest.importorskip("torch")
+    from instil.eval.graders.judges import JUDGE_SYSTEM, PAIRWISE_SYSTEM
+    from instil.store import Store
+    from instil.train.sft import train_sft
+
+    def section(tag: str, text: str) -> str:
+        return f"<{tag}>\n{text}\n</{tag}>"
+
+    qa = [("Capital of France?", "Paris", "It is Paris."), ("Two plus two?", "4", "Four"),
+          ("Largest planet?", "Jupiter", "Saturn"), ("Opposite of hot?", "cold", "cool")]  # fmt: skip
+    examples = []
+    for (
+        q,
+        reference,
+        candidate,
+    ) in qa:  # prompts shaped as LlmJudge and PairwiseJudge write them; 8 rows (no validation)
+        rubric = "\n\n".join([section("rubric", "Right and brief."), section("input", f"user: {q}"),
+                              section("reference", reference), section("candidate", candidate)])  # fmt: skip
+        pair = "\n\n".join([section("rubric", "The right answer wins."), section("input", f"user: {q}"),
+                            section("answer_a", candidate), section("answer_b", reference)])  # fmt: skip
+        examples.append(Example([Message("system", JUDGE_SYSTEM.format(scale=5)), Message("user", rubric),
+                                 Message("assistant", VERDICT)]))  # fmt: skip
+        examples.append(
+            Example(
+                [Message("system", PAIRWISE_SYSTEM), Message("user", pair), Message("assistant", VERDICT)]
+            )
+        )
+    root = tmp_path_factory.mktemp("verdict-job")
+    spec = parse_spec(
+        f"""
+name: judge
+system_prompt: Judge the answer.
+short_prompt: {json.dumps(JUDGE_SYSTEM.format(scale=5))}
+graders: [{{name: em, type: exact_match, primary: true}}]
+data: [{{path: data.jsonl}}]
+model: {{base: tiny}}
+training: {{adapter: full, batch_size: 8, learning_rate: 5.0e-3,
+            trl: {{lr_scheduler_type: constant, save_steps: 1000}}}}
+""",
+        root=root,
+    )
+    with pytest.MonkeyPatch.context() as mp:  # a module fixture runs outside the per-test home
+        mp.setenv("INSTIL_HOME", str(root / "home"))
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        with Store.open(home=root / "home") as store:
+            store.put_dataset("judge:train", examples, kind="train")
+            train_sft(spec, store, max_steps=30, progress=False)
+            yield spec, store
+
+
+def test_judges_parse_a_real_models_verdicts_through_the_server(verdict_job) -> None:
+    from instil.serve import job_app
+
+    spec, store = verdict_job
+    served: list = []
+    with serve_app(job_app(spec, store, api_key="sk-judge", on_request=served.append)) as url:
+        kw = {"base_url": url, "model": "judge@1", "api_key": "sk-judge", "max_retries": 0}
+        score = LlmJudge("judge", rubric="Names the right city.", threshold=0.75, **kw).grade(
+            ex("Rome"), "Rome."
+        )
+        pair = PairwiseJudge("pref", rubric="The right city wins.", **kw)
+        verdict = pair.grade(ex("Rome"), "Milan")
+    assert (score.value, score.passed, score.details["judge_score"]) == (0.75, True, 4)
+    # The model always names the first answer: asked in both orders, that is a tie, not a win.
+    assert (verdict.value, verdict.details["verdicts"]) == (0.5, ["A", "A"])
+    assert [r.text for r in served] == [VERDICT] * 3
+    assert served[0].messages[0]["content"].startswith("You grade one candidate answer against a rubric")
+    assert "<answer_a>\nMilan\n</answer_a>" in served[1].messages[1]["content"]
+    assert "<answer_b>\nMilan\n</answer_b>" in served[2].messages[1]["content"]
+
+
+def test_a_real_judge_without_a_verdict_is_a_grader_error(verdict_job) -> None:
+    from instil.serve import job_app
+
+    spec, store = verdict_job
+    served: list = []
+    # The untrained base model of the same job answers noise.
+    app = job_app(spec, store, base=True, api_key="sk-judge", max_new_tokens_cap=16, on_request=served.append)
+    with serve_app(app) as url:
+        kw = {"base_url": url, "api_key": "sk-judge", "max_retries": 2}
+        with pytest.raises(
+            GraderError, match=r"grader 'judge', example q1: the judge .* did not answer a JSON verdict"
+        ):
+            LlmJudge("judge", rubric="r", model="judge:base", **kw).grade(ex(), "Paris")
+        with pytest.raises(GraderError, match="did not answer a JSON verdict"):
+            PairwiseJudge("pref", rubric="r", model="judge:base", **kw).grade(ex(), "Paris")
+        assert len(served) == 2  # an answer is final: the client retries failures, not bad verdicts
+        with pytest.raises(GraderError, match="answered HTTP 401: incorrect API key"):
+            LlmJudge("judge", rubric="r", model="judge:base", **{**kw, "api_key": "sk-wrong"}).grade(
+                ex(), "Paris"
+            )
+        with pytest.raises(GraderError, match="answered HTTP 404: the model 'judge@1' does not exist"):
+            LlmJudge("judge", rubric="r", model="judge@1", **kw).grade(ex(), "Paris")
+    assert len(served) == 2

@@ -103,7 +103,7 @@ def test_migrations_produce_exactly_the_models(backend: str, request: pytest.Fix
     with Store.open(url_for(backend, request)) as s, s.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
         assert diff == []
-        assert MigrationContext.configure(conn).get_current_heads() == ("0001_initial",)
+        assert MigrationContext.configure(conn).get_current_heads() == ("0002_registry",)
 
 
 # ---- blobs --------------------------------------------------------------------------------------------------------
@@ -313,6 +313,77 @@ def test_models_evaluations_and_artifacts(any_store: Store) -> None:
 
     a = s.add_artifact(run, "checkpoint", Path("/m/1/adapter.safetensors"), sha256="0" * 64)
     assert s.list_artifacts(run) == [a] and a.path == "/m/1/adapter.safetensors"
+
+
+def test_decisions_move_production_and_pins_keep_their_history(any_store: Store) -> None:
+    s = any_store
+    m1, m2, m3 = (s.register_model("support", base_model="tiny", path=f"/m/{i}") for i in (1, 2, 3))
+    other = s.register_model("other", base_model="tiny", path="/o/1")
+    holdout = s.put_dataset("support:holdout", [ex(1)], kind="holdout", frozen=True)
+    run = s.start_run("support", "eval")
+    assert s.production_model("support") is None
+
+    d1 = s.record_decision("support", kind="gate", model=m1, promoted=True, production_before=None,
+                           reference="base+full", dataset=holdout, run_id=run, numbers={"p": 0.01})  # fmt: skip
+    assert (d1.kind, d1.version, d1.promoted, d1.reference, d1.numbers) == (
+        "gate",
+        1,
+        True,
+        "base+full",
+        {"p": 0.01},
+    )
+    assert (d1.dataset_version_id, d1.run_id, d1.ref) == (holdout.id, run, "support@1")
+    assert s.production_model("support") == dataclasses.replace(m1, status="production")
+    refused = s.record_decision("support", kind="gate", model=m2, promoted=False, production_before=m1,
+                                reference="support@1+short", reference_model=m1)  # fmt: skip
+    assert refused.reference_version == 1 and s.get_model("support", 2).status == "refused"
+    s.record_decision(
+        "support", kind="gate", model=m3, promoted=True, production_before=m1, reference_model=m1
+    )
+    assert [m.status for m in s.list_models("support")] == ["retired", "refused", "production"]
+    back = s.record_decision("support", kind="rollback", model=m1, promoted=True, production_before=m3,
+                             reference_model=m3)  # fmt: skip
+    assert [m.status for m in s.list_models("support")] == ["production", "refused", "rolled_back"]
+    assert [d.id for d in s.list_decisions("support")] == [d1.id, refused.id, d1.id + 2, back.id]
+    assert [d.id for d in s.list_decisions(model=m1)] == [d1.id, back.id] and s.get_decision(back.id) == back
+    assert s.list_decisions("other") == []
+
+    # A decision taken against a production model that has changed since is refused, and nothing moves.
+    with pytest.raises(StoreError, match="changed while"):
+        s.record_decision("support", kind="gate", model=m2, promoted=True, production_before=m3)
+    with pytest.raises(StoreError, match="already the production"):
+        s.record_decision("support", kind="gate", model=m1, promoted=False, production_before=m1)
+    with pytest.raises(NotFoundError, match="no model with id"):
+        s.record_decision("support", kind="gate", model=other, promoted=True, production_before=m1)
+    with pytest.raises(StoreError, match="invalid decision kind"):
+        s.record_decision("support", kind="vote", model=m2, promoted=True, production_before=m1)
+    with pytest.raises(StoreError, match="not JSON"):
+        s.record_decision("support", kind="gate", model=m2, promoted=True, production_before=m1,
+                          numbers={"p": float("nan")})  # fmt: skip
+    assert len(s.list_decisions("support")) == 4 and s.production_model("support").id == m1.id
+
+    stable = s.set_pin("support", "stable", m1)
+    s.set_pin("support", "canary", m3)
+    moved = s.set_pin("support", "stable", m2)
+    assert (stable.ref, moved.ref) == ("support@1", "support@2")
+    assert [(p.name, p.version) for p in s.list_pins("support")] == [("canary", 3), ("stable", 2)]
+    removed = s.remove_pin("support", "canary")
+    assert (removed.name, removed.version, removed.model_id) == ("canary", 3, m3.id)
+    assert [p.name for p in s.list_pins("support")] == ["stable"]
+    assert [(p.name, p.version) for p in s.pin_history("support")] == [
+        ("stable", 1),
+        ("canary", 3),
+        ("stable", 2),
+        ("canary", None),
+    ]
+    with pytest.raises(NotFoundError, match="no pin named 'canary'"):
+        s.remove_pin("support", "canary")
+    with pytest.raises(NotFoundError):
+        s.set_pin("support", "x", other)
+    with pytest.raises(StoreError, match="invalid pin name"):
+        s.set_pin("support", "Not A Name", m1)
+    evaluation = s.add_evaluation(run, candidate="support@1+short", dataset=holdout, metrics={}, model=m1)
+    assert s.list_evaluations(model=m1) == [evaluation] and s.list_evaluations(model=m2) == []
 
 
 def test_public_api_is_sorted_and_complete() -> None:

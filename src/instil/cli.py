@@ -64,36 +64,41 @@ def version() -> None:
 
 
 @app.command("run")
-def run_cmd(spec: SpecArg = Path("instil.yaml")) -> None:
-    """Run the loop's stages in order on a job (today: validate, curate, split)."""
+def run_cmd(
+    spec: SpecArg = Path("instil.yaml"),
+    iterations: Annotated[int, typer.Option(help="Turns of the loop; from the second on, the production model's failures on the pool are corrected into training data first.")] = 1,
+    max_steps: Annotated[int | None, typer.Option(help="Cap each training run's optimizer steps (a quick try).")] = None,
+) -> None:
+    """Run the loop on a job: validate, curate, split, baseline, train, evaluate, promote (unchanged stages are skipped)."""
     from instil.loop import run
 
-    _run_loop(lambda on_stage: run(spec, on_stage=on_stage))
+    result = _run_loop(lambda on_stage: run(spec, iterations=iterations, on_stage=on_stage, max_steps=max_steps,
+                                            progress=True))  # fmt: skip
+    _print_loop_result(result)
 
 
 @app.command()
 def quickstart(
     dest: Annotated[Path, typer.Argument(help="Where to copy the example job (reused if it is there).")] = Path("quickstart"),
+    model: Annotated[str | None, typer.Option(help="Any Hugging Face causal LM id or local path instead of the tiny random model.")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Cap each training run's optimizer steps (a quick try).")] = None,
 ) -> None:
-    """Copy the shipped support-ticket triage job into DEST and run the loop on it."""
+    """Copy the support-ticket triage example into DEST and turn the loop twice: train v1 and gate it against the
+    prompted base, then correct v1's failures on the traffic pool, train v2 and gate it against v1."""
     from instil.loop import quickstart as run_quickstart
 
     console.print(f"[bold]instil quickstart[/]: the support-ticket triage example, in [bold]{dest}/[/]")
-    result = _run_loop(lambda on_stage: run_quickstart(dest, on_stage=on_stage))
-    split = result.stage("split").detail
-    from instil.data.stats import compute_stats
-    from instil.data.tokens import TokenCounter
-
-    with _open_store(result.spec) as store:
-        stats = compute_stats(store.iter_examples(split.train.sha256), counter=TokenCounter.from_spec(result.spec),
-                              labels=result.spec.output.labels, label_field=result.spec.output.label_field,
-                              epochs=result.spec.training.epochs or 3)
-    _print_stats(stats)
-    console.print(
-        "\n[bold]Next[/]: [bold]instil train[/] fine-tunes on the train set above (the holdout never enters it); "
-        "side-by-side evaluation and the promotion gate land in the next releases.\n"
-        f"Try: [bold]cd {dest} && instil datasets[/], [bold]instil train --show-mask[/], [bold]instil train[/]."
-    )
+    result = _run_loop(lambda on_stage: run_quickstart(dest, model=model, on_stage=on_stage, max_steps=max_steps,
+                                                       progress=True))  # fmt: skip
+    _print_loop_result(result)
+    if model is None:
+        console.print(
+            "\n[yellow]note:[/] the base here is a tiny random-initialised model: with any prompt it scores near zero, "
+            "so the first gate is easy. The second gate (v2 against v1) is the real test. Run with [bold]--model[/] "
+            "and a pretrained causal LM for results worth shipping.",
+            soft_wrap=True,
+        )
+    console.print(f"Try: [bold]cd {dest} && instil models[/], [bold]instil datasets[/], [bold]instil eval[/].")
 
 
 def _run_loop(call):
@@ -103,13 +108,30 @@ def _run_loop(call):
     with console.status("running the loop...") as status:
 
         def on_stage(stage) -> None:
-            console.print(f"[green]✓[/] [bold]{stage.name:<9}[/] {stage.summary} [dim]({stage.seconds:.1f}s)[/]",
-                          soft_wrap=True)
+            mark = "[dim]-[/]" if stage.skipped else "[green]✓[/]"
+            skipped = " [dim](unchanged, skipped)[/]" if stage.skipped else f" [dim]({stage.seconds:.1f}s)[/]"
+            console.print(f"{mark} [dim]{stage.iteration}[/] [bold]{stage.name:<9}[/] {_escape(stage.summary)}{skipped}",
+                          soft_wrap=True)  # fmt: skip
             status.update("next stage...")
 
         result = call(on_stage)
     console.print(f"[dim]loop finished in {time.perf_counter() - started:.1f}s; store: {result.home}[/]")
     return result
+
+
+def _print_loop_result(result) -> None:
+    """The last evaluation's table, each gate decision with its numbers, and the report's path."""
+    if result.report is not None:
+        _print_eval_report(result.report)
+    for p in result.promotions:
+        colour = "green" if p.promoted else "red"
+        console.print(f"\n[bold {colour}]gate: {p.candidate} {'promoted' if p.promoted else 'refused'} over "
+                      f"{p.reference}[/]", soft_wrap=True)  # fmt: skip
+        console.print(_escape(p.summary()), soft_wrap=True)
+    if result.report is not None:
+        html = getattr(result.report, "html_path", None)
+        if html is not None:
+            console.print(f"\nHTML report: [bold]{html}[/]", soft_wrap=True)
 
 
 @app.command()
@@ -182,6 +204,7 @@ def eval_cmd(
     limit: Annotated[int | None, typer.Option(help="Evaluate only the holdout's first N examples (a quick look; intervals widen).")] = None,
     max_new_tokens: Annotated[int | None, typer.Option(help="Most tokens per answer (default: eval.max_new_tokens, else 1.5x the longest reference).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON instead of tables.")] = False,
+    reuse: Annotated[bool, typer.Option("--reuse", help="Take a candidate's results from an earlier eval run with the same holdout, settings and candidate instead of generating them again.")] = False,
 ) -> None:
     """Run the candidates on the frozen holdout and print one table: scores with 95% intervals, latency and cost."""
     from transformers.utils import logging as hf_logging
@@ -192,7 +215,7 @@ def eval_cmd(
     job = _load(spec)
     with _open_store(job) as store:
         report = evaluate(job, store, select_candidates(job, store, candidate), limit=limit,
-                          max_new_tokens=max_new_tokens)  # fmt: skip
+                          max_new_tokens=max_new_tokens, reuse=reuse)  # fmt: skip
     if as_json:
         console.print_json(json.dumps(report.to_dict()))
         return
@@ -208,6 +231,15 @@ def eval_cmd(
             "-" if c.cost_per_success is None else f"{c.cost_per_success:.4g}",
         )  # fmt: skip
     console.print(table)
+    # Win rates and reuse go on lines of their own: more columns would squeeze the table past reading at 80 wide.
+    for c in report.candidates:
+        if (w := c.win_rate) is not None:
+            console.print(f"win rate of {_escape(c.name)} against {_escape(w.against)} (judge {_escape(w.judge)}, ties "
+                          f"half): {w.win_rate:.2f} [{w.low:.2f}, {w.high:.2f}], {w.wins} won, {w.ties} tied, "
+                          f"{w.losses} lost", soft_wrap=True)  # fmt: skip
+    reused = [f"{c.name} (run {c.reused_from})" for c in report.candidates if c.reused_from is not None]
+    if reused:
+        console.print(f"reused from earlier eval runs: {_escape(', '.join(reused))}", soft_wrap=True)
     tags = sorted({t for c in report.candidates for t in c.slices})
     if tags:
         slices = Table("tag", *(c.name for c in report.candidates), title=f"{report.primary} by tag",
@@ -222,7 +254,13 @@ def eval_cmd(
     truncated = [f"{c.name} ({c.truncated})" for c in report.candidates if c.truncated]
     if truncated:
         err.print(f"[yellow]note:[/] answers cut off at max_new_tokens: {', '.join(truncated)}", soft_wrap=True)
+    for name, modes in report.failure_modes.items():
+        for check in (modes.overfitting, modes.style_collapse, modes.forgetting):
+            if check is not None:
+                mark = "[bold red]FLAG[/]" if check.flagged else "[green]ok[/]"
+                console.print(f"{mark} {_escape(name)}: {_escape(check.explanation)}", soft_wrap=True)
     console.print(f"per-example results: [bold]{report.examples_path}[/]", soft_wrap=True)
+    console.print(f"HTML report: [bold]{report.html_path}[/]", soft_wrap=True)
 
 
 @app.command()
@@ -244,6 +282,164 @@ def export(
     record = json.loads((folder / EXPORT_FILE).read_text(encoding="utf-8"))
     what = "merged into its base" if record["merged"] else "copied as is"
     console.print(f"{record['source']['ref']} ({record['source']['kind']}) {what}: [bold]{folder}[/]", soft_wrap=True)
+
+
+@app.command()
+def serve(
+    spec: SpecArg = Path("instil.yaml"),
+    version: Annotated[int | None, typer.Option(help="The model version to serve (default: the latest).")] = None,
+    base: Annotated[bool, typer.Option("--base", help="Serve the base model instead (the full prompt is its default system prompt).")] = False,
+    host: Annotated[str, typer.Option(help="The address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="The port to listen on.")] = 8000,
+    api_key_env: Annotated[str | None, typer.Option(help="The environment variable holding the API key clients must send (default: no key).")] = None,
+) -> None:
+    """Serve a trained model (or the base) behind an OpenAI-compatible API: /v1/chat/completions, /v1/models."""
+    from transformers.utils import logging as hf_logging
+
+    from instil.serve import serve_job
+
+    hf_logging.disable_progress_bar()
+
+    def ready(served, url: str) -> None:
+        console.print(f"serving [bold]{served.name}[/] at [bold]{url}[/] (model={served.name!r}); Ctrl-C stops", soft_wrap=True)
+        if api_key_env is None and host not in ("127.0.0.1", "localhost", "::1"):
+            err.print(f"[yellow]warning:[/] listening on {host} without an API key (--api-key-env)", soft_wrap=True)
+
+    job = _load(spec)
+    with _open_store(job) as store:
+        serve_job(job, store, version=version, base=base, host=host, port=port, api_key_env=api_key_env, ready=ready)
+
+
+# ---- registry -------------------------------------------------------------------------------------------------------
+@app.command()
+def promote(
+    spec: SpecArg = Path("instil.yaml"),
+    version: Annotated[int | None, typer.Option(help="The model version to gate (default: the newest).")] = None,
+    reference: Annotated[str | None, typer.Option(help="Compare against this instead of production (or, before the first promotion, the prompted baseline): base+full, an endpoint's name, a version (3, <job>@3, a pin).")] = None,
+    limit: Annotated[int | None, typer.Option(help="Use only the holdout's first N examples (a smoke test: the gate loses power).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Decide and print, but record no decision and change no status.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the decision and its numbers as JSON.")] = False,
+) -> None:
+    """Gate a model version against production: promote it only when it is provably better.
+
+    Exit code: 0 promoted (or would be, with --dry-run), 1 refused, 2 error.
+    """
+    from transformers.utils import logging as hf_logging
+
+    from instil.registry import promote as gate
+
+    hf_logging.disable_progress_bar()
+    try:
+        job = _load(spec)
+        with _open_store(job) as store:
+            result = gate(job, store, version, reference=reference, limit=limit, dry_run=dry_run)
+    except InstilError as e:  # exit 1 means "refused" here, so errors take 2
+        _print_error(e)
+        raise typer.Exit(2) from None
+    if as_json:
+        console.print_json(json.dumps(result.to_dict()))
+    else:
+        colour = "green" if result.decision.promoted else "red"
+        lines = _escape(result.summary()).split("\n")
+        lines[0] = f"[bold {colour}]{lines[0]}[/]"
+        console.print("\n".join(lines), soft_wrap=True)
+    raise typer.Exit(0 if result.decision.promoted else 1)
+
+
+@app.command("models")
+def models_cmd(
+    spec: SpecArg = Path("instil.yaml"),
+    decisions: Annotated[bool, typer.Option("--decisions", help="Also list every gate decision and rollback.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the versions (and decisions) as JSON.")] = False,
+) -> None:
+    """List the job's model versions: status, pins, base model, training data, last decision and primary score."""
+    from dataclasses import asdict
+
+    from instil.registry import list_decisions, list_versions
+
+    job = _load(spec)
+    with _open_store(job) as store:
+        versions = list_versions(store, job.name)
+        history = list_decisions(store, job.name) if decisions else []
+    if as_json:
+        out: dict = {"job": job.name, "versions": [v.to_dict() for v in versions]}
+        if decisions:
+            out["decisions"] = [{**asdict(d), "created_at": d.created_at.isoformat()} for d in history]
+        console.print_json(json.dumps(out))
+        return
+    if not versions:
+        console.print(f"{job.name} has no model versions yet: run [bold]instil train[/]")
+        return
+    from rich import box
+
+    short = lambda ref: (ref or "-").removeprefix(f"{job.name}:")  # noqa: E731
+    holdouts = {v.scored_on for v in versions if v.scored_on}
+    one = short(holdouts.pop()) if len(holdouts) == 1 else None  # the usual case: named once, in the title
+    title = f"{job.name} models" + (f" ({job.primary_grader} on {one})" if one else "")
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("v", "status", "pins", "base", "data", "created", "last decision", job.primary_grader):
+        table.add_column(col, no_wrap=col in ("v", "status", "created", job.primary_grader),
+                         min_width=14 if col == "last decision" else None)  # fmt: skip
+    styles = {"production": "bold green", "refused": "red", "rolled_back": "yellow"}
+    for v in versions:
+        m = v.model
+        score = "-" if v.primary_score is None else f"{v.primary_score:.3f}"
+        if v.primary_score is not None and one is None:
+            score += f" {short(v.scored_on)}"
+        last = "-" if v.last_decision_text is None else v.last_decision_text.rsplit(", ", 1)[0].replace(" (#", " #")
+        table.add_row(str(m.version), f"[{styles.get(m.status, 'default')}]{m.status}[/]", ", ".join(v.pins),
+                      _escape(m.base_model), short(v.train_dataset), m.created_at.strftime("%Y-%m-%d"),
+                      _escape(last), score)  # fmt: skip
+    console.print(table)
+    if history:
+        log = Table("#", "when", "kind", "version", "verdict", "against", "eval run", title="decisions",
+                    title_justify="left")  # fmt: skip
+        for d in history:
+            verdict = "rolled back" if d.kind == "rollback" else "promoted" if d.promoted else "refused"
+            against = d.reference or (f"from {job.name}@{d.reference_version}" if d.reference_version else "-")
+            log.add_row(str(d.id), d.created_at.strftime("%Y-%m-%d %H:%M"), d.kind, str(d.version), verdict,
+                        _escape(against), str(d.run_id or "-"))  # fmt: skip
+        console.print(log)
+
+
+@app.command()
+def rollback(
+    spec: SpecArg = Path("instil.yaml"),
+    to: Annotated[int | None, typer.Option("--to", help="The earlier production version to go back to (default: the one before the current).")] = None,
+) -> None:
+    """Put the previous production version back in production (recorded as a decision)."""
+    from instil.registry import production
+    from instil.registry import rollback as roll_back
+
+    job = _load(spec)
+    with _open_store(job) as store:
+        before = production(store, job.name)
+        now = roll_back(store, job.name, to=to)
+    console.print(f"production: [bold]{now.ref}[/] (was {before.ref if before else '-'})")
+
+
+@app.command()
+def pin(
+    args: Annotated[list[str], typer.Argument(metavar="[SPEC] NAME [VERSION]", help="The spec (default instil.yaml), the pin's name, and the version to pin: 3, <job>@3, production, or another pin.", show_default=False)],
+    remove: Annotated[bool, typer.Option("--remove", help="Remove the pin instead.")] = False,
+) -> None:
+    """Pin a model version under a name (stable, canary...), or remove a pin with --remove."""
+    from instil.registry import pin as set_pin
+    from instil.registry import unpin
+
+    spec = Path("instil.yaml")
+    if args and _is_spec(Path(args[0])):
+        spec, args = Path(args[0]), args[1:]
+    if len(args) != (1 if remove else 2):
+        raise typer.BadParameter("give NAME --remove" if remove else "give NAME VERSION", param_hint="[SPEC] NAME [VERSION]")
+    job = _load(spec)
+    with _open_store(job) as store:
+        if remove:
+            was = unpin(store, job.name, args[0])
+            console.print(f"removed pin [bold]{was.name}[/] (was {was.ref})")
+        else:
+            now = set_pin(store, job.name, args[0], args[1])
+            console.print(f"pin [bold]{now.name}[/] -> {now.ref}")
 
 
 # ---- spec -----------------------------------------------------------------------------------------------------------
@@ -596,6 +792,22 @@ def datasets(
 
 
 # ---- entry point ------------------------------------------------------------------------------------------------------
+def _print_eval_report(report) -> None:
+    """One evaluation as tables: the candidates side by side, then the primary grader by tag."""
+    graders = list(report.candidates[0].graders)
+    title = f"run {report.run_id}: {report.holdout}, {report.n_examples} examples (primary: {report.primary})"
+    table = Table("candidate", *graders, "pass rate", "p50 / p95 s", "tokens in / out", "cost / 1k",
+                  "cost / success", title=title, title_justify="left")  # fmt: skip
+    for c in report.candidates:
+        cells = [f"{g.mean:.2f} [{g.low:.2f}, {g.high:.2f}]" for g in c.graders.values()]
+        table.add_row(
+            c.name, *cells, f"{c.success_rate:.0%}", f"{c.latency_p50_s:.2f} / {c.latency_p95_s:.2f}",
+            f"{c.mean_input_tokens:,.0f} / {c.mean_output_tokens:,.0f}", f"{c.cost_per_1k:.4g}",
+            "-" if c.cost_per_success is None else f"{c.cost_per_success:.4g}",
+        )  # fmt: skip
+    console.print(table)
+
+
 def _print_error(e: InstilError) -> None:
     err.print("[bold red]error:[/] " + _escape(str(e)), soft_wrap=True)
     if e.hint:

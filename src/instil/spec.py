@@ -542,6 +542,19 @@ class EvalSpec(_Strict):
     """Requests generated together by a local model."""
     endpoints: list[EvalEndpointSpec] = []
     """OpenAI-compatible endpoints to evaluate as candidates too."""
+    overfit_sample: int = 64
+    """Training examples (a seeded sample of the split a tuned model was trained on) scored for the overfitting check;
+    0 skips the check."""
+    overfit_threshold: float = 0.1
+    """The overfitting check flags a primary-grader gap (training sample minus holdout) above this."""
+    regression_set: str | None = None
+    """A chat JSONL of out-of-domain prompts (reference answers optional), relative to the spec file: the forgetting
+    check answers it with the base and each tuned model and compares their token F1 (against the references, or
+    against the base's answers when the set has none)."""
+    forgetting_threshold: float = 0.25
+    """The forgetting check flags a tuned model whose regression-set score is below the base's by more than this."""
+    seed: int = 0
+    """Seed of the overfitting check's training sample."""
 
     @field_validator("machine_price_per_hour")
     @classmethod
@@ -555,6 +568,20 @@ class EvalSpec(_Strict):
     def _positive(cls, v: int | None) -> int | None:
         if v is not None and v < 1:
             raise ValueError("must be at least 1")
+        return v
+
+    @field_validator("overfit_sample")
+    @classmethod
+    def _sample(cls, v: int) -> int:
+        if v < 0:
+            raise ValueError("must be 0 (no overfitting check) or more")
+        return v
+
+    @field_validator("overfit_threshold", "forgetting_threshold")
+    @classmethod
+    def _threshold(cls, v: float) -> float:
+        if not 0.0 <= v <= 1.0:
+            raise ValueError("a threshold on 0..1 scores must be between 0 and 1")
         return v
 
 

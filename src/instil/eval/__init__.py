@@ -1,8 +1,9 @@
 """Evaluation: score a model's outputs on the frozen holdout with the spec's graders.
 
-    from instil.eval import build_graders, reward
+    from instil.eval import build_graders, evaluate, reward
     graders = build_graders(spec)
     scores = {g.name: g.grade(example, output) for g in graders}
+    report = evaluate(spec, store)     # every candidate on the holdout; report.json and report.html beside it
 
 The graders live in ``instil.eval.graders`` (one file per family); this package re-exports their public names.
 """
@@ -10,7 +11,21 @@ The graders live in ``instil.eval.graders`` (one file per family); this package 
 from __future__ import annotations
 
 from instil.eval.candidates import Candidate, default_candidates, run_candidate
-from instil.eval.compare import CandidateSummary, EvalReport, ExampleResult, evaluate, select_candidates
+from instil.eval.compare import (
+    CandidateSummary,
+    EvalReport,
+    ExampleResult,
+    WinRate,
+    evaluate,
+    select_candidates,
+)
+from instil.eval.failure_modes import (
+    FailureModes,
+    Forgetting,
+    Overfitting,
+    StyleCollapse,
+    check_failure_modes,
+)
 from instil.eval.graders import (
     INVALID,
     Contains,
@@ -36,9 +51,9 @@ from instil.eval.graders import (
     from_spec,
     reward,
 )
+from instil.eval.report import write_html
 
 __all__ = [
-    "INVALID",
     "Candidate",
     "CandidateSummary",
     "Contains",
@@ -46,9 +61,12 @@ __all__ = [
     "EvalReport",
     "ExactMatch",
     "ExampleResult",
+    "FailureModes",
     "FieldF1",
+    "Forgetting",
     "Grader",
     "GraderError",
+    "INVALID",
     "JsonSchema",
     "JsonValid",
     "LabelAccuracy",
@@ -56,17 +74,22 @@ __all__ = [
     "LlmJudge",
     "Numeric",
     "Output",
+    "Overfitting",
     "PairwiseJudge",
     "PythonFunction",
     "Regex",
     "Score",
+    "StyleCollapse",
     "ToolCallMatch",
+    "WinRate",
     "as_output",
     "build_graders",
+    "check_failure_modes",
     "default_candidates",
     "evaluate",
     "from_spec",
     "reward",
     "run_candidate",
     "select_candidates",
+    "write_html",
 ]

@@ -34,6 +34,8 @@ __all__ = [
     "Candidate",
     "default_candidates",
     "default_max_new_tokens",
+    "model_candidate",
+    "prompted_baselines",
     "prompt_examples",
     "run_candidate",
 ]
@@ -80,7 +82,7 @@ def default_candidates(spec: JobSpec, store: Store) -> list[Candidate]:
     models = store.list_models(spec.name)
     if models:
         latest = models[-1]
-        out.append(Candidate(f"{latest.ref}+{short}", "local", short, f"model:{latest.ref}", model_version=latest))
+        out.append(model_candidate(spec, latest))
     for e in spec.eval.endpoints:
         out.append(Candidate(e.name, "endpoint", e.prompt, f"endpoint:{e.model}", endpoint=e))
     names = [c.name for c in out]
@@ -91,6 +93,23 @@ def default_candidates(spec: JobSpec, store: Store) -> list[Candidate]:
             hint="rename the endpoint (eval.endpoints[].name)",
         )
     return out
+
+
+def model_candidate(spec: JobSpec, model: ModelVersion) -> Candidate:
+    """A trained model version of the job with the prompt it was trained with (the short prompt, or none)."""
+    short: PromptKind = "short" if spec.short_prompt is not None else "none"
+    return Candidate(f"{model.ref}+{short}", "local", short, f"model:{model.ref}", model_version=model)
+
+
+def prompted_baselines(spec: JobSpec) -> list[Candidate]:
+    """What a first model must beat: the spec's endpoints that run with the full prompt (the production model, a
+    teacher) where any are configured, otherwise the base model with the full prompt."""
+    endpoints = [
+        Candidate(e.name, "endpoint", e.prompt, f"endpoint:{e.model}", endpoint=e)
+        for e in spec.eval.endpoints
+        if e.prompt == "full"
+    ]
+    return endpoints or [Candidate("base+full", "local", "full", "base")]
 
 
 def prompt_examples(candidate: Candidate, spec: JobSpec, examples: Sequence[Example]) -> list[Example]:

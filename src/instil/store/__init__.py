@@ -13,18 +13,29 @@ from __future__ import annotations
 
 from instil.store.blobs import BlobInfo, BlobStore
 from instil.store.db import DB_URL_ENV
-from instil.store.store import FINAL_STATUSES, Store
-from instil.store.types import ArtifactInfo, DatasetVersion, EvaluationInfo, ModelVersion, RunInfo
+from instil.store.store import DECISION_KINDS, FINAL_STATUSES, Store
+from instil.store.types import (
+    ArtifactInfo,
+    DatasetVersion,
+    DecisionInfo,
+    EvaluationInfo,
+    ModelVersion,
+    PinInfo,
+    RunInfo,
+)
 
 __all__ = [
     "ArtifactInfo",
     "BlobInfo",
     "BlobStore",
     "DB_URL_ENV",
+    "DECISION_KINDS",
     "DatasetVersion",
+    "DecisionInfo",
     "EvaluationInfo",
     "FINAL_STATUSES",
     "ModelVersion",
+    "PinInfo",
     "RunInfo",
     "Store",
 ]

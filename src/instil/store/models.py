@@ -23,8 +23,10 @@ __all__ = [
     "Dataset",
     "DatasetParent",
     "DatasetVersionRow",
+    "Decision",
     "Evaluation",
     "Model",
+    "Pin",
     "Run",
     "RunDataset",
 ]
@@ -143,7 +145,7 @@ class Model(Base):
     """The base model's revision (commit hash), so the same weights can be fetched again."""
     path: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16))
-    """candidate, promoted, retired..."""
+    """candidate, production, retired (replaced by a promotion), refused (by the gate), rolled_back."""
     created_at: Mapped[datetime] = mapped_column(_TS)
     meta: Mapped[dict[str, Any]] = mapped_column(JSON)
 
@@ -175,4 +177,53 @@ class Artifact(Base):
     kind: Mapped[str] = mapped_column(String(32))
     path: Mapped[str] = mapped_column(Text)
     sha256: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(_TS)
+
+
+class Decision(Base):
+    """One registry decision on a job's models: a gate verdict (promoted or refused) or a rollback.
+
+    Append-only: the production history of a job is the sequence of its decisions that made a model production.
+    """
+
+    __tablename__ = "decisions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job: Mapped[str] = mapped_column(String(128), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    """``gate`` (the promotion gate judged ``model_id``) or ``rollback`` (``model_id`` was put back)."""
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
+    """The model judged by the gate, or the one a rollback made production."""
+    promoted: Mapped[bool] = mapped_column(Boolean)
+    """Whether ``model_id`` became production through this decision."""
+    reference: Mapped[str | None] = mapped_column(String(256))
+    """What the gate compared against (a candidate name such as ``base+full`` or ``support@2+short``)."""
+    reference_model_id: Mapped[int | None] = mapped_column(
+        ForeignKey("models.id", ondelete="SET NULL"), index=True
+    )
+    """The reference's model version when it is one; for a rollback, the version rolled back from."""
+    dataset_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("dataset_versions.id", ondelete="SET NULL"), index=True
+    )
+    """The frozen holdout version both sides were scored on."""
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"), index=True)
+    """The eval run that produced the scores."""
+    numbers: Mapped[dict[str, Any]] = mapped_column(JSON)
+    """Every number behind the verdict: each test's estimate, interval, p-values, power, the means of both sides."""
+    created_at: Mapped[datetime] = mapped_column(_TS)
+
+
+class Pin(Base):
+    """A named pin of a job (``stable``, ``canary``...) pointing at a model version; append-only history.
+
+    The pin's current target is its newest row; a row with no model means the pin was removed.
+    """
+
+    __tablename__ = "pins"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job: Mapped[str] = mapped_column(String(128), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
+    """The pinned model version; None when this row removed the pin."""
     created_at: Mapped[datetime] = mapped_column(_TS)

@@ -8,6 +8,9 @@
         store.finish_run(run, "succeeded", metrics={"loss": 0.4})
         model = store.register_model("support", base_model="Qwen/Qwen3-0.6B", path="...", run_id=run)
         store.trace_model(model)                                 # every dataset version the model descends from
+        store.record_decision("support", kind="gate", model=model, promoted=True, production_before=None)
+        store.production_model("support")                        # the model the last promotion or rollback chose
+        store.set_pin("support", "stable", model)                # named pins, with their history
 
 Every write is one short transaction (``BEGIN IMMEDIATE`` on SQLite), so many processes can write one store at once
 without losing a row. Values come back as frozen dataclasses (``types.py``), detached from the database.
@@ -37,20 +40,27 @@ from instil.store.queries import ancestors, dataset_version, run_info, version_l
 from instil.store.types import (
     ArtifactInfo,
     DatasetVersion,
+    DecisionInfo,
     EvaluationInfo,
     ModelVersion,
+    PinInfo,
     RunInfo,
     artifact_info,
+    decision_info,
     evaluation_info,
     model_version,
+    pin_info,
 )
 
-__all__ = ["FINAL_STATUSES", "Store"]
+__all__ = ["DECISION_KINDS", "FINAL_STATUSES", "Store"]
 
 T = TypeVar("T")
 
 FINAL_STATUSES = ("succeeded", "failed", "cancelled")
 """The statuses a run can finish with."""
+
+DECISION_KINDS = ("gate", "rollback")
+"""What a registry decision is: the promotion gate's verdict, or a rollback."""
 
 _HEX_PREFIX = re.compile(r"[0-9a-f]{4,64}")
 _RETRIES = 8
@@ -500,6 +510,192 @@ class Store:
 
         return self._query(read)
 
+    # ---- the registry: decisions, production, pins -----------------------------------------------------------------
+    def record_decision(
+        self,
+        job: str,
+        *,
+        kind: str,
+        model: ModelVersion | int,
+        promoted: bool,
+        production_before: ModelVersion | int | None,
+        reference: str | None = None,
+        reference_model: ModelVersion | int | None = None,
+        dataset: DatasetVersion | int | None = None,
+        run_id: int | None = None,
+        numbers: dict[str, Any] | None = None,
+    ) -> DecisionInfo:
+        """Record a gate verdict (``kind="gate"``) or a rollback on ``model``, a version of ``job``, and move the
+        models' statuses in the same transaction.
+
+        Promoted (a rollback always is): ``model`` becomes ``production`` and the previous production model
+        ``retired`` (gate) or ``rolled_back`` (rollback). Refused: ``model`` becomes ``refused``.
+        ``production_before`` is the production model the caller decided against (None: there was none); when
+        another process changed production since, nothing is recorded and :class:`StoreError` says to decide again.
+        """
+        check_name(job, "job name")
+        if kind not in DECISION_KINDS:
+            raise StoreError(
+                f"invalid decision kind {kind!r}", hint=f"Use one of: {', '.join(DECISION_KINDS)}."
+            )
+        if kind == "rollback" and not promoted:
+            raise StoreError("a rollback always makes its model production: record it with promoted=True")
+        model_id = as_id(model, "model")
+        before_id = as_id(production_before, "production_before") if production_before is not None else None
+        reference_id = as_id(reference_model, "reference_model") if reference_model is not None else None
+        dataset_id = as_id(dataset, "dataset") if dataset is not None else None
+        numbers = check_json(dict(numbers or {}), f"numbers of the {kind} decision on {job!r}")
+
+        def write(s: Session) -> DecisionInfo:
+            self._serialize(s, f"registry:{job}")
+            row = self._job_model(s, job, model_id)
+            current = s.scalars(
+                select(m.Model).where(m.Model.job == job, m.Model.status == "production")
+            ).all()
+            current_id = current[0].id if current else None
+            if current_id != before_id:
+                now = f"{job}@{current[0].version}" if current else "none"
+                raise StoreError(
+                    f"the production model of {job!r} changed while this {kind} was being decided (now: {now})",
+                    hint="Another process promoted or rolled back at the same time; decide again.",
+                )
+            if current_id == model_id:
+                raise StoreError(f"{row.job}@{row.version} is already the production model of {job!r}")
+            if reference_id is not None:
+                self._job_model(s, job, reference_id)
+            if dataset_id is not None and s.get(m.DatasetVersionRow, dataset_id) is None:
+                raise NotFoundError(f"cannot record the decision: no dataset version with id {dataset_id}")
+            if run_id is not None:
+                self._run_row(s, run_id)
+            if promoted:
+                for old in current:
+                    old.status = "retired" if kind == "gate" else "rolled_back"
+                row.status = "production"
+            else:
+                row.status = "refused"
+            decision = m.Decision(
+                job=job, kind=kind, model_id=model_id, promoted=promoted, reference=reference,
+                reference_model_id=reference_id, dataset_version_id=dataset_id, run_id=run_id, numbers=numbers,
+                created_at=_now(),
+            )  # fmt: skip
+            s.add(decision)
+            s.flush()
+            return self._decision(s, decision)
+
+        return self._tx(write)
+
+    def list_decisions(
+        self, job: str | None = None, *, model: ModelVersion | int | None = None
+    ) -> list[DecisionInfo]:
+        """Registry decisions, oldest first; only ``job``'s and/or those on ``model`` when given."""
+
+        def read(s: Session) -> list[DecisionInfo]:
+            q = select(m.Decision).order_by(m.Decision.id)
+            if job is not None:
+                q = q.where(m.Decision.job == job)
+            if model is not None:
+                q = q.where(m.Decision.model_id == as_id(model, "model"))
+            return [self._decision(s, r) for r in s.scalars(q)]
+
+        return self._query(read)
+
+    def get_decision(self, decision_id: int) -> DecisionInfo:
+        def read(s: Session) -> DecisionInfo:
+            row = s.get(m.Decision, as_id(decision_id, "decision"))
+            if row is None:
+                raise NotFoundError(f"no decision with id {decision_id} in the store")
+            return self._decision(s, row)
+
+        return self._query(read)
+
+    def production_model(self, job: str) -> ModelVersion | None:
+        """The model the last promotion or rollback of ``job`` made production; None before the first promotion."""
+
+        def read(s: Session) -> ModelVersion | None:
+            row = s.scalars(select(m.Model).where(m.Model.job == job, m.Model.status == "production")).first()
+            return model_version(row) if row is not None else None
+
+        return self._query(read)
+
+    def set_pin(self, job: str, name: str, model: ModelVersion | int) -> PinInfo:
+        """Point the pin ``name`` of ``job`` at ``model`` (moving it when it already points elsewhere)."""
+        check_name(job, "job name")
+        check_word(name, "pin name")
+        model_id = as_id(model, "model")
+
+        def write(s: Session) -> PinInfo:
+            self._serialize(s, f"registry:{job}")
+            target = self._job_model(s, job, model_id)
+            row = m.Pin(job=job, name=name, model_id=model_id, created_at=_now())
+            s.add(row)
+            s.flush()
+            return pin_info(row, target.version)
+
+        return self._tx(write)
+
+    def remove_pin(self, job: str, name: str) -> PinInfo:
+        """Remove the pin ``name`` of ``job``; returns the pin as it was. NotFoundError when it is not set."""
+
+        def write(s: Session) -> PinInfo:
+            self._serialize(s, f"registry:{job}")
+            current = {p.name: p for p in self._current_pins(s, job)}
+            if name not in current:
+                raise NotFoundError(
+                    f"job {job!r} has no pin named {name!r}",
+                    hint=f"Pins of {job!r}: {', '.join(sorted(current))}."
+                    if current
+                    else f"{job!r} has no pins.",
+                )
+            s.add(m.Pin(job=job, name=name, model_id=None, created_at=_now()))
+            return current[name]
+
+        return self._tx(write)
+
+    def list_pins(self, job: str) -> list[PinInfo]:
+        """The pins of ``job`` set now, by name."""
+        return self._query(lambda s: sorted(self._current_pins(s, job), key=lambda p: p.name))
+
+    def pin_history(self, job: str, name: str | None = None) -> list[PinInfo]:
+        """Every setting and removal of ``job``'s pins (only ``name``'s when given), oldest first."""
+
+        def read(s: Session) -> list[PinInfo]:
+            q = select(m.Pin).where(m.Pin.job == job).order_by(m.Pin.id)
+            if name is not None:
+                q = q.where(m.Pin.name == name)
+            rows = list(s.scalars(q))
+            versions = self._versions(s, [r.model_id for r in rows])
+            return [pin_info(r, versions.get(r.model_id)) for r in rows]
+
+        return self._query(read)
+
+    def _current_pins(self, s: Session, job: str) -> list[PinInfo]:
+        latest = (
+            select(func.max(m.Pin.id).label("id")).where(m.Pin.job == job).group_by(m.Pin.name).subquery()
+        )
+        rows = list(
+            s.scalars(select(m.Pin).join(latest, latest.c.id == m.Pin.id).where(m.Pin.model_id.is_not(None)))
+        )
+        versions = self._versions(s, [r.model_id for r in rows])
+        return [pin_info(r, versions[r.model_id]) for r in rows]
+
+    def _job_model(self, s: Session, job: str, model_id: int) -> m.Model:
+        row = s.get(m.Model, model_id)
+        if row is None or row.job != job:
+            raise NotFoundError(f"job {job!r} has no model with id {model_id}")
+        return row
+
+    @staticmethod
+    def _versions(s: Session, ids: Iterable[int | None]) -> dict[int, int]:
+        wanted = {i for i in ids if i is not None}
+        if not wanted:
+            return {}
+        rows = s.execute(select(m.Model.id, m.Model.version).where(m.Model.id.in_(wanted)))
+        return {model_id: version for model_id, version in rows}
+
+    def _decision(self, s: Session, row: m.Decision) -> DecisionInfo:
+        versions = self._versions(s, [row.model_id, row.reference_model_id])
+        return decision_info(row, versions[row.model_id], versions.get(row.reference_model_id))
+
     # ---- evaluations and artifacts --------------------------------------------------------------------------------
     def add_evaluation(
         self,
@@ -536,14 +732,22 @@ class Store:
         return self._tx(write)
 
     def list_evaluations(
-        self, *, run_id: int | None = None, dataset: DatasetVersion | int | None = None
+        self,
+        *,
+        run_id: int | None = None,
+        dataset: DatasetVersion | int | None = None,
+        model: ModelVersion | int | None = None,
     ) -> list[EvaluationInfo]:
+        """Evaluations, oldest first; only those of a run, a dataset version and/or a model when given."""
+
         def read(s: Session) -> list[EvaluationInfo]:
             q = select(m.Evaluation).order_by(m.Evaluation.id)
             if run_id is not None:
                 q = q.where(m.Evaluation.run_id == run_id)
             if dataset is not None:
                 q = q.where(m.Evaluation.dataset_version_id == as_id(dataset, "dataset"))
+            if model is not None:
+                q = q.where(m.Evaluation.model_id == as_id(model, "model"))
             return [evaluation_info(r) for r in s.scalars(q)]
 
         return self._query(read)

@@ -16,12 +16,16 @@ from instil.store import models as m
 __all__ = [
     "ArtifactInfo",
     "DatasetVersion",
+    "DecisionInfo",
     "EvaluationInfo",
     "ModelVersion",
+    "PinInfo",
     "RunInfo",
     "artifact_info",
+    "decision_info",
     "evaluation_info",
     "model_version",
+    "pin_info",
     "utc",
 ]
 
@@ -102,7 +106,7 @@ class ModelVersion:
     path: str
     """Where the weights (or adapter) are."""
     status: str
-    """candidate, promoted, retired..."""
+    """candidate, production, retired (replaced by a promotion), refused (by the gate), rolled_back."""
     created_at: datetime
     run_id: int | None = None
     """The training run that produced it."""
@@ -141,6 +145,64 @@ class ArtifactInfo:
     created_at: datetime
     sha256: str | None = None
     """Hash of the file when it was recorded, if taken."""
+
+
+@dataclass(frozen=True)
+class DecisionInfo:
+    """One registry decision: the promotion gate's verdict on a model version, or a rollback to one."""
+
+    id: int
+    job: str
+    """The job's name."""
+    kind: str
+    """``gate`` or ``rollback``."""
+    model_id: int
+    """The model judged by the gate, or the one a rollback made production."""
+    version: int
+    """That model's version number within the job."""
+    promoted: bool
+    """Whether the model became production through this decision (a rollback always makes it production)."""
+    created_at: datetime
+    """When the decision was recorded (UTC)."""
+    reference: str | None = None
+    """What the gate compared against: a candidate name (``base+full``, ``<job>@<n>+short``, an endpoint)."""
+    reference_model_id: int | None = None
+    """The reference's model when it is one; for a rollback, the model rolled back from."""
+    reference_version: int | None = None
+    """That model's version number."""
+    dataset_version_id: int | None = None
+    """The frozen holdout version both sides were scored on."""
+    run_id: int | None = None
+    """The eval run that produced the scores."""
+    numbers: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    """Every number behind the verdict (see :class:`instil.registry.Promotion`)."""
+
+    @property
+    def ref(self) -> str:
+        """``job@version`` of the model decided on."""
+        return f"{self.job}@{self.version}"
+
+
+@dataclass(frozen=True)
+class PinInfo:
+    """A named pin of a job pointing at a model version (or, in the history, the removal of one)."""
+
+    id: int
+    job: str
+    """The job's name."""
+    name: str
+    """The pin's name (``stable``, ``canary``...)."""
+    created_at: datetime
+    """When the pin was set or removed (UTC)."""
+    model_id: int | None = None
+    """The pinned model; None for a row that removed the pin."""
+    version: int | None = None
+    """That model's version number."""
+
+    @property
+    def ref(self) -> str | None:
+        """``job@version`` of the pinned model; None for a removal."""
+        return f"{self.job}@{self.version}" if self.version is not None else None
 
 
 # ---- from rows --------------------------------------------------------------------------------------------------
@@ -184,4 +246,33 @@ def artifact_info(row: m.Artifact) -> ArtifactInfo:
         path=row.path,
         created_at=utc(row.created_at),
         sha256=row.sha256,
+    )
+
+
+def decision_info(row: m.Decision, version: int, reference_version: int | None) -> DecisionInfo:
+    return DecisionInfo(
+        id=row.id,
+        job=row.job,
+        kind=row.kind,
+        model_id=row.model_id,
+        version=version,
+        promoted=bool(row.promoted),
+        created_at=utc(row.created_at),
+        reference=row.reference,
+        reference_model_id=row.reference_model_id,
+        reference_version=reference_version,
+        dataset_version_id=row.dataset_version_id,
+        run_id=row.run_id,
+        numbers=dict(row.numbers or {}),
+    )
+
+
+def pin_info(row: m.Pin, version: int | None) -> PinInfo:
+    return PinInfo(
+        id=row.id,
+        job=row.job,
+        name=row.name,
+        created_at=utc(row.created_at),
+        model_id=row.model_id,
+        version=version,
     )

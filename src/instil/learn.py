@@ -1,0 +1,158 @@
+"""Correct failures into training data: the production model answers the pool, the graders find what it got wrong,
+and each failure's correction joins the training data (and is kept as a preference pair).
+
+    from instil.learn import learn_from_failures
+    outcome = learn_from_failures(spec, store, production_model)
+    outcome.failed, outcome.added, outcome.corrections.ref       # '<job>:corrections@<n>', cumulative
+
+The pool's reference answers stand in for a reviewer's corrections (a review queue is where they come from in real
+life). The holdout is never touched: a failure matching it, exactly or nearly, is left out. :func:`fold_corrections`
+makes the next training version: the split's training examples plus every correction not already among them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from instil.data.records import Example, Message
+from instil.data.stages import dataset_name, frozen_holdout, holdout_index
+from instil.errors import DataError, NotFoundError
+from instil.spec import JobSpec
+from instil.store import DatasetVersion, ModelVersion, Store
+
+__all__ = ["LearnOutcome", "fold_corrections", "latest_version", "learn_from_failures"]
+
+
+@dataclass
+class LearnOutcome:
+    """What :func:`learn_from_failures` found and recorded."""
+
+    model: str
+    """The model that answered the pool (``<job>@<n>``)."""
+    scored: int
+    """Pool examples answered and graded."""
+    failed: int
+    """Of those, how many failed at least one grader."""
+    added: int
+    """Corrections new to ``<job>:corrections`` (failures already corrected, in training, or matching the holdout
+    are not added)."""
+    left_out_for_holdout: int
+    """Failures left out because they match the frozen holdout."""
+    corrections: DatasetVersion | None
+    """The corrections dataset version (cumulative over iterations)."""
+    preferences: DatasetVersion | None
+    """This turn's preference pairs (correction chosen over the model's answer); None when nothing was added."""
+    failed_by_grader: dict[str, int] = field(default_factory=dict)
+    """Failures per grader."""
+
+    def summary(self) -> str:
+        by = ", ".join(f"{k} {v}" for k, v in self.failed_by_grader.items())
+        total = self.corrections.n_examples if self.corrections is not None else 0
+        return (
+            f"{self.model} answered {self.scored} pool examples: {self.failed} failed ({by}); {self.added} corrections "
+            f"added ({total} in all), {self.left_out_for_holdout} left out for matching the holdout"
+        )
+
+
+def learn_from_failures(
+    spec: JobSpec,
+    store: Store,
+    model: ModelVersion,
+    *,
+    previous: DatasetVersion | str | None = None,
+    train: DatasetVersion | str | None = None,
+    max_corrections: int | None = None,
+) -> LearnOutcome:
+    """Run ``model`` on the job's pool, grade it, and record each failure's correction as training data.
+
+    ``previous`` is the corrections version to add to (a version or its sha256; None starts afresh) and ``train`` the
+    training version the model learnt from: failures already in either are not added twice. ``max_corrections``
+    caps the corrections taken (a reviewer's budget), in pool order. The pool's reference answers stand in for a
+    reviewer's corrections. Each correction is also recorded as a preference pair (chosen: the correction; rejected:
+    what the model answered) for preference training.
+    """
+    from instil.eval.candidates import model_candidate, run_candidate
+    from instil.eval.graders import Output, build_graders
+
+    pool_version = latest_version(store, dataset_name(spec, "pool"))
+    if pool_version is None:
+        raise DataError(f"job '{spec.name}' has no pool", hint="add a data source with role: pool")
+    pool = list(store.iter_examples(pool_version))
+    graders = build_graders(spec)
+    gens = run_candidate(model_candidate(spec, model), spec, store, pool)
+    failed: list[tuple[Example, str]] = []
+    by_grader: dict[str, int] = {g.name: 0 for g in graders}
+    for e, g in zip(pool, gens, strict=True):
+        out = Output(g.text, g.tool_calls)
+        lost = [gr.name for gr in graders if not gr.grade(e, out).passed]
+        for name in lost:
+            by_grader[name] += 1
+        if lost:
+            failed.append((e, g.text))
+
+    holdout = frozen_holdout(spec, store)
+    leaking: set[str] = set()
+    if holdout is not None:
+        leaking = {m.example_key for m in holdout_index(spec, store, holdout).check([e for e, _ in failed])}
+    prev = _resolve(store, dataset_name(spec, "corrections"), previous)
+    trained = _resolve(store, dataset_name(spec, "train"), train)
+    prev_examples = list(store.iter_examples(prev)) if prev is not None else []
+    known = {e.key() for e in prev_examples} | (
+        {e.key() for e in store.iter_examples(trained)} if trained else set()
+    )
+    new = [(e, text) for e, text in failed if e.key() not in leaking and e.key() not in known]
+    if max_corrections is not None:
+        new = new[:max_corrections]
+    corrections, preferences = prev, None
+    meta = {"model": model.ref, "model_id": model.id}
+    if new:
+        parents = [pool_version, *([prev] if prev is not None else [])]
+        corrections = store.put_dataset(dataset_name(spec, "corrections"), [*prev_examples, *(e for e, _ in new)],
+                                        kind="corrections", parents=parents, meta=meta)  # fmt: skip
+        pairs = [_preference(e, text) for e, text in new]
+        preferences = store.put_dataset(dataset_name(spec, "preferences"), pairs, kind="preferences",
+                                        parents=[corrections], meta=meta)  # fmt: skip
+    return LearnOutcome(model.ref, len(pool), len(failed), len(new), len(leaking), corrections, preferences,
+                        {k: v for k, v in by_grader.items() if v})  # fmt: skip
+
+
+def _resolve(store: Store, name: str, version: DatasetVersion | str | None) -> DatasetVersion | None:
+    if version is None or isinstance(version, DatasetVersion):
+        return version
+    for v in store.list_versions(name):
+        if v.sha256 == version:
+            return v
+    raise DataError(
+        f"{name} has no version with content {version[:12]}", hint="run the loop again from the start"
+    )
+
+
+def _preference(e: Example, answer: str) -> Example:
+    return Example(messages=list(e.messages), tools=e.tools, rejected=[Message(role="assistant", content=answer)],
+                   id=e.id, tags=list(e.tags), group=e.group, meta=dict(e.meta))  # fmt: skip
+
+
+def fold_corrections(
+    spec: JobSpec, store: Store, train: DatasetVersion, corrections: DatasetVersion
+) -> tuple[DatasetVersion, int]:
+    """A new training version: the split's training examples plus the corrections not already among them."""
+    examples = list(store.iter_examples(train))
+    keys = {e.key() for e in examples}
+    added = [e for e in store.iter_examples(corrections) if e.key() not in keys]
+    holdout = frozen_holdout(spec, store)
+    if holdout is not None and added:  # checked again: the holdout may have been re-frozen since
+        leaking = {m.example_key for m in holdout_index(spec, store, holdout).check(added)}
+        added = [e for e in added if e.key() not in leaking]
+    if not added:
+        return train, 0
+    merged = store.put_dataset(dataset_name(spec, "train"), [*examples, *added], kind="train",
+                               parents=[train, corrections], meta={"corrections": len(added)})  # fmt: skip
+    return merged, len(added)
+
+
+def latest_version(store: Store, name: str) -> DatasetVersion | None:
+    """The newest version of a dataset, or None when there is none."""
+    try:
+        return store.get_dataset(name)
+    except NotFoundError:
+        return None

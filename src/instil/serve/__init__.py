@@ -1,0 +1,25 @@
+"""Serving: a local model (a job's trained version, or its base) behind an OpenAI-compatible HTTP API.
+
+    from instil.serve import serve_job, create_app
+    serve_job(spec, store, version=2, port=8000)      # what `instil serve instil.yaml --version 2` runs
+    app = create_app(model, tokenizer, renderer, model_name="m")   # any loaded model, as a FastAPI app
+
+``app.py`` is the HTTP layer (routes, OpenAI's request and error shapes, the generation queue); ``job.py`` loads a
+job's model as evaluation does and runs the server.
+"""
+
+from __future__ import annotations
+
+from instil.serve.app import DEFAULT_MAX_NEW_TOKENS_CAP, ServedRequest, create_app
+from instil.serve.job import ServedModel, api_key_from_env, job_app, load_served, serve_job
+
+__all__ = [
+    "DEFAULT_MAX_NEW_TOKENS_CAP",
+    "ServedModel",
+    "ServedRequest",
+    "api_key_from_env",
+    "create_app",
+    "job_app",
+    "load_served",
+    "serve_job",
+]

@@ -1,0 +1,159 @@
+"""`instil serve`: a job's trained model (or its base) behind the OpenAI-compatible API of :mod:`instil.serve.app`.
+
+    from instil.serve import load_served, job_app, serve_job
+    served = load_served(spec, store)                 # the latest model version; version=2, or base=True
+    app = job_app(spec, store, version=2, api_key="sk-local")   # a FastAPI app, to run under any ASGI server
+    serve_job(spec, store, port=8000, api_key_env="INSTIL_API_KEY")   # load, then run uvicorn until Ctrl-C
+
+The model is loaded exactly as ``instil eval`` loads a local candidate (:func:`instil.eval.candidates.load_local`),
+so the served answers are the evaluated ones. A request without a system message gets the prompt the model runs
+with in evaluation: the short prompt for a trained version (as it was trained), the full prompt for the base.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from instil.errors import DependencyError, InstilError, NotFoundError
+from instil.eval.candidates import Candidate, load_local
+from instil.serve.app import DEFAULT_MAX_NEW_TOKENS_CAP, ServedRequest, create_app
+from instil.spec import JobSpec
+from instil.store import ModelVersion, Store
+
+__all__ = ["ServedModel", "api_key_from_env", "job_app", "load_served", "serve_job"]
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A loaded model ready to serve, with what requests default to."""
+
+    name: str
+    """The name clients send as ``model``: ``<job>@<n>`` for a trained version, ``<job>:base`` for the base."""
+    model: Any
+    """The transformers model (a PEFT model for an adapter)."""
+    tokenizer: Any
+    """Its tokenizer, with the chat template it was trained with."""
+    renderer: Any
+    """The :class:`~instil.train.chat.ChatRenderer` training and evaluation render prompts with."""
+    system_prompt: str | None
+    """The system prompt a request without one gets: ``short_prompt`` for a trained version, ``system_prompt``
+    for the base."""
+    tools: list[dict[str, Any]] | None
+    """The job's tools (``output.tools``), offered to requests that send none."""
+    version: ModelVersion | None
+    """The model version served; None for the base."""
+
+
+def load_served(
+    spec: JobSpec, store: Store, *, version: int | str | None = None, base: bool = False
+) -> ServedModel:
+    """Load what to serve: model ``version`` of the job (default: the latest; ``3``, ``"3"`` or ``"<job>@3"``),
+    or the base model with ``base=True``. Raises :class:`NotFoundError` when the job has no such model."""
+    if base and version is not None:
+        raise InstilError(
+            "serve either a model version or the base, not both", hint="drop --version or --base"
+        )
+    tools = [t.model_dump() for t in spec.output.tools] if spec.output.tools else None
+    if base:
+        candidate = Candidate("base+full", "local", "full", "base")
+        name, prompt, model_version = f"{spec.name}:base", spec.system_prompt, None
+    else:
+        try:
+            model_version = store.get_model(spec.name, _version_number(spec, version))
+        except NotFoundError as e:
+            hint = (
+                e.hint
+                if version is not None
+                else "train one first (`instil train`), or serve the base (--base)"
+            )
+            raise NotFoundError(str(e), hint=hint) from None
+        candidate = Candidate(model_version.ref, "local", "short", f"model:{model_version.ref}",
+                              model_version=model_version)  # fmt: skip
+        name, prompt = model_version.ref, spec.short_prompt
+    model, tokenizer, renderer = load_local(candidate, spec, store)
+    return ServedModel(name, model, tokenizer, renderer, prompt, tools, model_version)
+
+
+def _version_number(spec: JobSpec, version: int | str | None) -> int | None:
+    if version is None or isinstance(version, int):
+        return version
+    text = version.strip()
+    job, at, number = text.rpartition("@")
+    if at and job != spec.name:
+        raise InstilError(f"model {text!r} is not a version of this job ({spec.name!r})",
+                          hint=f"give the number, or {spec.name}@<n>")  # fmt: skip
+    if not number.isdigit():
+        raise InstilError(
+            f"model version {text!r} is not a number", hint=f"give the number, or {spec.name}@<n>"
+        )
+    return int(number)
+
+
+def job_app(
+    spec: JobSpec,
+    store: Store,
+    *,
+    version: int | str | None = None,
+    base: bool = False,
+    api_key: str | None = None,
+    max_new_tokens_cap: int = DEFAULT_MAX_NEW_TOKENS_CAP,
+    on_request: Callable[[ServedRequest], None] | None = None,
+    served: ServedModel | None = None,
+) -> Any:
+    """The FastAPI app serving the job's model (see :func:`load_served`); ``served`` skips the loading."""
+    served = served or load_served(spec, store, version=version, base=base)
+    return create_app(
+        served.model, served.tokenizer, served.renderer, model_name=served.name, api_key=api_key,
+        max_new_tokens_cap=max_new_tokens_cap, default_system_prompt=served.system_prompt,
+        default_tools=served.tools, batch_size=spec.eval.batch_size, on_request=on_request,
+    )  # fmt: skip
+
+
+def api_key_from_env(api_key_env: str | None) -> str | None:
+    """The API key held by the environment variable ``api_key_env`` (None: no key); refuses an unset variable."""
+    if api_key_env is None:
+        return None
+    key = os.environ.get(api_key_env, "").strip()
+    if not key:
+        raise InstilError(
+            f"the environment variable {api_key_env} holds no API key",
+            hint=f"export {api_key_env}=<a secret clients will send>, or leave out --api-key-env to serve without one",
+        )
+    return key
+
+
+def serve_job(
+    spec: JobSpec,
+    store: Store,
+    *,
+    version: int | str | None = None,
+    base: bool = False,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key_env: str | None = None,
+    max_new_tokens_cap: int = DEFAULT_MAX_NEW_TOKENS_CAP,
+    on_request: Callable[[ServedRequest], None] | None = None,
+    ready: Callable[[ServedModel, str], None] | None = None,
+) -> None:
+    """Load the job's model and serve it on ``host:port`` until interrupted (Ctrl-C stops it cleanly).
+
+    ``api_key_env`` names the environment variable with the key clients must send (read once, never logged).
+    ``ready(served, base_url)`` is called once the model is loaded, before the server starts listening.
+    """
+    try:
+        import uvicorn
+    except ImportError:
+        raise DependencyError(
+            "serving needs fastapi and uvicorn", hint="pip install fastapi uvicorn"
+        ) from None
+    api_key = api_key_from_env(api_key_env)
+    served = load_served(spec, store, version=version, base=base)
+    app = job_app(spec, store, api_key=api_key, max_new_tokens_cap=max_new_tokens_cap, on_request=on_request,
+                  served=served)  # fmt: skip
+    if ready is not None:
+        shown = f"[{host}]" if ":" in host else host
+        ready(served, f"http://{shown}:{port}/v1")
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -1,0 +1,157 @@
+"""The loop end to end: `instil quickstart` at a small size turns twice, gates twice, and a second run redoes nothing.
+
+One module-scoped run (about a minute on 2 cores) serves the artefact, gate and re-run tests; the error tests use
+their own small jobs and stop before training.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from instil.cli import main
+from instil.errors import InstilError
+from instil.examples import copy_example
+from instil.examples.triage.generate import generate
+from instil.loop import LoopState, quickstart, run
+from instil.store import Store
+
+SMALL = {"n_golden": 60, "n_traffic": 60, "n_holdout": 40}
+STEPS = 60
+
+
+def _small_job(dest: Path) -> Path:
+    spec = copy_example("triage", dest)
+    generate(dest / "data", seed=0, **SMALL)
+    return spec
+
+
+@pytest.fixture(scope="module")
+def turned(tmp_path_factory: pytest.TempPathFactory):
+    """The quickstart at a small size, run once in its own home."""
+    root = tmp_path_factory.mktemp("quickstart")
+    home = root / "home"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("INSTIL_HOME", str(home))
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.delenv("INSTIL_DB_URL", raising=False)
+        _small_job(root / "job")
+        seen = []
+        result = quickstart(root / "job", on_stage=seen.append, max_steps=STEPS)
+    return result, seen, home
+
+
+def test_every_stage_ran_in_order(turned):
+    result, seen, _ = turned
+    assert [(s.iteration, s.name) for s in seen] == [
+        (1, "validate"), (1, "curate"), (1, "split"), (1, "baseline"), (1, "train"), (1, "evaluate"), (1, "promote"),
+        (2, "learn"), (2, "split"), (2, "train"), (2, "evaluate"), (2, "promote"),
+    ]  # fmt: skip
+    assert not any(s.skipped for s in seen)
+    assert all(s.summary for s in seen)
+
+
+def test_every_stage_left_its_artefacts(turned):
+    result, _, home = turned
+    job = result.spec.name
+    with Store.open(home=home) as store:
+        names = {d.name for d in store.list_datasets()}
+        for kind in ("raw", "curated", "train", "holdout", "pool", "corrections", "preferences"):
+            assert f"{job}:{kind}" in names, kind
+        trains = store.list_versions(f"{job}:train")
+        assert len(trains) == 2
+        second = trains[-1]
+        corrections = store.get_dataset(f"{job}:corrections")
+        assert second.n_examples == trains[0].n_examples + corrections.n_examples
+        assert {p.ref for p in store.lineage(second)} >= {trains[0].ref, corrections.ref}
+        pairs = list(store.iter_examples(store.get_dataset(f"{job}:preferences")))
+        assert pairs and all(p.rejected for p in pairs)
+        # The holdout never moved and never entered training.
+        holdout = store.get_dataset(f"{job}:holdout")
+        assert len(store.list_versions(f"{job}:holdout")) == 1
+        held = {e.key() for e in store.iter_examples(holdout)}
+        assert not held & {e.key() for e in store.iter_examples(second)}
+
+        models = store.list_models(job)
+        assert [m.version for m in models] == [1, 2]
+        for m in models:
+            assert Path(m.path, "config.json").exists()
+        evals = [r for r in store.list_runs(job, kind="eval") if r.status == "succeeded"]
+        assert len(evals) >= 3  # baseline + one per turn
+        kinds = {a.kind for a in store.list_artifacts(evals[-1].id)}
+        assert {"examples", "report"} <= kinds
+    report = result.report
+    assert Path(report.html_path).exists()
+    html = Path(report.html_path).read_text(encoding="utf-8")
+    assert "support-triage@2" in html and "support-triage@1" in html
+    assert [c.name for c in report.candidates] == ["base+full", "support-triage@1+short", "support-triage@2+short"]
+    assert LoopState(home, job).path.exists()
+
+
+def test_gate_decisions_agree_with_their_numbers(turned):
+    result, _, _ = turned
+    first, second = result.promotions
+    assert first.reference == "base+full" and first.candidate == "support-triage@1+short"
+    assert first.promoted, first.summary()
+    assert second.reference == "support-triage@1+short" and second.candidate == "support-triage@2+short"
+    for p in (first, second):
+        d = p.decision
+        assert p.promoted == d.promoted == all(c.passed for c in d.comparisons)
+        for c in d.comparisons:
+            assert c.passed == (c.p_adjusted < d.alpha)
+        assert bool(d.reasons) == (not d.promoted)
+        assert str(d.n) in p.summary() or f"{d.n}" in json.dumps(p.to_dict())
+
+
+def test_a_second_run_skips_every_unchanged_stage(turned, monkeypatch):
+    result, _, home = turned
+    monkeypatch.setenv("INSTIL_HOME", str(home))
+    with Store.open(home=home) as store:
+        runs = len(store.list_runs(result.spec.name, kind="train"))
+    seen = []
+    again = quickstart(result.spec.root, on_stage=seen.append, max_steps=STEPS)
+    assert [s.name for s in seen] == [s.name for s in result.stages]
+    assert all(s.skipped for s in seen), [s.name for s in seen if not s.skipped]
+    with Store.open(home=home) as store:
+        assert len(store.list_runs(result.spec.name, kind="train")) == runs
+    assert [p.promoted for p in again.promotions] == [p.promoted for p in result.promotions]
+
+
+def test_a_broken_data_file_stops_at_validate_and_keeps_earlier_work(tmp_path):
+    spec = _small_job(tmp_path / "job")
+    data = tmp_path / "job" / "data" / "golden.jsonl"
+    lines = data.read_text(encoding="utf-8").splitlines(keepends=True)
+    data.write_text("".join(lines[:3]) + "{not json\n" + "".join(lines[3:]), encoding="utf-8")
+    with pytest.raises(InstilError, match=r"stage validate: .*golden.jsonl") as e:
+        run(spec)
+    assert e.value.hint and "instil data validate" in e.value.hint
+    rejects = list((Path(os.environ["INSTIL_HOME"]) / "rejects").rglob("*"))
+    assert rejects  # the bad line went to a rejects file, the good ones stay where they are
+
+
+def test_a_missing_model_path_stops_at_its_stage(tmp_path, capsys):
+    spec = _small_job(tmp_path / "job")
+    text = spec.read_text(encoding="utf-8").replace("  base: tiny", "  base: ./no-such-model")
+    spec.write_text(text, encoding="utf-8")
+    code = main(["run", str(spec)])
+    out = capsys.readouterr()
+    assert code != 0
+    assert "stage baseline" in out.err and "no-such-model" in out.err
+    # Everything before the failing stage is kept, and a re-run does not redo it.
+    seen = []
+    with pytest.raises(InstilError, match="stage baseline"):
+        run(spec, on_stage=seen.append)
+    assert [(s.name, s.skipped) for s in seen] == [("validate", True), ("curate", True), ("split", True)]
+
+
+def test_a_torn_state_file_only_costs_a_rerun(tmp_path):
+    state = LoopState(tmp_path, "a/b:c")
+    state.mark("validate@1", "abc", "finished", summary="ok")
+    assert LoopState(tmp_path, "a/b:c").done("validate@1", "abc")["summary"] == "ok"
+    assert LoopState(tmp_path, "a/b:c").done("validate@1", "other") is None
+    state.path.write_text("{torn", encoding="utf-8")
+    assert LoopState(tmp_path, "a/b:c").done("validate@1", "abc") is None
+    assert LoopState(tmp_path, "a/b:c").path != LoopState(tmp_path, "a_b_c").path

@@ -1,0 +1,401 @@
+"""The OpenAI-compatible server (instil.serve) on loopback, spoken to by the real ``openai`` client.
+
+A tiny random model with scaled-up weights (so greedy answers differ from prompt to prompt) serves the protocol
+tests; a tiny model trained on a colour job serves the end-to-end test, where the served model as an endpoint
+candidate of ``instil eval`` must score exactly as the same model evaluated locally.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from servers import serve_app
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+openai = pytest.importorskip("openai")
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from instil.data.records import Example, Message  # noqa: E402
+from instil.errors import InstilError, NotFoundError  # noqa: E402
+from instil.eval.generate import generate_local  # noqa: E402
+from instil.serve import ServedRequest, create_app, job_app, load_served  # noqa: E402
+from instil.spec import EvalEndpointSpec, JobSpec, load_spec  # noqa: E402
+from instil.store import Store  # noqa: E402
+from instil.train.chat import ChatRenderer  # noqa: E402
+from instil.train.tiny import build_tiny  # noqa: E402
+
+KEY = "sk-test-key"
+NAME = "tiny-chat"
+CAP = 24
+TICKETS = ["Hi", "My invoice shows a double charge for March.", "The app crashes on start. Urgent!",
+           "Cannot log in", "Where is my parcel?", "Please delete my account.", "Change my address",
+           "Refund order 1234 please"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> tuple:
+    """A tiny Llama whose random weights are scaled up, so that answers vary (as in test_generate)."""
+    texts = [Example([Message("system", "Triage."), Message("user", t), Message("assistant", "billing")])
+             for t in TICKETS]  # fmt: skip
+    folder = build_tiny(texts * 3, tmp_path_factory.mktemp("tiny") / "llama")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 0.2)
+    return model, tokenizer, ChatRenderer(tokenizer)
+
+
+@pytest.fixture(scope="module")
+def server(tiny) -> Iterator[tuple[str, list[ServedRequest]]]:
+    model, tokenizer, renderer = tiny
+    records: list[ServedRequest] = []
+    app = create_app(model, tokenizer, renderer, model_name=NAME, api_key=KEY, max_new_tokens_cap=CAP,
+                     on_request=records.append)  # fmt: skip
+    with serve_app(app) as url:
+        yield url, records
+
+
+def client(url: str, key: str = KEY) -> openai.OpenAI:
+    return openai.OpenAI(base_url=url, api_key=key, max_retries=0, timeout=30.0)
+
+
+def chat(t: str, system: str | None = "Triage.") -> list[dict]:
+    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": t}]
+
+
+def local(tiny: tuple, messages: list[dict], max_new_tokens: int, tools: list[dict] | None = None):
+    """What evaluation generates for these messages: the example's answer slot left for the model."""
+    model, tokenizer, renderer = tiny
+    example = Example(
+        [Message.from_dict(m) for m in messages] + [Message("assistant", "reference")], tools=tools
+    )
+    return generate_local(
+        model, tokenizer, renderer, [example], system_prompt=None, max_new_tokens=max_new_tokens
+    )[0]
+
+
+def prompt_tokens(tiny: tuple, messages: list[dict], tools: list[dict] | None = None) -> int:
+    _, tokenizer, renderer = tiny
+    return len(tokenizer(renderer.prompt(messages, tools=tools), add_special_tokens=False)["input_ids"])
+
+
+def raw(url: str, path: str, body: bytes | None = None, key: str | None = KEY) -> tuple[int, dict]:
+    """A request without the openai client, for what it would not send (bad JSON, no key)."""
+    headers = {"content-type": "application/json"} | ({"authorization": f"Bearer {key}"} if key else {})
+    request = urllib.request.Request(url + path, data=body, headers=headers, method="POST" if body else "GET")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+# ---- the protocol ----------------------------------------------------------------------------------------------------
+def test_answers_equal_local_generation_and_usage_counts_the_tokens(tiny, server):
+    url, records = server
+    c = client(url)
+    texts = []
+    for t in TICKETS[:4]:
+        r = c.chat.completions.create(model=NAME, messages=chat(t), max_tokens=12, temperature=0)
+        g = local(tiny, chat(t), 12)
+        [choice] = r.choices
+        assert r.object == "chat.completion" and r.model == NAME and r.id.startswith("chatcmpl-")
+        assert choice.message.role == "assistant" and choice.message.content == g.text
+        assert choice.finish_reason == g.finish_reason and choice.message.tool_calls is None
+        assert r.usage.prompt_tokens == prompt_tokens(tiny, chat(t)) == g.input_tokens
+        assert (
+            r.usage.completion_tokens == g.output_tokens
+            and r.usage.total_tokens == g.input_tokens + g.output_tokens
+        )
+        if g.finish_reason == "length":
+            assert r.usage.completion_tokens == 12
+        texts.append(g.text)
+    assert len(set(texts)) >= 2  # the answers differ, so equal answers are not equal by accident
+    last = records[-1]
+    assert last.messages == chat(TICKETS[3]) and last.text == texts[-1] and last.latency_s > 0
+    assert last.usage == r.usage.model_dump(include={"prompt_tokens", "completion_tokens", "total_tokens"})
+
+    # A multi-turn conversation keeps its earlier turns (assistant and tool ones too); tools reach the prompt.
+    tools = [
+        {
+            "type": "function",
+            "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}},
+        }
+    ]
+    turns = [*chat("Where is my parcel?"),
+             {"role": "assistant", "content": None,
+              "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}]},
+             {"role": "tool", "tool_call_id": "call_1", "content": "in transit"},
+             {"role": "assistant", "content": "It is in transit."}, {"role": "user", "content": "Thanks! When?"}]  # fmt: skip
+    r = c.chat.completions.create(model=NAME, messages=turns, tools=tools, max_completion_tokens=6)
+    assert r.usage.prompt_tokens == prompt_tokens(tiny, turns, tools) > prompt_tokens(tiny, turns) + 10
+    assert r.choices[0].message.content == local(tiny, turns, 6, tools).text
+    assert records[-1].tools == tools and len(records[-1].messages) == 6
+
+
+def test_stop_strings_streaming_and_sampling(tiny, server):
+    url, _ = server
+    c = client(url)
+    whole = c.chat.completions.create(model=NAME, messages=chat(TICKETS[1]), max_tokens=CAP)
+    text = whole.choices[0].message.content
+    assert len(text) > 4
+    stop = text[2:4]
+    cut = c.chat.completions.create(model=NAME, messages=chat(TICKETS[1]), max_tokens=CAP, stop=[stop, "zzz"])
+    assert (
+        cut.choices[0].message.content == text[: text.find(stop)] and cut.choices[0].finish_reason == "stop"
+    )
+
+    stream = c.chat.completions.create(model=NAME, messages=chat(TICKETS[1]), max_tokens=CAP, stream=True,
+                                       stream_options={"include_usage": True})  # fmt: skip
+    chunks = list(stream)
+    assert {ch.object for ch in chunks} == {"chat.completion.chunk"} and len({ch.id for ch in chunks}) == 1
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == text
+    assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] == whole.choices[0].finish_reason
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+
+    # Sampling: a seed makes it repeatable.
+    a, b = (c.chat.completions.create(model=NAME, messages=chat(TICKETS[2]), max_tokens=10, temperature=1.5,
+                                      seed=7).choices[0].message.content for _ in range(2))  # fmt: skip
+    assert a == b
+
+
+def test_models_health_and_errors_in_openai_shape(tiny, server):
+    url, _ = server
+    c = client(url)
+    assert [m.id for m in c.models.list().data] == [NAME]
+    assert c.models.retrieve(NAME).owned_by == "instil"
+    assert raw(url.removesuffix("/v1"), "/health", key=None) == (200, {"status": "ok", "model": NAME})
+
+    with pytest.raises(openai.AuthenticationError) as e:
+        client(url, "sk-wrong").chat.completions.create(model=NAME, messages=chat("Hi"))
+    assert e.value.status_code == 401 and e.value.body["code"] == "invalid_api_key"
+    status, body = raw(url, "/models", key=None)
+    assert status == 401 and body["error"]["type"] == "invalid_request_error"
+    assert raw(url, "/chat/completions", b"{not json", key="sk-wrong")[0] == 401  # the key is checked first
+    with pytest.raises(openai.NotFoundError) as e:
+        c.chat.completions.create(model="gpt-9", messages=chat("Hi"))
+    assert e.value.body["param"] == "model" and e.value.body["code"] == "model_not_found"
+    with pytest.raises(openai.NotFoundError):
+        c.models.retrieve("gpt-9")
+
+    def bad(param: str, **request) -> dict:
+        with pytest.raises(openai.BadRequestError) as e:
+            c.chat.completions.create(**{"model": NAME, "messages": chat("Hi"), **request})
+        assert e.value.status_code == 400 and e.value.body["param"] == param, e.value.body
+        return e.value.body
+
+    assert (
+        "messages[2].role"
+        in bad("messages[2].role", messages=[*chat("Hi"), {"role": "robot", "content": "x"}])["message"]
+    )
+    bad("messages", messages=[])
+    bad("max_tokens", max_tokens=0)
+    assert f"at most {CAP}" in bad("max_tokens", max_tokens=CAP + 1)["message"]
+    bad("n", n=2)
+    bad("temperature", temperature=3)
+    bad("tool_choice", tool_choice="required")
+    bad("messages[2].role", messages=[*chat("Hi"), {"role": "assistant", "content": "Hel"}])
+    bad(
+        "messages[1].content[0]",
+        messages=[
+            {"role": "system", "content": "S"},
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]},
+        ],
+    )
+    too_long = bad("messages", messages=chat(" ".join(f"w{i}" for i in range(3000))), max_tokens=CAP)
+    assert too_long["code"] == "context_length_exceeded"
+    status, body = raw(url, "/chat/completions", b"{not json")
+    assert status == 400 and body["error"]["message"] == "the request body is not valid JSON"
+    assert raw(url, "/embeddings", b"{}")[0] == 404
+    # Still answering after every refusal.
+    assert (
+        c.chat.completions.create(model=NAME, messages=chat("Hi"), max_tokens=2).usage.completion_tokens >= 1
+    )
+
+
+def test_concurrent_requests_are_all_answered_correctly(tiny, server):
+    url, records = server
+    c = openai.OpenAI(base_url=url, api_key=KEY, max_retries=0, timeout=60.0)
+    answers: dict[int, str] = {}
+    errors: list[BaseException] = []
+
+    def ask(k: int) -> None:
+        try:
+            r = c.chat.completions.create(model=NAME, messages=chat(TICKETS[k]), max_tokens=8 + k % 3)
+            answers[k] = r.choices[0].message.content
+        except BaseException as e:  # noqa: BLE001 (reported below)
+            errors.append(e)
+
+    before = len(records)
+    threads = [threading.Thread(target=ask, args=(k,)) for k in range(len(TICKETS))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors, errors
+    assert answers == {k: local(tiny, chat(TICKETS[k]), 8 + k % 3).text for k in range(len(TICKETS))}
+    assert len(records) - before == len(TICKETS)
+
+
+# ---- a job's model as an endpoint candidate --------------------------------------------------------------------------
+COLORS = ["red", "green", "blue", "yellow"]
+LONG_PROMPT = "You are the colour desk. Answer with one colour name, lower case, nothing else, ever."
+
+
+WORDS = ["lantern", "orchid", "quartz", "meadow", "harbor", "pepper", "violin", "glacier", "saddle", "thimble",
+         "canyon", "biscuit", "marble", "falcon", "juniper", "rocket"]  # fmt: skip
+
+
+def item(i: int) -> str:
+    # Inputs unlike each other, so that curation keeps them all (no near-duplicates across the split).
+    words = " ".join(WORDS[(i * 7 + k * 3) % len(WORDS)] + str((i * 31 + k * 17) % 97) for k in range(5))
+    hint = ["cherry", "leaf", "sky", "lemon"][
+        i % 4
+    ]  # the colour follows from the input: a model can learn it
+    return f"{words}: item {i}, the colour of a {hint}?"
+
+
+def colour_job(root: Path) -> JobSpec:
+    root.mkdir(parents=True, exist_ok=True)
+
+    def rows(start: int, n: int) -> str:
+        return "".join(json.dumps(Example([Message("system", LONG_PROMPT), Message("user", item(i)),
+                                           Message("assistant", COLORS[i % 4])], id=f"c{i}").to_dict()) + "\n"
+                       for i in range(start, start + n))  # fmt: skip
+
+    (root / "train.jsonl").write_text(rows(0, 16), encoding="utf-8")
+    (root / "holdout.jsonl").write_text(rows(100, 8), encoding="utf-8")
+    (root / "instil.yaml").write_text(f"""name: colors
+system_prompt: {LONG_PROMPT}
+short_prompt: Name the colour.
+graders:
+  - {{name: em, type: exact_match, primary: true}}
+  - {{name: short, type: length, max_chars: 5}}
+data: [{{path: train.jsonl}}, {{path: holdout.jsonl, role: holdout}}]
+model: {{base: tiny}}
+training: {{adapter: full, batch_size: 8, learning_rate: 3.0e-3}}
+""", encoding="utf-8")  # fmt: skip
+    return load_spec(root / "instil.yaml")
+
+
+def test_a_served_model_scores_as_an_endpoint_exactly_as_it_does_locally(tmp_path: Path, store: Store):
+    from instil.data.stages import curate_job, split_job
+    from instil.eval.compare import evaluate, select_candidates
+    from instil.train.sft import train_sft
+
+    spec = colour_job(tmp_path / "job")
+    curate_job(spec, store)
+    split_job(spec, store)
+    train_sft(spec, store, max_steps=30, progress=False)
+    served = load_served(spec, store)
+    assert served.name == "colors@1" and served.system_prompt == "Name the colour."
+    records: list[ServedRequest] = []
+    with serve_app(job_app(spec, store, served=served, api_key=KEY, on_request=records.append)) as url:
+        endpoint = EvalEndpointSpec(name="served", base_url=url, model="colors@1", prompt="short",
+                                    api_key_env="TEST_SERVE_KEY")  # fmt: skip
+        with_endpoint = spec.model_copy(
+            update={"eval": spec.eval.model_copy(update={"endpoints": [endpoint]})}
+        )
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("TEST_SERVE_KEY", KEY)
+            report = evaluate(with_endpoint, store, select_candidates(with_endpoint, store, ["colors@1+short", "served"]),
+                              max_new_tokens=4)  # fmt: skip
+    here, there = report.candidate("colors@1+short"), report.candidate("served")
+    rows = {(r.candidate, r.example_id): r for r in report.examples}
+    ids = sorted({r.example_id for r in report.examples})
+    for i in ids:
+        a, b = rows["colors@1+short", i], rows["served", i]
+        assert (a.output, a.scores, a.passed, a.finish_reason) == (
+            b.output,
+            b.scores,
+            b.passed,
+            b.finish_reason,
+        )
+        assert (a.input_tokens, a.output_tokens) == (b.input_tokens, b.output_tokens)
+    assert {g: s.mean for g, s in here.graders.items()} == {g: s.mean for g, s in there.graders.items()}
+    assert len({rows["served", i].output for i in ids}) >= 2  # the trained model names different colours
+    assert len(records) == len(ids) and records[0].messages[0] == {
+        "role": "system",
+        "content": "Name the colour.",
+    }
+
+
+def test_load_served_names_and_refusals(tmp_path: Path, store: Store):
+    spec = colour_job(tmp_path / "job")
+    with pytest.raises(NotFoundError, match="has no model") as e:
+        load_served(spec, store)
+    assert "--base" in e.value.hint
+    with pytest.raises(InstilError, match="not both"):
+        load_served(spec, store, version=1, base=True)
+    with pytest.raises(InstilError, match="not a version of this job"):
+        load_served(spec, store, version="other@1")
+
+
+def test_cli_serve_refuses_clearly(tmp_path: Path, capsys, monkeypatch):
+    from instil.cli import main
+
+    colour_job(tmp_path / "job")
+    path = str(tmp_path / "job" / "instil.yaml")
+    assert main(["serve", path, "--version", "1", "--base"]) == 1
+    assert "not both" in capsys.readouterr().err
+    assert main(["serve", path]) == 1
+    out = capsys.readouterr().err
+    assert "has no model" in out and "--base" in out and "Traceback" not in out
+    monkeypatch.delenv("TEST_SERVE_UNSET", raising=False)
+    assert main(["serve", path, "--base", "--api-key-env", "TEST_SERVE_UNSET"]) == 1
+    assert "TEST_SERVE_UNSET holds no API key" in capsys.readouterr().err
+
+
+def test_cli_serve_runs_the_server_until_interrupted(tmp_path: Path, store: Store, instil_home: Path):
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from instil.data.stages import curate_job, split_job
+
+    spec = colour_job(tmp_path / "job")
+    curate_job(spec, store)
+    split_job(spec, store)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "INSTIL_HOME": str(instil_home), "TEST_SERVE_KEY": KEY}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "instil.cli", "serve", str(spec.file), "--base", "--port", str(port),
+         "--api-key-env", "TEST_SERVE_KEY"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None, proc.communicate()
+            try:
+                if raw(url.removesuffix("/v1"), "/health", key=None)[1]["model"] == "colors:base":
+                    break
+            except (urllib.error.URLError, ConnectionError):
+                assert time.monotonic() < deadline, "the server did not start"
+                time.sleep(0.2)
+        r = client(url).chat.completions.create(model="colors:base", messages=[{"role": "user", "content": item(1)}],
+                                                max_tokens=3)  # fmt: skip
+        assert r.usage.completion_tokens >= 1 and r.model == "colors:base"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert f"serving colors:base at {url}" in out
