@@ -11,7 +11,8 @@ built once; 10% of the examples are held out for the validation loss.
 Every way trains the same weights on the same pre-tokenized rows (our assistant-only labels), batch 8, with the same
 learning rate, seed and epochs, differing only in how batches are laid out:
 
-* ``instil``: the batching ``prepare_sft`` resolves for this machine (on CPU ``group_by_length``; on GPU random order);
+* ``instil``: the batching ``prepare_sft`` resolves for this machine and ``build_trainer`` installs (on CPU length
+  buckets, :class:`~instil.train.batching.LengthBucketSampler`; on GPU random order);
 * ``trl_default``: TRL's default collator, random order, right padding;
 * ``trl_group_by_length``: ``train_sampling_strategy="group_by_length"``;
 * ``trl_padding_free``: ``padding_free=True`` (one flattened row per batch, position_ids restarting per sequence);
@@ -123,6 +124,10 @@ def worker(way: str, workdir: Path, epochs: float, seed: int) -> dict:
     trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(meta["train_rows"]),
                          processing_class=tokenizer)  # fmt: skip
     trainer.remove_callback(PrinterCallback)
+    if way == "instil":
+        from instil.train.checkpoints import make_resumable
+
+        make_resumable(trainer, seed)  # what instil's build_trainer does: group_by_length becomes length buckets
     tally = TokenTally()
     handle = tally.attach(trainer.model)
     start = time.perf_counter()

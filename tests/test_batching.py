@@ -13,6 +13,7 @@ from instil.data.records import Example, Message
 from instil.spec import parse_spec
 from instil.store import Store
 from instil.train.batching import (
+    LengthBucketSampler,
     batch_padding,
     packed_logits,
     padded_logits,
@@ -73,7 +74,7 @@ def test_a_flattened_batch_with_use_cache_leaks_across_sequences(arch: str):
 def test_batch_padding_and_padding_fraction_on_known_lengths():
     assert batch_padding([2, 4, 4, 8], [[0, 1], [2, 3]]) == (6, 24)  # (4-2) + (8-4) pad of 2*4 + 2*8
     lengths = [10 + (i * 37) % 391 for i in range(400)]  # 10 to 400 tokens, well spread
-    for strategy in ("random", "group_by_length"):
+    for strategy in ("random", "group_by_length", "buckets"):
         batches = sampler_batches(lengths, 8, strategy, seed=3)
         assert sorted(i for b in batches for i in b) == list(range(400)) and all(len(b) == 8 for b in batches)
         pad, total = batch_padding(lengths, batches)
@@ -85,6 +86,29 @@ def test_batch_padding_and_padding_fraction_on_known_lengths():
     assert padding_fraction([7, 7, 7], 2, "random") == 0.0
     with pytest.raises(ValueError, match="unknown batching strategy 'sorted'"):
         padding_fraction(lengths, 8, "sorted")  # type: ignore[arg-type]
+
+
+def test_length_buckets_pad_less_than_transformers_grouping_and_replay_by_epoch():
+    # Long-tailed lengths, as in chat data: mostly short, a few very long (the triage example's shape).
+    rng = torch.Generator().manual_seed(0)
+    lengths = [int(x) for x in (torch.rand(430, generator=rng) ** 6 * 600 + 40)]
+    sampler = LengthBucketSampler(16, lengths, seed=5)
+    epochs = []
+    for epoch in (0, 1, 0):
+        sampler.set_epoch(epoch)
+        order = list(sampler)
+        assert sorted(order) == list(range(430))  # every row once per epoch
+        epochs.append(order)
+    assert epochs[0] == epochs[2] != epochs[1]  # the order is a function of (seed, epoch): a resume replays it
+    sampler.set_epoch(0)
+    batches = sampler.batches()
+    assert [i for b in batches for i in b] == epochs[0]
+    assert [len(b) for b in batches] == [16] * 26 + [14]  # the short batch last: the dataloader's cut lines up
+    assert max(lengths[i] for i in batches[0]) == max(lengths)  # the longest first: out of memory at step 1
+    buckets, grouped = (padding_fraction(lengths, 16, s, seed=5) for s in ("buckets", "group_by_length"))
+    assert buckets < grouped / 2, (buckets, grouped)
+    with pytest.raises(ValueError, match="batch_size is 0"):
+        LengthBucketSampler(0, lengths, seed=0)
 
 
 def test_token_tally_measures_the_padding_of_the_batches_it_sees():

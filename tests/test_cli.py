@@ -112,19 +112,6 @@ def test_curate_choose_overrides_the_rule(tmp_path: Path, monkeypatch, capsys):
     assert main(["data", "curate", "--choose", "nonsense"]) == 2
 
 
-def test_quickstart_runs_the_data_stages(tmp_path: Path, monkeypatch, capsys, instil_home: Path):
-    monkeypatch.chdir(tmp_path)
-    assert main(["quickstart", "qs"]) == 0
-    out = capsys.readouterr().out
-    for stage in ("validate", "curate", "split"):
-        assert f"✓ {stage}" in out
-    assert (tmp_path / "qs" / "instil.yaml").exists()
-    assert (instil_home / "instil.db").exists()  # $INSTIL_HOME wins over the job's .instil
-    # A second run reuses the job and its frozen holdout.
-    assert main(["quickstart", "qs"]) == 0
-    assert "kept frozen" in capsys.readouterr().out
-
-
 def test_run_names_the_stage_that_failed(tmp_path: Path, monkeypatch, capsys):
     spec = _triage(tmp_path, monkeypatch)
     (spec.parent / "data" / "golden.jsonl").write_text('{"messages": [{"role": "user"}]}\n')
@@ -152,8 +139,9 @@ def test_curate_a_plain_file(tmp_path: Path, capsys, monkeypatch):
 
 def test_train_smoke_run_and_mask_preview(tmp_path: Path, monkeypatch, capsys):
     _triage(tmp_path, monkeypatch)
-    assert main(["run"]) == 0
-    capsys.readouterr()
+    assert main(["run", "--until", "split"]) == 0
+    out = capsys.readouterr().out
+    assert "split" in out and "baseline" not in out
     assert main(["train", "--show-mask"]) == 0
     out = capsys.readouterr().out
     assert '{"category":' in out and "<|im_end|>" in out

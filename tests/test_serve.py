@@ -340,7 +340,7 @@ def test_load_served_names_and_refusals(tmp_path: Path, store: Store):
     assert "--base" in e.value.hint
     with pytest.raises(InstilError, match="not both"):
         load_served(spec, store, version=1, base=True)
-    with pytest.raises(InstilError, match="not a version of this job"):
+    with pytest.raises(NotFoundError, match="names a model of job 'other'"):
         load_served(spec, store, version="other@1")
 
 

@@ -68,12 +68,13 @@ def run_cmd(
     spec: SpecArg = Path("instil.yaml"),
     iterations: Annotated[int, typer.Option(help="Turns of the loop; from the second on, the production model's failures on the pool are corrected into training data first.")] = 1,
     max_steps: Annotated[int | None, typer.Option(help="Cap each training run's optimizer steps (a quick try).")] = None,
+    until: Annotated[str | None, typer.Option(help="Stop after this stage (split: the data stages only).")] = None,
 ) -> None:
     """Run the loop on a job: validate, curate, split, baseline, train, evaluate, promote (unchanged stages are skipped)."""
     from instil.loop import run
 
     result = _run_loop(lambda on_stage: run(spec, iterations=iterations, on_stage=on_stage, max_steps=max_steps,
-                                            progress=True))  # fmt: skip
+                                            progress=True, until=until))  # fmt: skip
     _print_loop_result(result)
 
 
@@ -123,6 +124,7 @@ def _print_loop_result(result) -> None:
     """The last evaluation's table, each gate decision with its numbers, and the report's path."""
     if result.report is not None:
         _print_eval_report(result.report)
+        _print_failure_modes(result.report)
     for p in result.promotions:
         colour = "green" if p.promoted else "red"
         console.print(f"\n[bold {colour}]gate: {p.candidate} {'promoted' if p.promoted else 'refused'} over "
@@ -219,27 +221,7 @@ def eval_cmd(
     if as_json:
         console.print_json(json.dumps(report.to_dict()))
         return
-    graders = list(report.candidates[0].graders)
-    title = f"run {report.run_id}: {report.holdout}, {report.n_examples} examples (primary: {report.primary})"
-    table = Table("candidate", *graders, "pass rate", "p50 / p95 s", "tokens in / out", "cost / 1k",
-                  "cost / success", title=title, title_justify="left")  # fmt: skip
-    for c in report.candidates:
-        cells = [f"{g.mean:.2f} [{g.low:.2f}, {g.high:.2f}]" for g in c.graders.values()]
-        table.add_row(
-            c.name, *cells, f"{c.success_rate:.0%}", f"{c.latency_p50_s:.2f} / {c.latency_p95_s:.2f}",
-            f"{c.mean_input_tokens:,.0f} / {c.mean_output_tokens:,.0f}", f"{c.cost_per_1k:.4g}",
-            "-" if c.cost_per_success is None else f"{c.cost_per_success:.4g}",
-        )  # fmt: skip
-    console.print(table)
-    # Win rates and reuse go on lines of their own: more columns would squeeze the table past reading at 80 wide.
-    for c in report.candidates:
-        if (w := c.win_rate) is not None:
-            console.print(f"win rate of {_escape(c.name)} against {_escape(w.against)} (judge {_escape(w.judge)}, ties "
-                          f"half): {w.win_rate:.2f} [{w.low:.2f}, {w.high:.2f}], {w.wins} won, {w.ties} tied, "
-                          f"{w.losses} lost", soft_wrap=True)  # fmt: skip
-    reused = [f"{c.name} (run {c.reused_from})" for c in report.candidates if c.reused_from is not None]
-    if reused:
-        console.print(f"reused from earlier eval runs: {_escape(', '.join(reused))}", soft_wrap=True)
+    _print_eval_report(report)
     tags = sorted({t for c in report.candidates for t in c.slices})
     if tags:
         slices = Table("tag", *(c.name for c in report.candidates), title=f"{report.primary} by tag",
@@ -254,11 +236,7 @@ def eval_cmd(
     truncated = [f"{c.name} ({c.truncated})" for c in report.candidates if c.truncated]
     if truncated:
         err.print(f"[yellow]note:[/] answers cut off at max_new_tokens: {', '.join(truncated)}", soft_wrap=True)
-    for name, modes in report.failure_modes.items():
-        for check in (modes.overfitting, modes.style_collapse, modes.forgetting):
-            if check is not None:
-                mark = "[bold red]FLAG[/]" if check.flagged else "[green]ok[/]"
-                console.print(f"{mark} {_escape(name)}: {_escape(check.explanation)}", soft_wrap=True)
+    _print_failure_modes(report)
     console.print(f"per-example results: [bold]{report.examples_path}[/]", soft_wrap=True)
     console.print(f"HTML report: [bold]{report.html_path}[/]", soft_wrap=True)
 
@@ -287,7 +265,7 @@ def export(
 @app.command()
 def serve(
     spec: SpecArg = Path("instil.yaml"),
-    version: Annotated[int | None, typer.Option(help="The model version to serve (default: the latest).")] = None,
+    version: Annotated[str | None, typer.Option(help="The model version to serve: 3, <job>@3, a pin name, latest (default: production, else the latest).")] = None,
     base: Annotated[bool, typer.Option("--base", help="Serve the base model instead (the full prompt is its default system prompt).")] = False,
     host: Annotated[str, typer.Option(help="The address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="The port to listen on.")] = 8000,
@@ -793,19 +771,48 @@ def datasets(
 
 # ---- entry point ------------------------------------------------------------------------------------------------------
 def _print_eval_report(report) -> None:
-    """One evaluation as tables: the candidates side by side, then the primary grader by tag."""
-    graders = list(report.candidates[0].graders)
+    """One evaluation as two tables that fit 80 columns: quality (every grader with its 95% interval, the pass rate),
+    then speed and cost; win rates and reuse on lines of their own."""
+    from rich import box
+
     title = f"run {report.run_id}: {report.holdout}, {report.n_examples} examples (primary: {report.primary})"
-    table = Table("candidate", *graders, "pass rate", "p50 / p95 s", "tokens in / out", "cost / 1k",
-                  "cost / success", title=title, title_justify="left")  # fmt: skip
+    graders = list(report.candidates[0].graders)
+    quality = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    quality.add_column("candidate", no_wrap=True)
+    for g in graders:
+        quality.add_column(f"{g} (primary)" if g == report.primary else g, no_wrap=True)
+    quality.add_column("pass rate", justify="right")
+    speed = Table(title="speed and cost (prices from the spec's eval section)", title_justify="left",
+                  box=box.SIMPLE_HEAD, pad_edge=False)  # fmt: skip
+    for col in ("candidate", "p50/p95 s", "tokens in/out", "$ / 1k", "$ / success"):
+        speed.add_column(col, no_wrap=True, justify="left" if col == "candidate" else "right")
     for c in report.candidates:
-        cells = [f"{g.mean:.2f} [{g.low:.2f}, {g.high:.2f}]" for g in c.graders.values()]
-        table.add_row(
-            c.name, *cells, f"{c.success_rate:.0%}", f"{c.latency_p50_s:.2f} / {c.latency_p95_s:.2f}",
-            f"{c.mean_input_tokens:,.0f} / {c.mean_output_tokens:,.0f}", f"{c.cost_per_1k:.4g}",
-            "-" if c.cost_per_success is None else f"{c.cost_per_success:.4g}",
+        # The interval under the mean: three graders side by side still fit 80 columns.
+        quality.add_row(c.name, *(f"{g.mean:.2f}\n[{g.low:.2f}, {g.high:.2f}]" for g in c.graders.values()),
+                        f"{c.success_rate:.0%}")  # fmt: skip
+        speed.add_row(
+            c.name, f"{c.latency_p50_s:.2f}/{c.latency_p95_s:.2f}",
+            f"{c.mean_input_tokens:,.0f} / {c.mean_output_tokens:,.0f}", f"{c.cost_per_1k:.3g}",
+            "-" if c.cost_per_success is None else f"{c.cost_per_success:.3g}",
         )  # fmt: skip
-    console.print(table)
+    console.print(quality)
+    console.print(speed)
+    for c in report.candidates:
+        if (w := c.win_rate) is not None:
+            console.print(f"win rate of {_escape(c.name)} against {_escape(w.against)} (judge {_escape(w.judge)}, ties "
+                          f"half): {w.win_rate:.2f} [{w.low:.2f}, {w.high:.2f}], {w.wins} won, {w.ties} tied, "
+                          f"{w.losses} lost", soft_wrap=True)  # fmt: skip
+    reused = [f"{c.name} (run {c.reused_from})" for c in report.candidates if c.reused_from is not None]
+    if reused:
+        console.print(f"[dim]reused from earlier eval runs: {_escape(', '.join(reused))}[/]", soft_wrap=True)
+
+
+def _print_failure_modes(report) -> None:
+    for name, modes in report.failure_modes.items():
+        for check in (modes.overfitting, modes.style_collapse, modes.forgetting):
+            if check is not None:
+                mark = "[bold red]FLAG[/]" if check.flagged else "[green]ok[/]"
+                console.print(f"{mark} {_escape(name)}: {_escape(check.explanation)}", soft_wrap=True)
 
 
 def _print_error(e: InstilError) -> None:

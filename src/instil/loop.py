@@ -160,6 +160,15 @@ def _stage(name: str) -> Iterator[None]:
             f"stage {name}: {e.strerror or e} ({e.filename or 'no file name'})",
             hint="free disk space or fix the folder's permissions, then run again: finished stages are kept",
         ) from e
+    except Exception as e:
+        # Libraries wrap a full disk in their own errors (safetensors' SafetensorError, SQLite's "disk is full").
+        text = str(e)
+        if not any(m in text for m in ("No space left on device", "os error 28", "database or disk is full")):
+            raise
+        raise InstilError(
+            f"stage {name}: No space left on device ({type(e).__name__}: {text.splitlines()[0] if text else ''})",
+            hint="free disk space, then run again: finished stages are kept",
+        ) from e
 
 
 def run(
@@ -170,13 +179,17 @@ def run(
     contradictions: str = "majority",
     max_steps: int | None = None,
     progress: bool = False,
+    until: str | None = None,
 ) -> LoopResult:
     """Run the loop's stages in order on a job, ``iterations`` times; stop at the first stage that fails, naming it.
 
-    ``max_steps`` caps each training run's optimizer steps; ``progress`` shows training's progress bar.
+    ``max_steps`` caps each training run's optimizer steps; ``progress`` shows training's progress bar; ``until``
+    stops after the first stage of that name (``until="split"``: the data stages only).
     """
     if iterations < 1:
         raise InstilError(f"iterations must be at least 1, got {iterations}")
+    if until is not None and until not in STAGES:
+        raise InstilError(f"until: no stage named {until!r}", hint=f"use one of {', '.join(STAGES)}")
     job = spec if isinstance(spec, JobSpec) else load_spec(spec)
     home = home_dir(job.root)
     result = LoopResult(job, home)
@@ -184,7 +197,7 @@ def run(
     with Store.open(home=home) as store:
         for turn in range(1, iterations + 1):
             if not _Iteration(
-                job, store, state, result, turn, on_stage, contradictions, max_steps, progress
+                job, store, state, result, turn, on_stage, contradictions, max_steps, progress, until
             ).run():
                 break
     return result
@@ -209,7 +222,9 @@ class _Iteration:
         contradictions: str,
         max_steps: int | None,
         progress: bool,
+        until: str | None = None,
     ) -> None:
+        self.until = until
         self.spec, self.store, self.state, self.result = spec, store, state, result
         self.turn, self.on_stage = turn, on_stage
         self.contradictions, self.max_steps, self.progress = contradictions, max_steps, progress
@@ -219,15 +234,17 @@ class _Iteration:
         self.train_sha: str | None = None
 
     def run(self) -> bool:
-        """Run the turn's stages; False when there was nothing to learn (the loop stops there)."""
+        """Run the turn's stages; False when the loop stops here (nothing to learn, or ``until`` reached)."""
         if self.turn == 1:
             names = ["validate", "curate", "split", "baseline", "train", "evaluate", "promote"]
         else:
-            if not self._do("learn", self.learn):
+            if not self._do("learn", self.learn) or self.until == "learn":
                 return False
             names = ["split", "train", "evaluate", "promote"]
         for name in names:
             self._do(name, getattr(self, name))
+            if name == self.until:
+                return False
         return True
 
     def _do(self, name: str, fn: Callable[[], tuple[str, Any, bool]]) -> bool:
@@ -271,9 +288,9 @@ class _Iteration:
 
     def validate(self) -> tuple[str, Any, bool]:
         files = [(s.path, s.role, _file_sha256(self.spec.root / s.path)) for s in self.spec.data]
-        inputs = _hash(
-            files, [s.model_dump(mode="json") for s in self.spec.data], self.spec.output.model_dump()
-        )
+        # The model too: lengths are checked with its tokenizer.
+        inputs = _hash(files, [s.model_dump(mode="json") for s in self.spec.data], self.spec.output.model_dump(),
+                       self.spec.model.model_dump(mode="json"))  # fmt: skip
         if (done := self.state.done(self._key("validate"), inputs)) is not None:
             return done["summary"], None, True
         reports = validate_job(self.spec, rejects_dir=self.store.home / "rejects")
@@ -310,10 +327,16 @@ class _Iteration:
     def split(self) -> tuple[str, Any, bool]:
         curated = self.store.get_dataset(dataset_name(self.spec, "curated"))
         holdout = frozen_holdout(self.spec, self.store)
-        inputs = _hash(curated.sha256, self.spec.split.model_dump(mode="json"),
-                       holdout.sha256 if holdout else None, self.corrections)  # fmt: skip
+        # The frozen holdout is split's own output the first time, so it is checked against what split recorded
+        # rather than hashed into the inputs (a re-frozen holdout still makes split run again).
+        inputs = _hash(curated.sha256, self.spec.split.model_dump(mode="json"), self.corrections)
         done = self.state.done(self._key("split"), inputs)
-        if done is not None and _exists(self.store, done.get("train")):
+        if (
+            done is not None
+            and _exists(self.store, done.get("train"))
+            and holdout is not None
+            and done.get("holdout") == holdout.sha256
+        ):
             self.train_sha = done["train"]
             return done["summary"], None, True
         sp = split_job(self.spec, self.store)
@@ -328,7 +351,8 @@ class _Iteration:
             f"train {train.n_examples}{plus} ({train.ref}, {train.short_hash}), holdout {sp.holdout.n_examples} "
             f"({sp.holdout.short_hash}, {frozen}), {len(sp.left_out)} left out for matching the holdout"
         )
-        self.state.mark(self._key("split"), inputs, "finished", summary=summary, train=train.sha256)
+        self.state.mark(self._key("split"), inputs, "finished", summary=summary, train=train.sha256,
+                        holdout=sp.holdout.sha256)  # fmt: skip
         return summary, sp, False
 
     def baseline(self) -> tuple[str, Any, bool]:

@@ -105,11 +105,13 @@ class TokenCounter:
     @classmethod
     def from_spec(cls, spec: JobSpec) -> TokenCounter:
         """The counter for a job: its base model's tokenizer (and chat template), or the estimate for ``tiny``."""
+        from instil.train.models import is_tiny_base, resolve_base
+
         model = spec.model
-        if model.base == "tiny":  # a random model built locally: no real tokenizer to count with yet
+        if is_tiny_base(model.base):  # a random model built locally: no real tokenizer to count with yet
             return cls.estimate()
-        base = spec.resolve(model.base)
-        source: str | Path = base if base.exists() else model.base
+        # The same resolution as training: a path-shaped base that does not exist is named as a missing folder.
+        source = resolve_base(model, root=spec.root)
         template = model.chat_template
         if template is not None and template.strip().endswith(".jinja"):
             path = spec.resolve(template.strip())

@@ -50,8 +50,11 @@ class ServedModel:
 def load_served(
     spec: JobSpec, store: Store, *, version: int | str | None = None, base: bool = False
 ) -> ServedModel:
-    """Load what to serve: model ``version`` of the job (default: the latest; ``3``, ``"3"`` or ``"<job>@3"``),
-    or the base model with ``base=True``. Raises :class:`NotFoundError` when the job has no such model."""
+    """Load what to serve: model ``version`` of the job, or the base model with ``base=True``.
+
+    ``version`` is anything :func:`instil.registry.resolve` reads: ``3``, ``"3"``, ``"<job>@3"``, ``"production"``,
+    ``"latest"`` or a pin name. The default is the production version, or the latest before the first promotion.
+    Raises :class:`NotFoundError` when the job has no such model."""
     if base and version is not None:
         raise InstilError(
             "serve either a model version or the base, not both", hint="drop --version or --base"
@@ -61,8 +64,13 @@ def load_served(
         candidate = Candidate("base+full", "local", "full", "base")
         name, prompt, model_version = f"{spec.name}:base", spec.system_prompt, None
     else:
+        from instil.registry import resolve
+
+        ref = version
+        if ref is None:
+            ref = "production" if store.production_model(spec.name) is not None else "latest"
         try:
-            model_version = store.get_model(spec.name, _version_number(spec, version))
+            model_version = resolve(store, spec.name, ref)
         except NotFoundError as e:
             hint = (
                 e.hint
@@ -75,21 +83,6 @@ def load_served(
         name, prompt = model_version.ref, spec.short_prompt
     model, tokenizer, renderer = load_local(candidate, spec, store)
     return ServedModel(name, model, tokenizer, renderer, prompt, tools, model_version)
-
-
-def _version_number(spec: JobSpec, version: int | str | None) -> int | None:
-    if version is None or isinstance(version, int):
-        return version
-    text = version.strip()
-    job, at, number = text.rpartition("@")
-    if at and job != spec.name:
-        raise InstilError(f"model {text!r} is not a version of this job ({spec.name!r})",
-                          hint=f"give the number, or {spec.name}@<n>")  # fmt: skip
-    if not number.isdigit():
-        raise InstilError(
-            f"model version {text!r} is not a number", hint=f"give the number, or {spec.name}@<n>"
-        )
-    return int(number)
 
 
 def job_app(

@@ -23,6 +23,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal
 
+from torch.utils.data import Sampler
+
 __all__ = [
     "Strategy",
     "batch_padding",
@@ -31,12 +33,71 @@ __all__ = [
     "padding_fraction",
     "padding_free_logits",
     "per_sequence_logits",
+    "LengthBucketSampler",
     "sampler_batches",
 ]
 
-Strategy = Literal["random", "group_by_length", "padding_free"]
+Strategy = Literal["random", "group_by_length", "buckets", "padding_free"]
 """How the trainer orders rows into batches: a shuffled order, length-grouped megabatches (transformers'
-``LengthGroupedSampler``, what ``train_sampling_strategy="group_by_length"`` uses), or flattened rows with no padding."""
+``LengthGroupedSampler``, what plain TRL's ``train_sampling_strategy="group_by_length"`` uses), instil's length buckets
+(:class:`LengthBucketSampler`, what instil's trainer uses in place of the former), or flattened rows with no padding."""
+
+BUCKET_BATCHES = 64
+"""Batches per sorted bucket in :class:`LengthBucketSampler`: rows are sorted by length within spans of this many
+batches (an epoch of up to 64 batches is sorted whole)."""
+
+
+class LengthBucketSampler(Sampler):
+    """Length-sorted batches in a shuffled order: little padding, random batch order, the same order on resume.
+
+    Each epoch (seeded with ``seed + epoch``, so a run resumed mid-epoch draws the same order): shuffle the rows, cut
+    them into buckets of :data:`BUCKET_BATCHES` batches, sort each bucket by length, cut it into batches, shuffle the
+    batches, and put the one holding the longest row first (an out-of-memory error comes at step 1, not hours in).
+    A short last batch stays last, so the dataloader's cut into ``batch_size`` rows lines up with these batches.
+
+    transformers' ``LengthGroupedSampler`` sorts within megabatches of at most 50 batches, and fewer on small data
+    (a quarter of the epoch), so long-tailed lengths still pad a lot: on the triage example (416 rows, batch 16) it
+    leaves about 40% padding where this leaves about 10%.
+    """
+
+    def __init__(self, batch_size: int, lengths: Sequence[int], seed: int, *, bucket_batches: int = BUCKET_BATCHES):
+        if batch_size < 1:
+            raise ValueError(f"batch_size is {batch_size}; it must be 1 or more")
+        self.batch_size, self.lengths, self.seed = batch_size, list(lengths), seed
+        self.bucket_batches = bucket_batches
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def batches(self) -> list[list[int]]:
+        """This epoch's batches of row indexes."""
+        import torch
+
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.lengths), generator=generator).tolist()
+        span = self.batch_size * self.bucket_batches
+        full: list[list[int]] = []
+        short: list[int] = []
+        for start in range(0, len(order), span):
+            bucket = sorted(order[start : start + span], key=lambda i: self.lengths[i], reverse=True)
+            for b in range(0, len(bucket), self.batch_size):
+                batch = bucket[b : b + self.batch_size]
+                if len(batch) == self.batch_size:
+                    full.append(batch)
+                else:
+                    short = batch  # only the epoch's last bucket can leave one
+        shuffled = [full[i] for i in torch.randperm(len(full), generator=generator).tolist()]
+        if shuffled:
+            longest = max(range(len(shuffled)), key=lambda k: self.lengths[shuffled[k][0]])
+            shuffled[0], shuffled[longest] = shuffled[longest], shuffled[0]
+        return shuffled + ([short] if short else [])
+
+    def __iter__(self):
+        return iter([i for batch in self.batches() for i in batch])
 
 
 def sampler_batches(
@@ -49,6 +110,8 @@ def sampler_batches(
     if batch_size < 1:
         raise ValueError(f"batch_size is {batch_size}; it must be 1 or more")
     generator = torch.Generator().manual_seed(seed)
+    if strategy == "buckets":
+        return LengthBucketSampler(batch_size, lengths, seed).batches()
     if strategy == "group_by_length":
         order = list(LengthGroupedSampler(batch_size, lengths=list(lengths), generator=generator))
     elif strategy in ("random", "padding_free"):

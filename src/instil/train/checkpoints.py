@@ -269,36 +269,23 @@ def recorded_hashes(store: Store, job: str) -> set[str]:
 
 
 # ---- a data order that can be resumed -------------------------------------------------------------------------------
-class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
-    """transformers' length-grouped order, drawn from ``seed + epoch`` instead of the global RNG.
-
-    The stock sampler shuffles with the global torch RNG at the start of each epoch; a checkpoint saved mid-epoch
-    holds the RNG state of that moment, not of the epoch's start, so a resumed run would draw a different order.
-    Seeded per epoch (the Trainer calls ``set_epoch`` before every pass, resumed ones included), the order is the same.
-    """
-
-    def __init__(self, batch_size: int, lengths: list[int], seed: int) -> None:
-        super().__init__(batch_size, lengths=lengths)
-        self.seed = seed
-        self.set_epoch(0)
-
-    def set_epoch(self, epoch: int) -> None:
-        import torch
-
-        self.generator = torch.Generator().manual_seed(self.seed + int(epoch))
-
-
 def make_resumable(trainer: Any, seed: int) -> None:
-    """Make ``trainer``'s training order resumable mid-epoch (see :class:`EpochSeededLengthGroupedSampler`).
+    """Make ``trainer``'s training order resumable mid-epoch: ``group_by_length`` becomes instil's
+    :class:`~instil.train.batching.LengthBucketSampler`, seeded by epoch.
 
-    The random order (``train_sampling_strategy: random``) already is: accelerate seeds it by epoch.
+    The stock length-grouped sampler shuffles with the global torch RNG at the start of each epoch; a checkpoint saved
+    mid-epoch holds the RNG state of that moment, not of the epoch's start, so a resumed run would draw a different
+    order. Seeded per epoch (the Trainer calls ``set_epoch`` before every pass, resumed ones included), it is the same.
+    The random order (``train_sampling_strategy: random``) already is resumable: accelerate seeds it by epoch.
     """
+    from instil.train.batching import LengthBucketSampler
+
     stock = trainer._get_train_sampler
 
     def sampler(train_dataset: Any = None) -> Any:
         made = stock(train_dataset)
         if type(made) is LengthGroupedSampler:
-            return EpochSeededLengthGroupedSampler(made.batch_size, made.lengths, seed)
+            return LengthBucketSampler(made.batch_size, made.lengths, seed)
         return made
 
     trainer._get_train_sampler = sampler  # on this instance only: no Trainer subclass for one method
