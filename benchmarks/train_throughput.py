@@ -193,7 +193,7 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=max(Console().width, 120))  # the table stays readable in a log
     with tempfile.TemporaryDirectory(prefix="instil-train-bench-") as tmp:
         workdir = Path(tmp)
         meta = prepare(workdir, args.n, args.seed)
