@@ -1,13 +1,15 @@
 """How training batches are laid out, measured: the padding they carry, and forwards that prove no sequence sees another.
 
-    padding_fraction([12, 400, 35, 390], batch_size=2, strategy="group_by_length")  # from the sampler's real batches
+    padding_fraction([12, 400, 35, 390], batch_size=2, strategy="buckets")  # from the sampler's real batches
+    LengthBucketSampler(16, lengths, seed=0)  # what instil's trainer draws batches with where TRL would group by length
     per_sequence_logits(model, seqs)      # the reference: each sequence alone, shape [len, vocab] each
     padded_logits(model, seqs)            # one right-padded batch with an attention mask (the TRL default collator)
     padding_free_logits(model, seqs)      # one flattened row, position_ids restarting per sequence (padding_free=True)
     packed_logits(model, seqs, seq_length=64)  # TRL's bfd packing, then its padding-free collator
 
 Which layout is fastest depends on the hardware. On CPU (sdpa attention) a flattened row gets a dense block-diagonal
-mask, which costs more than the padding it saves, so instil groups batches by length there (``group_by_length``);
+mask, which costs more than the padding it saves, so instil sorts batches by length there (:class:`LengthBucketSampler`
+in place of transformers' ``group_by_length`` sampler, whose small megabatches leave much padding on long-tailed data);
 where flash-attention's varlen kernels exist, padding-free batches cost nothing extra. Whatever the layout, the logits
 of each sequence must equal those of the sequence run alone: the ``*_logits`` helpers return each sequence's logits on
 its real tokens, so a test can compare them (``tests/test_batching.py``).
@@ -118,7 +120,7 @@ def sampler_batches(
         order = torch.randperm(len(lengths), generator=generator).tolist()
     else:
         raise ValueError(
-            f"unknown batching strategy {strategy!r}; use random, group_by_length or padding_free"
+            f"unknown batching strategy {strategy!r}; use random, group_by_length, buckets or padding_free"
         )
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 

@@ -9,7 +9,7 @@ The defaults (every one overridable, and shown with its source by ``instil train
 example, capped at the model's context; ``epochs`` = about 3,000 examples seen (between 1 and 10 passes); learning
 rate by adapter (LoRA/QLoRA 2e-4, full 2e-5, or 1e-3 for a random ``tiny`` model, prompt tuning 3e-2); a validation
 slice of the *training* split (10%, at least 1, at most 200; only with 10 or more examples) with early stopping on
-its loss (patience 3 evaluations, about 10 evaluations a run); batches grouped by length on CPU, where padding costs
+its loss (patience 3 evaluations, about 10 evaluations a run); length-sorted batches on CPU, where padding costs
 the most. :func:`instil.train.sft.build_trainer` passes them to TRL's ``SFTConfig``, ``training.trl`` last.
 """
 
@@ -146,7 +146,7 @@ def resolve_settings(
         else f"{CHECKPOINTS_PER_RUN} checkpoints a run, to resume from",
     )  # fmt: skip
     pick("train_sampling_strategy", "random" if cuda else "group_by_length",
-         "length grouping cuts padding on CPU" if not cuda else "random order on GPU")  # fmt: skip
+         "length buckets (instil's sampler) cut padding on CPU" if not cuda else "random order on GPU")  # fmt: skip
     pick("bf16", cuda and _bf16_ok(), "bf16 mixed precision where the GPU supports it")
     pick("gradient_checkpointing", cuda, "saves GPU memory; off on CPU, where it only costs time")
     return s
