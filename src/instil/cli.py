@@ -105,6 +105,10 @@ def quickstart(
 def _run_loop(call):
     import time
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # the stage lines and training's own bar show progress; loading bars are noise
+
     started = time.perf_counter()
     with console.status("running the loop...") as status:
 

@@ -436,16 +436,25 @@ def _train_and_save(
 
 @contextmanager
 def _quiet() -> Iterator[None]:
-    """Silence the progress bars datasets and transformers print on their own: the API prints nothing itself."""
+    """Silence what datasets and transformers print on their own (the API prints nothing itself): progress bars,
+    the deprecation of the ``gradient_checkpointing`` field TRL's config still carries, and the load-time note that a
+    tied ``lm_head.weight`` has no tensor of its own in a checkpoint."""
+    import warnings
+
     import datasets
     from transformers.utils import logging as hf_logging
 
     was_datasets, was_hf = datasets.is_progress_bar_enabled(), hf_logging.is_progress_bar_enabled()
+    verbosity = hf_logging.get_verbosity()
     datasets.disable_progress_bars()
     hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*gradient_checkpointing.* is deprecated", category=FutureWarning)
+            yield
     finally:
+        hf_logging.set_verbosity(verbosity)
         if was_datasets:
             datasets.enable_progress_bars()
         if was_hf:
