@@ -110,8 +110,10 @@ class TokenCounter:
         model = spec.model
         if is_tiny_base(model.base):  # a random model built locally: no real tokenizer to count with yet
             return cls.estimate()
-        # The same resolution as training: a path-shaped base that does not exist is named as a missing folder.
-        source = resolve_base(model, root=spec.root)
+        local = spec.resolve(model.base)
+        # A folder holding only a tokenizer is enough to count with; otherwise training's resolution, which names a
+        # path-shaped base that does not exist as a missing folder instead of trying it as a hub id.
+        source = local if local.exists() else resolve_base(model, root=spec.root)
         template = model.chat_template
         if template is not None and template.strip().endswith(".jinja"):
             path = spec.resolve(template.strip())
