@@ -20,7 +20,7 @@ from instil.errors import DataError, NotFoundError
 from instil.spec import JobSpec
 from instil.store import DatasetVersion, ModelVersion, Store
 
-__all__ = ["LearnOutcome", "fold_corrections", "latest_version", "learn_from_failures"]
+__all__ = ["LearnOutcome", "fold_corrections", "latest_version", "learn_from_failures", "version_with_hash"]
 
 
 @dataclass
@@ -119,12 +119,7 @@ def learn_from_failures(
 def _resolve(store: Store, name: str, version: DatasetVersion | str | None) -> DatasetVersion | None:
     if version is None or isinstance(version, DatasetVersion):
         return version
-    for v in store.list_versions(name):
-        if v.sha256 == version:
-            return v
-    raise DataError(
-        f"{name} has no version with content {version[:12]}", hint="run the loop again from the start"
-    )
+    return version_with_hash(store, name, version)
 
 
 def _preference(e: Example, answer: str) -> Example:
@@ -156,3 +151,13 @@ def latest_version(store: Store, name: str) -> DatasetVersion | None:
         return store.get_dataset(name)
     except NotFoundError:
         return None
+
+
+def version_with_hash(store: Store, name: str, sha256: str) -> DatasetVersion:
+    """The version of dataset ``name`` with this content (recorded by an earlier stage), else :class:`DataError`."""
+    try:
+        return store.get_dataset(name, sha256)
+    except NotFoundError:
+        raise DataError(
+            f"{name} has no version with content {sha256[:12]}", hint="run the loop again from the start"
+        ) from None

@@ -39,9 +39,9 @@ from typing import Any
 from instil.data.stages import curate_job, dataset_name, frozen_holdout, split_job, validate_job
 from instil.env import home_dir
 from instil.errors import DataError, InstilError
-from instil.learn import fold_corrections, latest_version, learn_from_failures
+from instil.learn import fold_corrections, latest_version, learn_from_failures, version_with_hash
 from instil.spec import JobSpec, load_spec
-from instil.store import DatasetVersion, ModelVersion, Store
+from instil.store import ModelVersion, Store
 
 __all__ = ["STAGES", "LoopResult", "LoopState", "StageResult", "quickstart", "run"]
 
@@ -342,7 +342,7 @@ class _Iteration:
         sp = split_job(self.spec, self.store)
         train, added = sp.train, 0
         if self.corrections is not None:
-            corrections = _version(self.store, dataset_name(self.spec, "corrections"), self.corrections)
+            corrections = version_with_hash(self.store, dataset_name(self.spec, "corrections"), self.corrections)
             train, added = fold_corrections(self.spec, self.store, sp.train, corrections)
         self.train_sha = train.sha256
         frozen = "kept frozen" if sp.reused_holdout else "frozen"
@@ -375,7 +375,7 @@ class _Iteration:
         from instil.train.sft import train_sft
 
         assert self.train_sha is not None
-        train = _version(self.store, dataset_name(self.spec, "train"), self.train_sha)
+        train = version_with_hash(self.store, dataset_name(self.spec, "train"), self.train_sha)
         inputs = _hash(train.sha256, self.spec.training.model_dump(mode="json"), self.spec.model.model_dump(mode="json"),
                        self.spec.short_prompt, self.max_steps, _instil_version())  # fmt: skip
         done = self.state.done(self._key("train"), inputs)
@@ -466,14 +466,6 @@ def _model(store: Store, job: str, model_id: int | None) -> ModelVersion | None:
         if m.id == model_id and Path(m.path).exists():
             return m
     return None
-
-
-def _version(store: Store, name: str, sha256: str) -> DatasetVersion:
-    """The version of ``name`` with this content (recorded by an earlier stage)."""
-    for v in store.list_versions(name):
-        if v.sha256 == sha256:
-            return v
-    raise DataError(f"{name} has no version {sha256[:12]} any more", hint="run the loop again from the start")
 
 
 def _holdout_sha(spec: JobSpec, store: Store) -> str | None:

@@ -40,6 +40,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from instil.data.records import canonical_json, sha256_hex
 from instil.errors import InstilError, ModelError
 from instil.store import Store
+from instil.train.batching import LengthBucketSampler
 
 __all__ = [
     "MARKER",
@@ -278,8 +279,6 @@ def make_resumable(trainer: Any, seed: int) -> None:
     order. Seeded per epoch (the Trainer calls ``set_epoch`` before every pass, resumed ones included), it is the same.
     The random order (``train_sampling_strategy: random``) already is resumable: accelerate seeds it by epoch.
     """
-    from instil.train.batching import LengthBucketSampler
-
     stock = trainer._get_train_sampler
 
     def sampler(train_dataset: Any = None) -> Any:
