@@ -36,9 +36,14 @@ from instil.data.validate import validate_file
 from instil.spec import SplitSpec
 
 SHARES = {  # fraction of the final data set per planted kind
-    "exact": 0.03, "whitespace": 0.015, "casing": 0.015,
-    "typo": 0.03, "punctuation": 0.02, "reorder": 0.02, "contradiction": 0.02,
-}  # fmt: skip
+    "exact": 0.03,
+    "whitespace": 0.015,
+    "casing": 0.015,
+    "typo": 0.03,
+    "punctuation": 0.02,
+    "reorder": 0.02,
+    "contradiction": 0.02,
+}
 EXACT_KINDS = ("exact", "whitespace", "casing")
 NEAR_KINDS = ("typo", "punctuation", "reorder")
 LABELS = ["billing", "shipping", "returns", "account", "technical", "sales", "feedback", "other"]
@@ -110,9 +115,7 @@ def generate(path: Path, n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.
     lengths = rng.integers(12, 41, size=n_orig)
     words = vocab[rng.choice(len(vocab), size=int(lengths.sum()), p=p)]
     ends = np.cumsum(lengths)
-    questions = [
-        " ".join(words[e - k : e]) + "?" for e, k in zip(ends.tolist(), lengths.tolist(), strict=True)
-    ]
+    questions = [" ".join(words[e - k : e]) + "?" for e, k in zip(ends.tolist(), lengths.tolist(), strict=True)]
     sentence_answer = rng.random(n_orig) < 0.5
     answers: list[str] = []
     for i in range(n_orig):
@@ -154,17 +157,20 @@ def generate(path: Path, n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.
         for line, r in enumerate(order.tolist()):
             f, kind, q, a = rows[r]
             family[line], kinds[line] = f, kind
-            record = {"messages": [{"role": "system", "content": "You route support tickets."},
-                                   {"role": "user", "content": q}, {"role": "assistant", "content": a}],
-                      "metadata": {"id": f"ex{line}"}}  # fmt: skip
+            record = {
+                "messages": [
+                    {"role": "system", "content": "You route support tickets."},
+                    {"role": "user", "content": q},
+                    {"role": "assistant", "content": a},
+                ],
+                "metadata": {"id": f"ex{line}"},
+            }
             out.write(json.dumps(record) + "\n")
     return family, kinds.astype(str), pii[family]
 
 
 # ---- scoring ---------------------------------------------------------------------------------------------------------
-def score(
-    report, family: np.ndarray, kinds: np.ndarray, pii_rows: np.ndarray
-) -> list[tuple[str, int, int, int, int]]:
+def score(report, family: np.ndarray, kinds: np.ndarray, pii_rows: np.ndarray) -> list[tuple[str, int, int, int, int]]:
     """(kind, planted, found, correct among found, planted that were found) per kind."""
     out: list[tuple[str, int, int, int, int]] = []
     # Exact: a member is correct when another member of its group is of its family.
@@ -184,8 +190,15 @@ def score(
         out.append((kind, len(planted), len(found), correct, hits))
     members = [r for rows in group_of.values() for r in rows]
     all_correct = sum(int((family[group_of[r]] == family[r]).sum()) > 1 for r in set(members))
-    out.append(("near (all members)", sum(int((kinds == k).sum()) for k in NEAR_KINDS), len(set(members)), all_correct,
-                sum(o[4] for o in out if o[0] in NEAR_KINDS)))  # fmt: skip
+    out.append(
+        (
+            "near (all members)",
+            sum(int((kinds == k).sum()) for k in NEAR_KINDS),
+            len(set(members)),
+            all_correct,
+            sum(o[4] for o in out if o[0] in NEAR_KINDS),
+        )
+    )
     # Contradictions: a group is correct when it is one family; a planted one is found when its group holds a
     # member of its family with another answer.
     groups = report.contradiction_groups
@@ -201,9 +214,7 @@ def score(
     out.append(("contradiction (groups)", len(planted), len(groups), correct_groups, hits))
     found_rows = {int(f.source.rsplit(":", 1)[1]) - 1 for f in report.pii}
     truth = set(np.flatnonzero(pii_rows).tolist())
-    out.append(
-        ("pii (examples)", len(truth), len(found_rows), len(found_rows & truth), len(found_rows & truth))
-    )
+    out.append(("pii (examples)", len(truth), len(found_rows), len(found_rows & truth), len(found_rows & truth)))
     return out
 
 
@@ -246,8 +257,13 @@ def main() -> None:
     summary = split_file(
         work / "curated.jsonl", work / "train.jsonl", work / "holdout.jsonl", SplitSpec(seed=args.seed)
     )
-    stages.append((f"split ({summary.train:,} / {summary.holdout:,}, {len(summary.audit.pairs)} leaks)",
-                   time.perf_counter() - t, rss_gib()))  # fmt: skip
+    stages.append(
+        (
+            f"split ({summary.train:,} / {summary.holdout:,}, {len(summary.audit.pairs)} leaks)",
+            time.perf_counter() - t,
+            rss_gib(),
+        )
+    )
 
     table = Table(title=f"instil data pipeline on {args.n:,} examples")
     for col in ("stage", "wall time (s)", "peak RSS (GiB)"):

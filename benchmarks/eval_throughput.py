@@ -1,4 +1,4 @@
-"""Benchmark: batched local generation (``generate_local``) against one-by-one ``model.generate``, same prompts, one run.
+"""Benchmark: batched local generation (``generate_local``) against one-by-one ``model.generate``, one run.
 
     .venv/bin/python benchmarks/eval_throughput.py                       # tiny preset and a ~100M Llama, 64 prompts
     .venv/bin/python benchmarks/eval_throughput.py --n 32 --skip-large --prompt full
@@ -52,23 +52,26 @@ def spread_weights(model: torch.nn.Module, std: float, seed: int) -> None:
 
 def large_llama(tokenizer, tiny_config) -> LlamaForCausalLM:
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-        num_key_value_heads=12, intermediate_size=2560, max_position_embeddings=tiny_config.max_position_embeddings,
-        bos_token_id=tiny_config.bos_token_id, eos_token_id=tiny_config.eos_token_id,
-        pad_token_id=tiny_config.pad_token_id, tie_word_embeddings=True,
-    )  # fmt: skip
+        vocab_size=len(tokenizer),
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        num_key_value_heads=12,
+        intermediate_size=2560,
+        max_position_embeddings=tiny_config.max_position_embeddings,
+        bos_token_id=tiny_config.bos_token_id,
+        eos_token_id=tiny_config.eos_token_id,
+        pad_token_id=tiny_config.pad_token_id,
+        tie_word_embeddings=True,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = LlamaForCausalLM(config)
-    model.generation_config = GenerationConfig(
-        eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id
-    )
+    model.generation_config = GenerationConfig(eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id)
     return model.to(torch.float32).eval()
 
 
-def one_by_one(
-    model, tokenizer, renderer, examples, system_prompt, max_new_tokens
-) -> tuple[float, list[str], int]:
+def one_by_one(model, tokenizer, renderer, examples, system_prompt, max_new_tokens) -> tuple[float, list[str], int]:
     """The plain transformers way: each prompt alone through ``model.generate``."""
     stops = stop_token_ids(tokenizer, renderer, model)
     texts, tokens = [], 0
@@ -78,9 +81,12 @@ def one_by_one(
         enc = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
         with torch.inference_mode():
             out = model.generate(
-                **enc, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stops,
+                **enc,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=stops,
                 pad_token_id=tokenizer.pad_token_id,
-            )  # fmt: skip
+            )
         new = out[0, enc["input_ids"].shape[1] :].tolist()
         end = next((k for k, t in enumerate(new) if t in stops), None)
         tokens += len(new) if end is None else end + 1
@@ -97,9 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt", choices=["short", "full", "none"], default="short")
     parser.add_argument("--init-std", type=float, default=0.2, help="spread of the random weights")
     parser.add_argument("--skip-large", action="store_true", help="time only the tiny model")
-    parser.add_argument(
-        "--workdir", type=Path, default=None, help="where data and the tiny model go (a temp dir)"
-    )
+    parser.add_argument("--workdir", type=Path, default=None, help="where data and the tiny model go (a temp dir)")
     args = parser.parse_args(argv)
     console = Console(width=max(Console().width, 110))  # the table stays readable in a log
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="instil-bench-"))
@@ -118,11 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_large:
         models.append(("llama-100m", large_llama(tokenizer, tiny.config)))
     input_tokens = [
-        len(
-            tokenizer(renderer.prompt(e, system_prompt_override=system_prompt), add_special_tokens=False)[
-                "input_ids"
-            ]
-        )
+        len(tokenizer(renderer.prompt(e, system_prompt_override=system_prompt), add_special_tokens=False)["input_ids"])
         for e in examples
     ]
     console.print(
@@ -138,31 +138,45 @@ def main(argv: list[str] | None = None) -> int:
         spread_weights(model, args.init_std, seed=1)
         params = sum(p.numel() for p in model.parameters())
         # Warm-up (first-call allocations and kernel choices), untimed, the same for both ways.
-        generate_local(
-            model, tokenizer, renderer, examples[:2], system_prompt=system_prompt, max_new_tokens=4
-        )
+        generate_local(model, tokenizer, renderer, examples[:2], system_prompt=system_prompt, max_new_tokens=4)
 
         single_s, single_texts, single_tokens = one_by_one(
             model, tokenizer, renderer, examples, system_prompt, args.max_new_tokens
         )
         began = time.perf_counter()
         gens = generate_local(
-            model, tokenizer, renderer, examples, system_prompt=system_prompt,
-            max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-        )  # fmt: skip
+            model,
+            tokenizer,
+            renderer,
+            examples,
+            system_prompt=system_prompt,
+            max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size,
+        )
         batched_s = time.perf_counter() - began
         batched_tokens = sum(g.output_tokens for g in gens)
         same = sum(g.text == t for g, t in zip(gens, single_texts, strict=True))
         n = len(examples)
         table.add_row(
-            name, f"{params / 1e6:.1f}M", "generate, one by one", f"{single_s:.2f}", f"{n / single_s:.1f}",
-            f"{single_tokens / single_s:.0f}", "1.0x", "",
-        )  # fmt: skip
+            name,
+            f"{params / 1e6:.1f}M",
+            "generate, one by one",
+            f"{single_s:.2f}",
+            f"{n / single_s:.1f}",
+            f"{single_tokens / single_s:.0f}",
+            "1.0x",
+            "",
+        )
         table.add_row(
-            name, f"{params / 1e6:.1f}M", f"generate_local b={args.batch_size}", f"{batched_s:.2f}",
-            f"{n / batched_s:.1f}", f"{batched_tokens / batched_s:.0f}", f"{single_s / batched_s:.1f}x",
+            name,
+            f"{params / 1e6:.1f}M",
+            f"generate_local b={args.batch_size}",
+            f"{batched_s:.2f}",
+            f"{n / batched_s:.1f}",
+            f"{batched_tokens / batched_s:.0f}",
+            f"{single_s / batched_s:.1f}x",
             f"{same}/{n}",
-        )  # fmt: skip
+        )
         if same != n or batched_tokens != single_tokens:
             console.print(
                 f"[red]{name}: {n - same} answer(s) differ between the two ways "

@@ -114,15 +114,31 @@ def worker(way: str, workdir: Path, epochs: float, seed: int) -> dict:
         "trl_packing": {"packing": True, "packing_strategy": "bfd"},
     }[way]
     config = SFTConfig(
-        output_dir=str(workdir / f"out-{way}"), num_train_epochs=epochs, learning_rate=meta["learning_rate"],
-        per_device_train_batch_size=8, seed=seed, data_seed=seed, report_to="none",
-        disable_tqdm=True, eval_strategy="no", save_strategy="no", logging_steps=50, dataloader_pin_memory=False,
+        output_dir=str(workdir / f"out-{way}"),
+        num_train_epochs=epochs,
+        learning_rate=meta["learning_rate"],
+        per_device_train_batch_size=8,
+        seed=seed,
+        data_seed=seed,
+        report_to="none",
+        disable_tqdm=True,
+        eval_strategy="no",
+        save_strategy="no",
+        logging_steps=50,
+        dataloader_pin_memory=False,
         # TRL's own bf16 default fails on CPU.
-        **{"bf16": torch.cuda.is_available() and torch.cuda.is_bf16_supported(), "max_length": meta["max_length"],
-           **options},
-    )  # fmt: skip
-    trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(meta["train_rows"]),
-                         processing_class=tokenizer)  # fmt: skip
+        **{
+            "bf16": torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+            "max_length": meta["max_length"],
+            **options,
+        },
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=config,
+        train_dataset=Dataset.from_list(meta["train_rows"]),
+        processing_class=tokenizer,
+    )
     trainer.remove_callback(PrinterCallback)
     if way == "instil":
         from instil.train.checkpoints import make_resumable
@@ -168,8 +184,9 @@ def validation_loss(model, rows: list[dict], pad_token_id: int) -> float:
                 )
             logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1]
             target = labels[:, 1:]
-            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                                                     ignore_index=-100, reduction="sum")  # fmt: skip
+            loss = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100, reduction="sum"
+            )
             total += float(loss)
             count += int((target != -100).sum())
     return total / count
@@ -178,9 +195,7 @@ def validation_loss(model, rows: list[dict], pad_token_id: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=1200, help="chat examples to generate (10%% held out)")
-    parser.add_argument(
-        "--epochs", type=float, default=1.0, help="passes over the training rows, the same for all"
-    )
+    parser.add_argument("--epochs", type=float, default=1.0, help="passes over the training rows, the same for all")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ways", nargs="+", choices=WAYS, default=WAYS)
     parser.add_argument("--worker", choices=WAYS, help=argparse.SUPPRESS)
@@ -198,34 +213,51 @@ def main() -> None:
         workdir = Path(tmp)
         meta = prepare(workdir, args.n, args.seed)
         lengths = [len(r["input_ids"]) for r in meta["train_rows"]]
-        console.print(f"{len(lengths)} training rows of {min(lengths)}-{max(lengths)} tokens "
-                      f"(mean {sum(lengths) / len(lengths):.0f}), {len(meta['eval_rows'])} validation rows; "
-                      f"instil's batching here: {meta['instil']}")  # fmt: skip
+        console.print(
+            f"{len(lengths)} training rows of {min(lengths)}-{max(lengths)} tokens "
+            f"(mean {sum(lengths) / len(lengths):.0f}), {len(meta['eval_rows'])} validation rows; "
+            f"instil's batching here: {meta['instil']}"
+        )
         results = {}
         for way in args.ways:
             load = os.getloadavg()[0]
             done = subprocess.run(
-                [sys.executable, __file__, "--worker", way, "--workdir", str(workdir), "--epochs", str(args.epochs),
-                 "--seed", str(args.seed)], capture_output=True, text=True,
-            )  # fmt: skip
+                [
+                    sys.executable,
+                    __file__,
+                    "--worker",
+                    way,
+                    "--workdir",
+                    str(workdir),
+                    "--epochs",
+                    str(args.epochs),
+                    "--seed",
+                    str(args.seed),
+                ],
+                capture_output=True,
+                text=True,
+            )
             if done.returncode != 0:
                 console.print(f"[red]{way} failed:[/red]\n{done.stderr[-3000:]}")
                 continue
             results[way] = {**json.loads(done.stdout.strip().splitlines()[-1]), "load": load}
             r = results[way]
-            console.print(
-                f"  {way}: {r['tokens_per_second']:,.0f} tok/s in {r['seconds']:.1f}s (load {load:.2f})"
-            )
+            console.print(f"  {way}: {r['tokens_per_second']:,.0f} tok/s in {r['seconds']:.1f}s (load {load:.2f})")
 
-    table = Table(
-        title=f"SFT throughput, tiny Llama, batch 8, {args.epochs:g} epoch(s), {os.cpu_count()} CPU(s)"
-    )
+    table = Table(title=f"SFT throughput, tiny Llama, batch 8, {args.epochs:g} epoch(s), {os.cpu_count()} CPU(s)")
     for col in ("way", "trained tok/s", "padding", "steps", "time", "peak RSS", "val loss", "load before"):
         table.add_column(col, justify="left" if col == "way" else "right", no_wrap=True)
     for way, r in results.items():
-        table.add_row(way, f"{r['tokens_per_second']:,.0f}", f"{r['padding_fraction']:.1%}", str(r["steps"]),
-                      f"{r['seconds']:.1f}s", f"{r['peak_rss_mib']:,.0f} MiB", f"{r['eval_loss']:.4f}",
-                      f"{r['load']:.2f}")  # fmt: skip
+        table.add_row(
+            way,
+            f"{r['tokens_per_second']:,.0f}",
+            f"{r['padding_fraction']:.1%}",
+            str(r["steps"]),
+            f"{r['seconds']:.1f}s",
+            f"{r['peak_rss_mib']:,.0f} MiB",
+            f"{r['eval_loss']:.4f}",
+            f"{r['load']:.2f}",
+        )
     console.print(table)
     if "instil" in results and "trl_default" in results:
         ours = results["instil"]

@@ -48,9 +48,7 @@ def postgres_url() -> Iterator[str]:
     except psycopg.OperationalError as e:
         pytest.skip(f"the PostgreSQL server at {url.render_as_string(hide_password=True)} refused: {e}")
     try:
-        yield url.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
-            hide_password=False
-        )
+        yield url.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
     finally:
         with psycopg.connect(conninfo, connect_timeout=5, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA "{schema}" CASCADE')

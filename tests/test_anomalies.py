@@ -28,7 +28,7 @@ def decreasing(n: int, start: float = 5.0) -> list[float]:
     return [start * 0.97**i * (1 + 0.03 * math.sin(7 * i)) for i in range(n)]
 
 
-# ---- LossWatch ---------------------------------------------------------------------------------------------------------
+# ---- LossWatch -------------------------------------------------------------------------------------------------------
 def test_a_healthy_decreasing_loss_shows_nothing():
     watch = LossWatch(max_steps=200, vocab_size=320)
     assert feed(watch, decreasing(200), grad_norm=1.2) == []
@@ -90,7 +90,7 @@ def test_a_loss_stuck_at_ln_vocab_is_random_guessing():
     assert f"ln({vocab})" in found[0].message
 
 
-# ---- AnomalyCallback on a real run ---------------------------------------------------------------------------------------
+# ---- AnomalyCallback on a real run -----------------------------------------------------------------------------------
 def test_a_diverging_run_is_stopped_at_the_nan_and_reported(tmp_path: Path, store: Store):
     from instil.train.sft import build_trainer, prepare_sft
 
@@ -106,10 +106,7 @@ training: {adapter: full, batch_size: 4, learning_rate: 1.0e6}
         root=tmp_path,
     )
     colours = ["red", "green", "blue", "black"]
-    exs = [
-        Example([Message("user", f"Colour of item {i}?"), Message("assistant", colours[i % 4])])
-        for i in range(8)
-    ]
+    exs = [Example([Message("user", f"Colour of item {i}?"), Message("assistant", colours[i % 4])]) for i in range(8)]
     store.put_dataset("colors:train", exs, kind="train")
     plan = prepare_sft(spec, store, max_steps=10)
     live: list[Anomaly] = []
@@ -138,15 +135,13 @@ def test_the_callback_can_collect_without_stopping():
         global_step, max_steps = 3, 10
 
     control = Control()
-    callback.on_log(
-        None, State(), control, logs={"loss": 1.0, "grad_norm": float("nan"), "learning_rate": 1e-3}
-    )
+    callback.on_log(None, State(), control, logs={"loss": 1.0, "grad_norm": float("nan"), "learning_rate": 1e-3})
     assert [a.kind for a in callback.anomalies] == ["nan"] and callback.stopped is None
     assert control.should_training_stop is False
     callback.raise_if_stopped()  # nothing stopped: nothing raised
 
 
-# ---- report_to -----------------------------------------------------------------------------------------------------------
+# ---- report_to -------------------------------------------------------------------------------------------------------
 @pytest.fixture
 def installed(monkeypatch: pytest.MonkeyPatch):
     """Pretend exactly the given top-level modules are installed (others are looked up for real)."""

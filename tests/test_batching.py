@@ -29,13 +29,19 @@ LENGTHS = (5, 17, 9, 12)
 
 
 def tiny_model(arch: str) -> torch.nn.Module:
-    common = dict(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                  intermediate_size=64, max_position_embeddings=128, pad_token_id=0)  # fmt: skip
+    common = dict(
+        vocab_size=97,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        pad_token_id=0,
+    )
     torch.manual_seed(0)
-    if arch == "llama":
-        model = LlamaForCausalLM(LlamaConfig(**common))
-    else:
-        model = Qwen2ForCausalLM(Qwen2Config(**common))
+    cls, config = (LlamaForCausalLM, LlamaConfig) if arch == "llama" else (Qwen2ForCausalLM, Qwen2Config)
+    model = cls(config(**common))
     return model.float().eval()
 
 
@@ -142,7 +148,7 @@ def varied(n: int) -> list[Example]:
     return [
         Example([Message("user", " ".join(["word"] * (1 + 3 * i))), Message("assistant", f"{1 + 3 * i} words")])
         for i in range(n)
-    ]  # fmt: skip
+    ]
 
 
 def test_instil_training_runs_every_forward_without_a_cache(tmp_path: Path, store: Store):

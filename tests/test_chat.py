@@ -80,9 +80,7 @@ def test_truncation_cuts_the_end_and_counts_what_is_left() -> None:
     full = tokenize_example(r, chat())
     cut = tokenize_example(r, chat(), max_length=len(full.input_ids) - 3)
     assert cut.truncated and cut.input_ids == full.input_ids[:-3]
-    assert (
-        cut.n_trained == full.n_trained - 2
-    )  # "." and "<|im_end|>" of the last turn; the final "\n" is untrained
+    assert cut.n_trained == full.n_trained - 2  # "." and "<|im_end|>" of the last turn; the final "\n" is untrained
 
 
 def test_reply_that_looks_like_a_role_header_is_found_at_its_turn() -> None:
@@ -160,9 +158,7 @@ def test_template_errors_name_the_source_and_the_fix() -> None:
     ex.source = "train.jsonl:7"
     with pytest.raises(ChatTemplateError) as e:
         r.render(ex)
-    assert str(e.value).startswith("train.jsonl:7: the chat template cannot render") and "alternate" in str(
-        e.value
-    )
+    assert str(e.value).startswith("train.jsonl:7: the chat template cannot render") and "alternate" in str(e.value)
 
 
 def test_tool_calls_are_trained_with_their_end_marker() -> None:

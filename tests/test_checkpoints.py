@@ -86,8 +86,11 @@ class At(TrainerCallback):
 
 def with_callback(monkeypatch: pytest.MonkeyPatch, callback: TrainerCallback) -> None:
     real = sft.build_trainer
-    monkeypatch.setattr(sft, "build_trainer", lambda plan, folder, *, callbacks=(): real(
-        plan, folder, callbacks=[*callbacks, callback]))  # fmt: skip
+    monkeypatch.setattr(
+        sft,
+        "build_trainer",
+        lambda plan, folder, *, callbacks=(): real(plan, folder, callbacks=[*callbacks, callback]),
+    )
 
 
 @pytest.fixture
@@ -96,9 +99,7 @@ def reference(tmp_path: Path, store: Store) -> dict[str, torch.Tensor]:
     put_train(store)
     result = sft.train_sft(job(tmp_path), store, max_steps=STEPS, progress=False)
     assert result.metrics.steps == STEPS
-    assert not (
-        Path(store.home) / "checkpoints" / "colors"
-    ).exists()  # a finished run leaves nothing to resume
+    assert not (Path(store.home) / "checkpoints" / "colors").exists()  # a finished run leaves nothing to resume
     artifacts = [a for a in store.list_artifacts(result.run_id) if a.kind == "checkpoint"]
     assert len(artifacts) == STEPS // 3 and all(a.sha256 for a in artifacts)
     return weights(result.output_dir)
@@ -198,12 +199,10 @@ def test_a_tampered_checkpoint_is_refused(tmp_path: Path, store: Store, monkeypa
     with pytest.raises(ModelError, match=r"optimizer\.pt does not match its recorded sha256") as refused:
         sft.train_sft(job(tmp_path), store, max_steps=STEPS, progress=False, resume=True)
     assert "delete" in refused.value.hint
-    assert [r.status for r in store.list_runs("colors", kind="train")] == [
-        "cancelled"
-    ]  # refused before starting
+    assert [r.status for r in store.list_runs("colors", kind="train")] == ["cancelled"]  # refused before starting
 
 
-# ---- the pieces, without training -------------------------------------------------------------------------------------
+# ---- the pieces, without training ------------------------------------------------------------------------------------
 def fake_checkpoint(root: Path, step: int) -> Path:
     folder = root / f"checkpoint-{step}"
     folder.mkdir(parents=True)

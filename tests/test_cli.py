@@ -97,7 +97,13 @@ def test_data_commands_on_the_example_job(tmp_path: Path, monkeypatch, capsys):
     assert main(["data", "stats", "--dataset", "holdout", "--json"]) == 0
     stats = json.loads(capsys.readouterr().out)
     assert stats["n_examples"] == 120 and set(stats["labels"]) == {
-        "billing", "technical", "account", "shipping", "refund", "other"}
+        "billing",
+        "technical",
+        "account",
+        "shipping",
+        "refund",
+        "other",
+    }
 
 
 def test_curate_choose_overrides_the_rule(tmp_path: Path, monkeypatch, capsys):
@@ -123,9 +129,24 @@ def test_run_names_the_stage_that_failed(tmp_path: Path, monkeypatch, capsys):
 def test_curate_a_plain_file(tmp_path: Path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # sources are shown relative to the cwd
     rows = [
-        {"messages": [{"role": "user", "content": "Where is my parcel?"}, {"role": "assistant", "content": "shipping"}]},
-        {"messages": [{"role": "user", "content": "Where is my parcel?"}, {"role": "assistant", "content": "shipping"}]},
-        {"messages": [{"role": "user", "content": "Mail jane.doe@example.org"}, {"role": "assistant", "content": "other"}]},
+        {
+            "messages": [
+                {"role": "user", "content": "Where is my parcel?"},
+                {"role": "assistant", "content": "shipping"},
+            ]
+        },
+        {
+            "messages": [
+                {"role": "user", "content": "Where is my parcel?"},
+                {"role": "assistant", "content": "shipping"},
+            ]
+        },
+        {
+            "messages": [
+                {"role": "user", "content": "Mail jane.doe@example.org"},
+                {"role": "assistant", "content": "other"},
+            ]
+        },
     ]
     src = tmp_path / "in.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -95,9 +95,14 @@ def test_contradictions_group_near_same_inputs_with_different_answers():
 
 @pytest.mark.parametrize(
     ("rule", "kept"),
-    [("report", ["a", "x", "b", "c", "y"]), ("drop", ["x", "y"]), ("majority", ["a", "x", "y"]),
-     ("first", ["a", "x", "y"]), ("last", ["x", "c", "y"])],
-)  # fmt: skip
+    [
+        ("report", ["a", "x", "b", "c", "y"]),
+        ("drop", ["x", "y"]),
+        ("majority", ["a", "x", "y"]),
+        ("first", ["a", "x", "y"]),
+        ("last", ["x", "c", "y"]),
+    ],
+)
 def test_contradiction_rules(rule, kept):
     result = curate(_contradiction_data(), contradictions=rule)
     assert [e.id for e in result.examples] == kept
@@ -186,9 +191,7 @@ def test_planted_defects_are_found_on_a_small_benchmark(tmp_path):
     import importlib.util
     from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location(
-        "bench", Path(__file__).parents[1] / "benchmarks" / "curate.py"
-    )
+    spec = importlib.util.spec_from_file_location("bench", Path(__file__).parents[1] / "benchmarks" / "curate.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     family, kinds, pii = bench.generate(tmp_path / "data.jsonl", 3000, 5)

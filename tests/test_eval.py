@@ -63,9 +63,15 @@ def write_job(root: Path, endpoint: str | None = None) -> Path:
     def rows(start: int, n: int) -> str:
         out = []
         for i in range(start, start + n):
-            ex = Example([Message("system", LONG_PROMPT), Message("user", _ticket(i)),
-                          Message("assistant", COLORS[i % len(COLORS)])],
-                         id=f"c{i}", tags=["warm"] if COLORS[i % len(COLORS)] in ("red", "yellow") else ["cool"])  # fmt: skip
+            ex = Example(
+                [
+                    Message("system", LONG_PROMPT),
+                    Message("user", _ticket(i)),
+                    Message("assistant", COLORS[i % len(COLORS)]),
+                ],
+                id=f"c{i}",
+                tags=["warm"] if COLORS[i % len(COLORS)] in ("red", "yellow") else ["cool"],
+            )
             out.append(json.dumps(ex.to_dict()))
         return "\n".join(out) + "\n"
 
@@ -73,8 +79,10 @@ def write_job(root: Path, endpoint: str | None = None) -> Path:
     (root / "holdout.jsonl").write_text(rows(100, 8), encoding="utf-8")
     endpoints = ""
     if endpoint:
-        endpoints = (f"\neval:\n  machine_price_per_hour: 3.6\n  endpoints:\n    - {{name: oracle, base_url: '{endpoint}', "
-                     "model: fixed, prompt: short, input_price_per_million: 1000, output_price_per_million: 2000}\n")  # fmt: skip
+        endpoints = (
+            f"\neval:\n  machine_price_per_hour: 3.6\n  endpoints:\n    - {{name: oracle, base_url: '{endpoint}', "
+            "model: fixed, prompt: short, input_price_per_million: 1000, output_price_per_million: 2000}\n"
+        )
     spec = root / "instil.yaml"
     spec.write_text(
         f"""name: colors
@@ -147,9 +155,7 @@ def test_evaluate_runs_base_and_tuned_records_and_reports(tmp_path: Path, store:
     again = evaluate(spec, store, [cands[2]], limit=6, max_new_tokens=4, reuse=True)
     assert again.run_id != report.run_id and store.get_run(again.run_id).status == "succeeded"
     assert again.candidates[0].reused_from == report.run_id
-    assert again.examples == [
-        r for r in report.examples if r.candidate == cands[2].name
-    ]  # latencies included
+    assert again.examples == [r for r in report.examples if r.candidate == cands[2].name]  # latencies included
     assert store.list_evaluations(run_id=again.run_id)[0].metrics["reused_from"] == report.run_id
     # Another limit is another measurement: generated afresh.
     other = evaluate(spec, store, [cands[2]], limit=5, max_new_tokens=4, reuse=True)
@@ -159,9 +165,7 @@ def test_evaluate_runs_base_and_tuned_records_and_reports(tmp_path: Path, store:
     assert report.html_path == report.examples_path.with_name("report.html")
     assert Path(kinds["report_html"].path) == report.html_path
     page = report.html_path.read_text(encoding="utf-8")
-    assert (
-        'id="loss"' in page and "colors@1+short <span" in page and page.count("data:image/png;base64,") == 3
-    )
+    assert 'id="loss"' in page and "colors@1+short <span" in page and page.count("data:image/png;base64,") == 3
     assert json.loads(Path(kinds["report"].path).read_text())["html_path"] == str(report.html_path)
 
     # The CLI prints the tuned model's failure-mode checks and the HTML report's path.
@@ -179,9 +183,7 @@ def test_evaluate_runs_base_and_tuned_records_and_reports(tmp_path: Path, store:
 def test_prompts_are_swapped_as_in_training(tmp_path: Path, store: Store):
     spec = load_spec(write_job(tmp_path / "job"))
     ex = Example([Message("system", "old"), Message("user", "hi"), Message("assistant", "red")], id="x")
-    by_prompt = {
-        c.prompt: prompt_examples(c, spec, [ex])[0].messages for c in default_candidates(spec, store)
-    }
+    by_prompt = {c.prompt: prompt_examples(c, spec, [ex])[0].messages for c in default_candidates(spec, store)}
     assert by_prompt["full"][0] == Message("system", LONG_PROMPT)
     assert by_prompt["short"][0] == Message("system", "Name the colour.")
     assert default_max_new_tokens([ex], len) == int(3 * 1.5) + 16
@@ -209,11 +211,19 @@ def _app(log: list[dict]) -> object:
         # A perfect oracle: the colour of the item number in the ticket.
         number = int(body["messages"][-1]["content"].split()[-1].rstrip("?"))  # "...: colour of item 101?"
         return {
-            "id": "x", "object": "chat.completion", "created": int(time.time()), "model": body["model"],
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": COLORS[number % len(COLORS)]}}],
+            "id": "x",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body["model"],
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": COLORS[number % len(COLORS)]},
+                }
+            ],
             "usage": {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11},
-        }  # fmt: skip
+        }
 
     return app
 
@@ -260,9 +270,7 @@ def test_an_endpoint_and_the_untrained_base_disagree_and_are_priced(tmp_path: Pa
     assert len(log) == 16 and fresh.candidates[0].reused_from is None
     # A changed grader set changes eval_inputs_sha256: nothing is reused.
     regraded = spec.model_copy(update={"graders": spec.graders[:1]})
-    assert (
-        evaluate(regraded, store, cands[:1], max_new_tokens=3, reuse=True).candidates[0].reused_from is None
-    )
+    assert evaluate(regraded, store, cands[:1], max_new_tokens=3, reuse=True).candidates[0].reused_from is None
     assert len(log) == 24
 
 
@@ -292,10 +300,13 @@ def _oracle_and_judge(judged: list[dict]) -> object:
             number = int(user.split()[-1].rstrip("?"))
             content = "purple" if number % 3 == 0 else COLORS[number % len(COLORS)]
         return {
-            "id": "x", "object": "chat.completion", "created": int(time.time()), "model": body["model"],
+            "id": "x",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body["model"],
             "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
             "usage": {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11},
-        }  # fmt: skip
+        }
 
     return app
 
@@ -309,7 +320,8 @@ def test_win_rate_against_the_first_candidate_by_a_pairwise_judge(tmp_path: Path
         spec_file = prepared(tmp_path / "job", store, endpoint=url, train=False).file
         text = spec_file.read_text(encoding="utf-8").replace(
             "  - {name: short, type: length, max_chars: 8}\n",
-            "  - {name: short, type: length, max_chars: 8}\n  - {name: pref, type: pairwise_judge, rubric: Right wins., "
+            "  - {name: short, type: length, max_chars: 8}\n"
+            "  - {name: pref, type: pairwise_judge, rubric: Right wins., "
             f"endpoint: {{base_url: '{url}', model: judge}}}}\n",
         )
         spec_file.write_text(text, encoding="utf-8")
@@ -321,16 +333,18 @@ def test_win_rate_against_the_first_candidate_by_a_pairwise_judge(tmp_path: Path
         assert base.win_rate is None and oracle.win_rate is not None
         # The expected verdicts from the answers themselves: right beats wrong, alike is a tie.
         right = {(r.candidate, r.example_id): r.scores["em"] == 1.0 for r in report.examples}
-        expected = [1.0 if right["oracle", k] > right["base+full", k] else 0.0 if right["oracle", k] < right["base+full", k]
-                    else 0.5 for k in report.references]  # fmt: skip
+        expected = [
+            1.0
+            if right["oracle", k] > right["base+full", k]
+            else 0.0
+            if right["oracle", k] < right["base+full", k]
+            else 0.5
+            for k in report.references
+        ]
         w = oracle.win_rate
         assert (w.judge, w.against, w.n) == ("pref", "base+full", 8)
         assert w.win_rate == pytest.approx(sum(expected) / 8) and w.win_rate > 0.5
-        assert (
-            w.wins == expected.count(1.0)
-            and w.ties == expected.count(0.5)
-            and w.losses == expected.count(0.0)
-        )
+        assert w.wins == expected.count(1.0) and w.ties == expected.count(0.5) and w.losses == expected.count(0.0)
         assert w.ties >= 2 and w.low <= w.win_rate <= w.high  # items 102 and 105: the oracle is wrong too
         assert [r.win for r in report.examples if r.candidate == "oracle"] == expected
         # The judge as a grader (against the reference, not shown it) plus the head-to-head, both orders each time.
@@ -349,11 +363,27 @@ def test_win_rate_against_the_first_candidate_by_a_pairwise_judge(tmp_path: Path
         from instil.cli import main
 
         capsys.readouterr()
-        assert main(["eval", str(spec_file), "--candidate", "base+full", "--candidate", "oracle", "--max-new-tokens",
-                     "3", "--reuse"]) == 0  # fmt: skip
+        assert (
+            main(
+                [
+                    "eval",
+                    str(spec_file),
+                    "--candidate",
+                    "base+full",
+                    "--candidate",
+                    "oracle",
+                    "--max-new-tokens",
+                    "3",
+                    "--reuse",
+                ]
+            )
+            == 0
+        )
         out = capsys.readouterr().out
-        assert (f"win rate of oracle against base+full (judge pref, ties half): {w.win_rate:.2f} [{w.low:.2f}, "
-                f"{w.high:.2f}], {w.wins} won, {w.ties} tied, {w.losses} lost") in out  # fmt: skip
+        assert (
+            f"win rate of oracle against base+full (judge pref, ties half): {w.win_rate:.2f} [{w.low:.2f}, "
+            f"{w.high:.2f}], {w.wins} won, {w.ties} tied, {w.losses} lost"
+        ) in out
         assert f"reused from earlier eval runs: base+full (run {report.run_id})" in out and len(judged) == 64
 
 

@@ -189,9 +189,7 @@ def test_paired_bootstrap_rejects_unpaired_lengths() -> None:
 # ---------------------------------------------------------------- power
 
 
-def _simulated_mcnemar_power(
-    n: int, p_disc: float, effect: float, alpha: float, reps: int, seed: int
-) -> float:
+def _simulated_mcnemar_power(n: int, p_disc: float, effect: float, alpha: float, reps: int, seed: int) -> float:
     rng = np.random.default_rng(seed)
     p01, p10 = (p_disc + effect) / 2, (p_disc - effect) / 2
     counts = rng.multinomial(n, [p01, p10, 1 - p_disc], size=reps)
@@ -210,9 +208,7 @@ def test_mcnemar_power_matches_simulation(n: int, p_disc: float, effect: float) 
 
 def test_mcnemar_power_is_near_connors_formula_for_large_holdouts() -> None:
     n, psi, delta, alpha = 2000, 0.2, 0.03, 0.05
-    connor = sps.norm.cdf(
-        (delta * math.sqrt(n) - sps.norm.ppf(1 - alpha) * math.sqrt(psi)) / math.sqrt(psi - delta**2)
-    )
+    connor = sps.norm.cdf((delta * math.sqrt(n) - sps.norm.ppf(1 - alpha) * math.sqrt(psi)) / math.sqrt(psi - delta**2))
     assert power_paired_binary(n, psi, delta, alpha) == pytest.approx(connor, abs=0.03)
 
 
@@ -301,13 +297,9 @@ def test_gate_many_disagreements_need_more_evidence() -> None:
     # examples, 110 to 90: McNemar sees a coin flip. In the second they disagree on 20, all for B.
     noisy = gate_decision((*_pairs(100, 110, 90, 100), "binary"), {}, primary_name="label")
     clean = gate_decision((*_pairs(190, 20, 0, 190), "binary"), {}, primary_name="label")
-    assert (
-        noisy.comparisons[0].estimate == pytest.approx(clean.comparisons[0].estimate) == pytest.approx(0.05)
-    )
+    assert noisy.comparisons[0].estimate == pytest.approx(clean.comparisons[0].estimate) == pytest.approx(0.05)
     assert not noisy.promoted and clean.promoted
-    assert noisy.comparisons[0].p_value == pytest.approx(
-        sps.binomtest(110, 200, 0.5, alternative="greater").pvalue
-    )
+    assert noisy.comparisons[0].p_value == pytest.approx(sps.binomtest(110, 200, 0.5, alternative="greater").pvalue)
     # The power check knows: with half the examples discordant, 400 examples cannot resolve a 0.05 gain.
     assert noisy.power < 0.8 and noisy.warnings and "label: a holdout of 400 examples" in noisy.warnings[0]
     assert noisy.extra["p_discordant"] == pytest.approx(0.5)

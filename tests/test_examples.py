@@ -33,8 +33,10 @@ def spec():
 def data(tmp_path_factory) -> dict[str, list[dict]]:
     paths = generate(tmp_path_factory.mktemp("triage"), seed=0)
     assert sorted(paths) == sorted(SIZES)
-    return {name: [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] for name, path in
-            paths.items()}  # fmt: skip
+    return {
+        name: [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+        for name, path in paths.items()
+    }
 
 
 def ticket(row: dict) -> str:
@@ -59,7 +61,7 @@ def jaccard(a: set, b: set) -> float:
     return len(a & b) / len(a | b) if a | b else 1.0
 
 
-# ---- the spec -----------------------------------------------------------------------------------------------------------
+# ---- the spec --------------------------------------------------------------------------------------------------------
 def test_examples_list_names_the_shipped_folders():
     for name in EXAMPLES:
         assert (example_dir(name) / "instil.yaml").is_file()
@@ -93,7 +95,7 @@ def test_the_prompts_few_shot_answers_fit_the_schema(spec):
         assert obj["summary"] in STANDARD_SUMMARIES
 
 
-# ---- the generated data -------------------------------------------------------------------------------------------------
+# ---- the generated data ----------------------------------------------------------------------------------------------
 def test_generation_is_deterministic_and_seeded(tmp_path):
     small = {"n_golden": 40, "n_traffic": 60, "n_holdout": 30}
     a = generate(tmp_path / "a", seed=7, **small)
@@ -235,7 +237,7 @@ def test_distinct_tickets_are_not_near_duplicates(data):
                 assert jaccard(a, b) < GUARD
 
 
-# ---- copy_example and the command line ----------------------------------------------------------------------------------
+# ---- copy_example and the command line -------------------------------------------------------------------------------
 def test_copy_example_writes_a_runnable_job(tmp_path):
     dest = tmp_path / "job"
     spec_path = copy_example("triage", dest)
@@ -272,12 +274,7 @@ def test_copy_example_refuses_a_file_and_unknown_names(tmp_path):
 
 
 def test_main_writes_files_and_rejects_tiny_sizes(tmp_path, capsys):
-    assert (
-        main(
-            [str(tmp_path / "d"), "--seed", "3", "--n-golden", "30", "--n-traffic", "40", "--n-holdout", "20"]
-        )
-        == 0
-    )
+    assert main([str(tmp_path / "d"), "--seed", "3", "--n-golden", "30", "--n-traffic", "40", "--n-holdout", "20"]) == 0
     assert "golden" in capsys.readouterr().out
     assert len((tmp_path / "d" / "traffic.jsonl").read_text(encoding="utf-8").splitlines()) == 40
     with pytest.raises(SystemExit) as info:
@@ -288,10 +285,22 @@ def test_main_writes_files_and_rejects_tiny_sizes(tmp_path, capsys):
 
 def test_module_runs_with_python_dash_m(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "instil.examples.triage.generate", str(tmp_path), "--n-golden", "30", "--n-traffic",
-         "40", "--n-holdout", "20"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "instil.examples.triage.generate",
+            str(tmp_path),
+            "--n-golden",
+            "30",
+            "--n-traffic",
+            "40",
+            "--n-holdout",
+            "20",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "holdout" in out.stdout
     assert sorted(p.name for p in Path(tmp_path).iterdir()) == [
         "golden.jsonl",

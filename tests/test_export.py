@@ -59,9 +59,7 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_lora_export_merges_into_a_plain_model_with_the_logits_of_base_plus_adapter(
-    tmp_path: Path, store: Store
-):
+def test_lora_export_merges_into_a_plain_model_with_the_logits_of_base_plus_adapter(tmp_path: Path, store: Store):
     spec = job(tmp_path, learning_rate="1.0e-2")  # a large step, so the adapter clearly moves the logits
     put_train(store, 8)
     result = train_sft(spec, store, max_steps=4, progress=False)
@@ -76,14 +74,8 @@ def test_lora_export_merges_into_a_plain_model_with_the_logits_of_base_plus_adap
     assert [p.name for p in out.parent.iterdir()] == ["colors"]  # no staging folder left behind
 
     record = json.loads((out / EXPORT_FILE).read_text())
-    assert (
-        record["merged"] is True
-        and record["source"]["ref"] == "colors@1"
-        and record["source"]["kind"] == "lora"
-    )
-    assert record["adapter_files"]["adapter_model.safetensors"] == sha256(
-        adapter / "adapter_model.safetensors"
-    )
+    assert record["merged"] is True and record["source"]["ref"] == "colors@1" and record["source"]["kind"] == "lora"
+    assert record["adapter_files"]["adapter_model.safetensors"] == sha256(adapter / "adapter_model.safetensors")
     assert record["base"]["path"] == result.model.meta["model_info"]["path"] and record["dtype"] == "float32"
     assert record["weights_sha256"] == sha256(out / "model.safetensors")
 
@@ -94,8 +86,12 @@ def test_lora_export_merges_into_a_plain_model_with_the_logits_of_base_plus_adap
     base = AutoModelForCausalLM.from_pretrained(record["base"]["path"], dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert tokenizer.chat_template == AutoTokenizer.from_pretrained(adapter).chat_template
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": "Colour of item 3?"}],
-                                        add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]  # fmt: skip
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Colour of item 3?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )["input_ids"]
     base_logits = logits(base, ids)
     with_adapter = logits(PeftModel.from_pretrained(base, adapter).eval(), ids)
     assert not torch.allclose(with_adapter, base_logits, atol=1e-3)  # the adapter did change the model...
@@ -107,9 +103,7 @@ def test_no_merge_copies_the_adapter_and_full_fine_tunes_are_copied_as_they_are(
     put_train(store, 6)
     lora = train_sft(job(tmp_path), store, max_steps=1, progress=False)
     copied = export_model(store, "colors", dest=tmp_path / "adapter", merge=False)
-    assert sha256(copied / "adapter_model.safetensors") == sha256(
-        lora.output_dir / "adapter_model.safetensors"
-    )
+    assert sha256(copied / "adapter_model.safetensors") == sha256(lora.output_dir / "adapter_model.safetensors")
     record = json.loads((copied / EXPORT_FILE).read_text())
     assert record["merged"] is False and record["source"]["kind"] == "lora"
 
@@ -242,8 +236,12 @@ def test_real_pretrained_weights_lora_with_an_explicit_template_then_merged(tmp_
     merged = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     exported = AutoTokenizer.from_pretrained(out)
     assert "<|im_start|>" in exported.chat_template  # the template chosen in the spec travels with the model
-    ids = exported.apply_chat_template([{"role": "user", "content": "Colour of item 2?"}],
-                                       add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]  # fmt: skip
+    ids = exported.apply_chat_template(
+        [{"role": "user", "content": "Colour of item 2?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )["input_ids"]
     base_logits = logits(base, ids)
     with_adapter = logits(PeftModel.from_pretrained(base, result.output_dir).eval(), ids)
     assert not torch.allclose(with_adapter, base_logits, atol=1e-3)

@@ -42,9 +42,7 @@ def test_style_collapse_flags_one_repeated_answer_and_passes_the_references_them
     assert collapsed.flagged and collapsed.top_share == 1.0 and collapsed.ref_top_share == 0.25
     assert collapsed.distinct2 == 0.125 and collapsed.ref_distinct2 == 0.5
     assert collapsed.length_mean == 3.0 and collapsed.length_sd == 0.0
-    assert collapsed.ref_length_mean == pytest.approx(4.5) and collapsed.ref_length_sd == pytest.approx(
-        1.118, abs=1e-3
-    )
+    assert collapsed.ref_length_mean == pytest.approx(4.5) and collapsed.ref_length_sd == pytest.approx(1.118, abs=1e-3)
     assert "distinct-2 0.12 is under half" in collapsed.explanation and "100%" in collapsed.explanation
 
     healthy = style_collapse(references, references)
@@ -86,9 +84,7 @@ def test_forgetting_against_references_and_against_the_base():
 
 
 def test_failure_modes_round_trip_and_flags():
-    modes = FailureModes(
-        "m", style_collapse(["red"] * 4, COLORS), overfitting([1.0], [0.0]), None, ["a note"]
-    )
+    modes = FailureModes("m", style_collapse(["red"] * 4, COLORS), overfitting([1.0], [0.0]), None, ["a note"])
     assert modes.flags == ["overfitting", "style_collapse"]
     d = json.loads(json.dumps(modes.to_dict()))
     assert d["flags"] == modes.flags and FailureModes.from_dict(d) == modes
@@ -114,9 +110,7 @@ def test_failure_modes_of_a_tiny_trained_model(tmp_path: Path, store: Store):
     _regression_set(tmp_path / "job" / "ood.jsonl", with_references=False)
     spec_file = spec.file
     text = spec_file.read_text(encoding="utf-8")
-    spec_file.write_text(
-        text + "eval: {regression_set: ood.jsonl, overfit_sample: 5, seed: 3}\n", encoding="utf-8"
-    )
+    spec_file.write_text(text + "eval: {regression_set: ood.jsonl, overfit_sample: 5, seed: 3}\n", encoding="utf-8")
     spec = load_spec(spec_file)
     tuned = [c for c in default_candidates(spec, store) if c.model_version is not None]
 

@@ -63,7 +63,7 @@ def test_detect_format_unknown_keys_names_the_line_and_keys(tmp_path: Path) -> N
         detect_format(path)
 
 
-# ---- round trips ------------------------------------------------------------------------------------------------------
+# ---- round trips -----------------------------------------------------------------------------------------------------
 def rich_examples() -> list[Example]:
     call = {"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": '{"q": "x"}'}}
     tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
@@ -81,9 +81,7 @@ def rich_examples() -> list[Example]:
             tools=tools,
             meta={"origin": "prod", "score": 3},
         ),
-        Example(
-            [Message("user", [{"type": "text", "text": "parts"}]), Message("assistant", "y")], tags=["t"]
-        ),
+        Example([Message("user", [{"type": "text", "text": "parts"}]), Message("assistant", "y")], tags=["t"]),
     ]
 
 
@@ -163,7 +161,7 @@ def test_preference_needs_rejected(tmp_path: Path) -> None:
         write_examples([single(1)], tmp_path / "x.jsonl", format="preference")
 
 
-# ---- reading specifics ------------------------------------------------------------------------------------------------
+# ---- reading specifics -----------------------------------------------------------------------------------------------
 def test_bom_and_crlf_are_accepted(tmp_path: Path) -> None:
     rec = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
     path = write_lines(tmp_path / "d.jsonl", [rec, "", rec], sep="\r\n", bom=True)
@@ -196,11 +194,7 @@ def test_csv_column_mapping_and_sources(tmp_path: Path) -> None:
         {"extra": "kept"},
         f"{path}:2",
     )
-    assert (
-        second.messages[0] == Message("system", "Be nice")
-        and second.id is None
-        and second.source == f"{path}:4"
-    )
+    assert second.messages[0] == Message("system", "Be nice") and second.id is None and second.source == f"{path}:4"
 
 
 def test_csv_missing_mapped_column_names_it(tmp_path: Path) -> None:
@@ -211,9 +205,16 @@ def test_csv_missing_mapped_column_names_it(tmp_path: Path) -> None:
 
 
 def test_sharegpt_roles_are_mapped(tmp_path: Path) -> None:
-    rec = {"system": "s", "conversations": [
-        {"from": "human", "value": "1"}, {"from": "gpt", "value": "2"}, {"from": "function_response", "value": "3"},
-        {"from": "user", "value": "4"}, {"from": "assistant", "value": "5"}]}  # fmt: skip
+    rec = {
+        "system": "s",
+        "conversations": [
+            {"from": "human", "value": "1"},
+            {"from": "gpt", "value": "2"},
+            {"from": "function_response", "value": "3"},
+            {"from": "user", "value": "4"},
+            {"from": "assistant", "value": "5"},
+        ],
+    }
     ex = to_example(rec, "sharegpt")
     assert [m.role for m in ex.messages] == ["system", "user", "assistant", "tool", "user", "assistant"]
     with pytest.raises(DataFormatError, match=r"conversations\[0\].from: unknown speaker 'bot'"):

@@ -64,9 +64,12 @@ def _one_by_one(model, tokenizer, renderer, examples, max_new_tokens, system_pro
         ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
         with torch.inference_mode():
             seq = model.generate(
-                ids, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stops,
+                ids,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=stops,
                 pad_token_id=tokenizer.pad_token_id,
-            )  # fmt: skip
+            )
         out.append(seq[0, ids.shape[1] :].tolist())
     return out
 
@@ -83,27 +86,19 @@ def test_batched_greedy_equals_one_by_one(tiny):
     lengths = {len(tokenizer(renderer.prompt(e), add_special_tokens=False)["input_ids"]) for e in examples}
     assert len(lengths) >= 5  # mixed lengths, so batches are left-padded
     singles = _one_by_one(model, tokenizer, renderer, examples, 12)
-    batched = generate_local(
-        model, tokenizer, renderer, examples, system_prompt=None, max_new_tokens=12, batch_size=4
-    )
+    batched = generate_local(model, tokenizer, renderer, examples, system_prompt=None, max_new_tokens=12, batch_size=4)
     assert [g.text for g in batched] == [_text(tokenizer, renderer, ids) for ids in singles]
     # The scaled weights make answers differ between prompts: equal outputs are not equal by accident.
     assert len({g.text for g in batched}) >= 3
     # One batch of all seven, and batches of one, give the same again.
-    whole = generate_local(
-        model, tokenizer, renderer, examples, system_prompt=None, max_new_tokens=12, batch_size=7
-    )
-    alone = generate_local(
-        model, tokenizer, renderer, examples, system_prompt=None, max_new_tokens=12, batch_size=1
-    )
+    whole = generate_local(model, tokenizer, renderer, examples, system_prompt=None, max_new_tokens=12, batch_size=7)
+    alone = generate_local(model, tokenizer, renderer, examples, system_prompt=None, max_new_tokens=12, batch_size=1)
     assert [g.text for g in whole] == [g.text for g in batched] == [g.text for g in alone]
     assert {g.batch_size for g in whole} == {7} and {g.batch_size for g in alone} == {1}
     # A model left in train mode is generated from in eval mode, and handed back in train mode.
     model.train()
     try:
-        again = generate_local(
-            model, tokenizer, renderer, examples[:2], system_prompt=None, max_new_tokens=12
-        )
+        again = generate_local(model, tokenizer, renderer, examples[:2], system_prompt=None, max_new_tokens=12)
         assert model.training and [g.text for g in again] == [g.text for g in batched[:2]]
     finally:
         model.eval()
@@ -114,9 +109,15 @@ def test_order_and_token_counts(tiny):
     examples = _examples()
     done: list[tuple[int, int]] = []
     gens = generate_local(
-        model, tokenizer, renderer, examples, system_prompt=None, max_new_tokens=6, batch_size=3,
+        model,
+        tokenizer,
+        renderer,
+        examples,
+        system_prompt=None,
+        max_new_tokens=6,
+        batch_size=3,
         progress=lambda d, t: done.append((d, t)),
-    )  # fmt: skip
+    )
     assert len(gens) == len(examples) and all(isinstance(g, Generation) for g in gens)
     assert done == [(3, 7), (6, 7), (7, 7)]
     for ex, g in zip(examples, gens, strict=True):
@@ -128,9 +129,7 @@ def test_order_and_token_counts(tiny):
         assert 0 < g.first_token_s <= g.latency_s
     # Each answer alone matches its place in the batched list.
     for k in (0, 4, 6):
-        alone = generate_local(
-            model, tokenizer, renderer, [examples[k]], system_prompt=None, max_new_tokens=6
-        )
+        alone = generate_local(model, tokenizer, renderer, [examples[k]], system_prompt=None, max_new_tokens=6)
         assert alone[0].text == gens[k].text and alone[0].output_tokens == gens[k].output_tokens
 
 
@@ -152,9 +151,7 @@ def test_stops_at_end_of_turn_and_strips_marker(tiny, monkeypatch):
     model, tokenizer, renderer = tiny
     examples = _examples()[:3]
     eot = tokenizer.convert_tokens_to_ids(renderer.end_of_turn)
-    free = generate_local(
-        model, tokenizer, renderer, examples, system_prompt=None, max_new_tokens=10, batch_size=3
-    )
+    free = generate_local(model, tokenizer, renderer, examples, system_prompt=None, max_new_tokens=10, batch_size=3)
     # Force the end-of-turn token as the 4th new token of every request in the batch, through the real generate.
     real_generate = model.generate
 
@@ -163,9 +160,7 @@ def test_stops_at_end_of_turn_and_strips_marker(tiny, monkeypatch):
         return real_generate(**kwargs, logits_processor=[_ForceAfter(width, 4, eot)])
 
     monkeypatch.setattr(model, "generate", forced)
-    gens = generate_local(
-        model, tokenizer, renderer, examples, system_prompt=None, max_new_tokens=10, batch_size=3
-    )
+    gens = generate_local(model, tokenizer, renderer, examples, system_prompt=None, max_new_tokens=10, batch_size=3)
     for g, f in zip(gens, free, strict=True):
         if f.output_tokens < 4:  # the model stopped on its own before the forced token
             assert g.text == f.text and g.finish_reason == "stop"

@@ -33,16 +33,14 @@ from instil.spec import load_spec, parse_spec
 
 
 def ex(answer: str | None = None, *, tool_calls: list | None = None, id: str = "e1") -> Example:
-    return Example(
-        messages=[Message("user", "question?"), Message("assistant", answer, tool_calls=tool_calls)], id=id
-    )
+    return Example(messages=[Message("user", "question?"), Message("assistant", answer, tool_calls=tool_calls)], id=id)
 
 
 TRIAGE = {"category": "billing", "urgency": "high", "summary": "Billing: charged twice for one order"}
 MALFORMED = [None, "", "   ", "{not json", '{"a": 1} trailing', "NaN", "[" * 5000, "ü" * 100_000]
 
 
-# ---- exact match, contains, regex ----------------------------------------------------------------------------------
+# ---- exact match, contains, regex ------------------------------------------------------------------------------------
 def test_exact_match_normalisations() -> None:
     e = ex("Paris, France.")
     assert ExactMatch("em").grade(e, "  Paris, France.\n").passed
@@ -69,9 +67,15 @@ def test_exact_match_json_compares_values_not_text() -> None:
 @pytest.mark.parametrize("output", MALFORMED)
 def test_every_text_grader_fails_malformed_output_without_raising(output: str | None) -> None:
     e = ex(json.dumps(TRIAGE))
-    graders = [ExactMatch("a"), ExactMatch("b", normalize=("json",)), JsonValid("c"), FieldF1("d"),
-               JsonSchema("e", schema={"type": "object"}), Regex("f", pattern=r'^\{"category"'),
-               LabelAccuracy("h", labels=("billing", "refund"), field="category")]  # fmt: skip
+    graders = [
+        ExactMatch("a"),
+        ExactMatch("b", normalize=("json",)),
+        JsonValid("c"),
+        FieldF1("d"),
+        JsonSchema("e", schema={"type": "object"}),
+        Regex("f", pattern=r'^\{"category"'),
+        LabelAccuracy("h", labels=("billing", "refund"), field="category"),
+    ]
     pairs = [(g, e) for g in graders] + [
         (Numeric("g"), ex("42")),
         (ToolCallMatch("i"), ex(None, tool_calls=REF_CALLS)),
@@ -105,7 +109,7 @@ def test_regex_search_and_full_match() -> None:
     assert Regex("r", pattern="é+").grade(e, "café").passed
 
 
-# ---- numeric, length -----------------------------------------------------------------------------------------------
+# ---- numeric, length -------------------------------------------------------------------------------------------------
 def test_numeric_reads_whole_output_or_last_number() -> None:
     e = ex("1204.5")
     assert Numeric("n").grade(e, " 1204.5 ").passed
@@ -143,14 +147,12 @@ def test_length_bounds() -> None:
     assert not g.grade(ex("x"), None).passed
 
 
-# ---- JSON validity, schema, field F1 ------------------------------------------------------------------------------
+# ---- JSON validity, schema, field F1 ---------------------------------------------------------------------------------
 def test_json_valid_is_strict() -> None:
     g = JsonValid("j")
     assert g.grade(ex("x"), ' {"a": [1, 2.5, null, "ü"]} ').passed
     assert g.grade(ex("x"), "NaN").reason == "not JSON: NaN is not valid JSON"
-    assert g.grade(ex("x"), "```json\n{}\n```").reason.startswith(
-        "not JSON: Expecting value at line 1 column 1"
-    )
+    assert g.grade(ex("x"), "```json\n{}\n```").reason.startswith("not JSON: Expecting value at line 1 column 1")
     assert g.grade(ex("x"), "[" * 100_000 + "]" * 100_000).reason == "not JSON: nested too deeply to parse"
 
 
@@ -160,21 +162,22 @@ def test_json_schema_names_the_bad_field() -> None:
     assert isinstance(g, JsonSchema)
     assert g.grade(ex("x"), json.dumps(TRIAGE)).passed
     bad = g.grade(ex("x"), json.dumps({**TRIAGE, "urgency": "urgent"}))
-    assert not bad.passed and bad.reason.startswith(
-        "does not fit the schema: at $.urgency: 'urgent' is not one of"
-    )
+    assert not bad.passed and bad.reason.startswith("does not fit the schema: at $.urgency: 'urgent' is not one of")
     two = g.grade(ex("x"), json.dumps({"category": 3, "urgency": "low"}))
     # category: not a string and not in the enum; summary: missing.
     assert two.details["error_count"] == 3 and "(and 2 more)" in two.reason
-    assert g.grade(ex("x"), "[]").reason.startswith(
-        "does not fit the schema: at $: [] is not of type 'object'"
-    )
+    assert g.grade(ex("x"), "[]").reason.startswith("does not fit the schema: at $: [] is not of type 'object'")
 
 
 def test_flatten_json_paths_and_types() -> None:
     leaves = flatten_json({"a": {"b": 1}, "tags": ["X ", "x"], "e": [], "t": True, "n": None})
-    assert leaves == {("a.b", ("number", 1.0)): 1, ("tags[]", ("string", "x")): 2, ("e", ("empty", "[]")): 1,
-                      ("t", ("bool", True)): 1, ("n", ("null", None)): 1}  # fmt: skip
+    assert leaves == {
+        ("a.b", ("number", 1.0)): 1,
+        ("tags[]", ("string", "x")): 2,
+        ("e", ("empty", "[]")): 1,
+        ("t", ("bool", True)): 1,
+        ("n", ("null", None)): 1,
+    }
     deep: object = 1
     for _ in range(5000):
         deep = {"k": deep}
@@ -225,7 +228,7 @@ def test_field_f1_types_and_malformed() -> None:
     assert two_of_three.reason == "fields that differ from the reference: ['urgency']"
 
 
-# ---- labels --------------------------------------------------------------------------------------------------------
+# ---- labels ----------------------------------------------------------------------------------------------------------
 def test_label_accuracy_whole_output_and_field() -> None:
     whole = LabelAccuracy("l", labels=("spam", "ham"))
     assert whole.grade(ex("spam"), " spam\n").passed
@@ -235,9 +238,7 @@ def test_label_accuracy_whole_output_and_field() -> None:
     e = ex(json.dumps(TRIAGE))
     assert field.grade(e, json.dumps(TRIAGE)).passed
     assert field.grade(e, '{"urgency": "low"}').reason == "field 'category' is missing"
-    assert (
-        field.grade(e, '{"category": ["billing"]}').reason == "field 'category' is list, not a string label"
-    )
+    assert field.grade(e, '{"category": ["billing"]}').reason == "field 'category' is list, not a string label"
     assert field.grade(e, "billing").reason.startswith("not JSON")
     with pytest.raises(DataError, match="cannot read the reference label: 'spam' is not one of"):
         field.grade(ex('{"category": "spam"}'), "{}")
@@ -261,7 +262,7 @@ def test_label_aggregate_macro_f1_and_confusion_by_hand() -> None:
         g.aggregate([Score(1.0, True)])
 
 
-# ---- tool calls ----------------------------------------------------------------------------------------------------
+# ---- tool calls ------------------------------------------------------------------------------------------------------
 def call(name: str, args: object, id: str = "c") -> dict:
     arguments = args if isinstance(args, str) else json.dumps(args)
     return {"id": id, "type": "function", "function": {"name": name, "arguments": arguments}}
@@ -272,8 +273,11 @@ REF_CALLS = [call("get_weather", {"city": "Paris", "days": 2}), call("get_time",
 
 def test_tool_calls_order_insensitive_by_default() -> None:
     e = ex(None, tool_calls=REF_CALLS)
-    swapped = Message("assistant", None, tool_calls=[call("get_time", '{ "tz":"CET" }'),
-                                                     call("get_weather", {"days": 2.0, "city": "Paris"})])  # fmt: skip
+    swapped = Message(
+        "assistant",
+        None,
+        tool_calls=[call("get_time", '{ "tz":"CET" }'), call("get_weather", {"days": 2.0, "city": "Paris"})],
+    )
     assert ToolCallMatch("t").grade(e, swapped).passed
     ordered = ToolCallMatch("t", order_matters=True).grade(e, swapped)
     assert ordered.value == 0.0 and ordered.reason.startswith("0 of 2 reference call(s) matched")
@@ -285,21 +289,17 @@ def test_tool_calls_wrong_arguments_extra_calls_and_invalid_json() -> None:
     g = ToolCallMatch("t")
     wrong_arg = g.grade(e, Output("", [REF_CALLS[0], call("get_time", {"tz": "UTC"})]))
     assert wrong_arg.value == 0.5
-    assert (
-        ToolCallMatch("t", check_arguments=False)
-        .grade(e, Output("", [REF_CALLS[0], call("get_time", {})]))
-        .passed
-    )
+    assert ToolCallMatch("t", check_arguments=False).grade(e, Output("", [REF_CALLS[0], call("get_time", {})])).passed
     extra = g.grade(e, Output("", [*REF_CALLS, call("search", {"q": "x"})]))
     assert extra.value == pytest.approx(2 / 3)
     invalid = g.grade(e, Output("", [REF_CALLS[0], call("get_time", '{"tz": CET}')]))
     assert invalid.value == 0.5 and "get_time: arguments are not JSON" in invalid.reason
-    names_only = ToolCallMatch("t", check_arguments=False).grade(
-        e, Output("", [REF_CALLS[0], call("get_time", "{")])
-    )
+    names_only = ToolCallMatch("t", check_arguments=False).grade(e, Output("", [REF_CALLS[0], call("get_time", "{")]))
     assert names_only.passed
     assert g.grade(e, Output("", ["not a call", {"function": {}}])).details["problems"] == [
-        "a tool call must be an object, not str", "a tool call has no function name"]  # fmt: skip
+        "a tool call must be an object, not str",
+        "a tool call has no function name",
+    ]
     assert g.grade(e, "I would call get_weather").reason.startswith("no tool calls, and the text is not JSON")
     assert g.grade(e, "").value == 0.0 and not g.grade(e, None).passed
 
@@ -314,7 +314,7 @@ def test_tool_calls_as_text_and_plain_dict_messages() -> None:
         g.grade(ex("plain text answer"), "")
 
 
-# ---- user functions ------------------------------------------------------------------------------------------------
+# ---- user functions --------------------------------------------------------------------------------------------------
 SPEC_HEAD = """
 name: t
 system_prompt: s
@@ -339,18 +339,23 @@ def test_python_grader_from_a_file_beside_the_spec(tmp_path: Path) -> None:
         "def crash(example, output):\n    return 1 / 0\n"
         "def nonsense(example, output):\n    return 'yes'\n"
     )
-    graders = "\n".join(f"  - {{name: {n}, type: python, function: checks/mine.py:{n}{p}}}"
-                        for n, p in [("polite", ", primary: true"), ("half", ", threshold: 0.5"), ("detailed", ", threshold: 0.8"),
-                                     ("crash", ""), ("nonsense", "")])  # fmt: skip
+    graders = "\n".join(
+        f"  - {{name: {n}, type: python, function: checks/mine.py:{n}{p}}}"
+        for n, p in [
+            ("polite", ", primary: true"),
+            ("half", ", threshold: 0.5"),
+            ("detailed", ", threshold: 0.8"),
+            ("crash", ""),
+            ("nonsense", ""),
+        ]
+    )
     gs = {g.name: g for g in build_graders(spec_with(tmp_path, graders + "\n"))}
     e = ex("x", id="ex-42")
     assert gs["polite"].grade(e, "Please wait").passed
     assert gs["polite"].grade(e, None) == Score(0.0, False, "no output (the model returned None)", {})
     assert gs["half"].grade(e, "x") == Score(0.5, True, "half returned 0.5", {})
     assert gs["detailed"].grade(e, "x") == Score(0.9, True, "almost", {"k": 1})
-    with pytest.raises(
-        GraderError, match=r"grader 'crash', example ex-42: function crash raised ZeroDivisionError"
-    ):
+    with pytest.raises(GraderError, match=r"grader 'crash', example ex-42: function crash raised ZeroDivisionError"):
         gs["crash"].grade(e, "x")
     with pytest.raises(GraderError, match="returned 'yes'; it must return a bool, a float in 0..1"):
         gs["nonsense"].grade(e, "x")
@@ -359,22 +364,22 @@ def test_python_grader_from_a_file_beside_the_spec(tmp_path: Path) -> None:
 def test_python_grader_load_errors(tmp_path: Path) -> None:
     (tmp_path / "g.py").write_text("raise RuntimeError('boom at import')\n")
     (tmp_path / "ok.py").write_text("x = 1\n")
-    cases = {"missing.py:f": "not found", "g.py:f": "importing .* failed: RuntimeError: boom at import",
-             "ok.py:f": "'f' in ok.py is missing", "ok.py:x": "'x' in ok.py is not a function",
-             "no_such_module_xyz:f": "cannot import module 'no_such_module_xyz'"}  # fmt: skip
+    cases = {
+        "missing.py:f": "not found",
+        "g.py:f": "importing .* failed: RuntimeError: boom at import",
+        "ok.py:f": "'f' in ok.py is missing",
+        "ok.py:x": "'x' in ok.py is not a function",
+        "no_such_module_xyz:f": "cannot import module 'no_such_module_xyz'",
+    }
     for target, message in cases.items():
         with pytest.raises(GraderError, match=message):
-            build_graders(
-                spec_with(tmp_path, f"  - {{name: p, type: python, primary: true, function: '{target}'}}\n")
-            )
+            build_graders(spec_with(tmp_path, f"  - {{name: p, type: python, primary: true, function: '{target}'}}\n"))
     # A module on sys.path works too.
-    g = build_graders(
-        spec_with(tmp_path, "  - {name: p, type: python, primary: true, function: 'operator:ne'}\n")
-    )
+    g = build_graders(spec_with(tmp_path, "  - {name: p, type: python, primary: true, function: 'operator:ne'}\n"))
     assert g[0].grade(ex("x"), "anything").passed
 
 
-# ---- building from the shipped specs, and the reward ----------------------------------------------------------------
+# ---- building from the shipped specs, and the reward -----------------------------------------------------------------
 def test_every_grader_of_the_shipped_specs_builds_and_grades() -> None:
     triage = load_spec(example_dir("triage") / "instil.yaml")
     starter = load_spec(Path(__file__).parents[1] / "src" / "instil" / "templates" / "instil.yaml")
@@ -392,7 +397,9 @@ def test_every_grader_of_the_shipped_specs_builds_and_grades() -> None:
 
 def test_every_spec_grader_type_builds(tmp_path: Path) -> None:
     (tmp_path / "u.py").write_text("def f(example, output):\n    return True\n")
-    spec = parse_spec(SPEC_HEAD + """
+    spec = parse_spec(
+        SPEC_HEAD
+        + """
   - {name: em, type: exact_match, normalize: [lower, json]}
   - {name: c, type: contains, values: [a]}
   - {name: nc, type: not_contains, values: [b]}
@@ -411,11 +418,25 @@ output:
   labels: [x, y]
   label_field: k
   tools: [{type: function, function: {name: f}}]
-""", root=tmp_path)  # fmt: skip
+""",
+        root=tmp_path,
+    )
     graders = build_graders(spec)
     kinds = [type(g).__name__ for g in graders]
-    assert kinds == ["ExactMatch", "Contains", "Contains", "Regex", "JsonValid", "JsonSchema", "FieldF1",
-                     "LabelAccuracy", "Numeric", "Length", "ToolCallMatch", "PythonFunction"]  # fmt: skip
+    assert kinds == [
+        "ExactMatch",
+        "Contains",
+        "Contains",
+        "Regex",
+        "JsonValid",
+        "JsonSchema",
+        "FieldF1",
+        "LabelAccuracy",
+        "Numeric",
+        "Length",
+        "ToolCallMatch",
+        "PythonFunction",
+    ]
     assert graders[2].negate and graders[7].field == "k" and graders[5].schema == {"type": "object"}
 
 
@@ -426,7 +447,8 @@ def test_reward_is_the_primary_value_or_a_weighted_mean() -> None:
     wrong_urgency = json.dumps({**TRIAGE, "urgency": "low"})
     assert reward([fields, label], e, wrong_urgency) == 1.0
     assert reward([fields, label], e, wrong_urgency, weights={"label": 1, "fields": 3}) == pytest.approx(
-        (1 + 3 * 2 / 3) / 4)  # fmt: skip
+        (1 + 3 * 2 / 3) / 4
+    )
     assert reward([fields], e, wrong_urgency) == pytest.approx(2 / 3)  # a single grader needs no primary mark
     assert reward([fields, label], e, None) == 0.0
     with pytest.raises(ValueError, match="exactly one primary grader"):
@@ -442,13 +464,11 @@ def test_outputs_of_the_wrong_type_are_caller_bugs() -> None:
         ExactMatch("em").grade(ex("1"), 1)
 
 
-# ---- embedding similarity (optional extra) --------------------------------------------------------------------------
+# ---- embedding similarity (optional extra) ---------------------------------------------------------------------------
 def test_embedding_similarity_needs_sentence_transformers(monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 
-    monkeypatch.setitem(
-        sys.modules, "sentence_transformers", None
-    )  # makes the import fail as if not installed
+    monkeypatch.setitem(sys.modules, "sentence_transformers", None)  # makes the import fail as if not installed
     with pytest.raises(DependencyError, match="needs the sentence-transformers package"):
         EmbeddingSimilarity("emb")
 

@@ -42,9 +42,7 @@ def make_app(log: list[dict]) -> object:
         candidate = _between("candidate", user)
         if candidate is not None:
             if "ERROR500" in candidate:
-                return fastapi.responses.JSONResponse(
-                    {"error": {"message": "judge overloaded"}}, status_code=500
-                )
+                return fastapi.responses.JSONResponse({"error": {"message": "judge overloaded"}}, status_code=500)
             reference = _between("reference", user) or ""
             top = int(re.search(r"integer from 1 to (\d+)", body["messages"][0]["content"]).group(1))
             score = top if reference.casefold() in candidate.casefold() else 1
@@ -52,11 +50,7 @@ def make_app(log: list[dict]) -> object:
                 "score": score,
                 "reason": "contains the reference" if score == top else "misses the reference",
             }
-            content = (
-                "I think it is fine."
-                if "GARBLE" in candidate
-                else "```json\n" + json.dumps(verdict) + "\n```"
-            )
+            content = "I think it is fine." if "GARBLE" in candidate else "```json\n" + json.dumps(verdict) + "\n```"
             if "NOSCORE" in candidate:
                 content = json.dumps({"reason": "no score here"})
         else:
@@ -64,11 +58,13 @@ def make_app(log: list[dict]) -> object:
             winner = "tie" if ("correct" in a) == ("correct" in b) else ("A" if "correct" in a else "B")
             content = json.dumps({"winner": winner, "reason": f"{winner} says correct"})
         return {
-            "id": "chatcmpl-test", "object": "chat.completion", "created": int(time.time()), "model": body["model"],
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": content}}],
+            "id": "chatcmpl-test",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body["model"],
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
             "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-        }  # fmt: skip
+        }
 
     return app
 
@@ -118,9 +114,7 @@ def test_llm_judge_does_not_call_for_missing_output(judge_server: tuple[str, lis
 
 def test_a_broken_judge_stops_with_grader_error(judge_server: tuple[str, list[dict]]) -> None:
     url, log = judge_server
-    with pytest.raises(
-        GraderError, match=r"grader 'judge', example q1: the judge .* did not answer a JSON verdict"
-    ):
+    with pytest.raises(GraderError, match=r"grader 'judge', example q1: the judge .* did not answer a JSON verdict"):
         judge(url).grade(ex(), "GARBLE")
     with pytest.raises(GraderError, match="has no score from 1 to 5"):
         judge(url).grade(ex(), "NOSCORE")
@@ -133,9 +127,7 @@ def test_a_broken_judge_stops_with_grader_error(judge_server: tuple[str, list[di
 def test_judge_down_fails_fast_with_grader_error() -> None:
     url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
     start = time.monotonic()
-    with pytest.raises(
-        GraderError, match=r"cannot reach the judge at .* after 1 retries: APIConnectionError"
-    ):
+    with pytest.raises(GraderError, match=r"cannot reach the judge at .* after 1 retries: APIConnectionError"):
         judge(url, max_retries=1).grade(ex(), "Paris")
     assert time.monotonic() - start < 5
 
@@ -147,21 +139,18 @@ def test_pairwise_judge_swaps_positions(judge_server: tuple[str, list[dict]]) ->
     win = pair.grade(e, "Paris, correct")
     assert (win.value, win.passed, win.details["verdicts"]) == (1.0, True, ["A", "B"])
     first, second = (entry["body"]["messages"][1]["content"] for entry in log[-2:])
-    assert (
-        _between("answer_a", first) == "Paris, correct" and _between("answer_b", second) == "Paris, correct"
-    )
+    assert _between("answer_a", first) == "Paris, correct" and _between("answer_b", second) == "Paris, correct"
     assert "<reference>" not in first  # against the reference itself, the judge is not shown it twice
     loss = pair.compare(e, "Lyon", "Paris, correct")
-    assert (
-        loss.value == 0.0 and "<reference>\nParis\n</reference>" in log[-1]["body"]["messages"][1]["content"]
-    )
+    assert loss.value == 0.0 and "<reference>\nParis\n</reference>" in log[-1]["body"]["messages"][1]["content"]
     tie = pair.grade(e, "Paris")
     assert (tie.value, tie.passed) == (0.5, False)
     assert pair.aggregate([win, loss, tie]) == {"n": 3, "win_rate": 0.5, "wins": 1, "ties": 1, "losses": 1}
 
 
-def test_judges_from_spec_read_the_key_from_the_environment(judge_server: tuple[str, list[dict]],
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_judges_from_spec_read_the_key_from_the_environment(
+    judge_server: tuple[str, list[dict]], monkeypatch: pytest.MonkeyPatch
+) -> None:
     url, log = judge_server
     text = f"""
 name: t
@@ -182,7 +171,7 @@ graders:
     assert p.grade(ex(), "Paris, correct").value == 1.0
 
 
-# ---- against a real model: a tiny model trained to answer a verdict, served by instil.serve ---------------------------
+# ---- against a real model: a tiny model trained to answer a verdict, served by instil.serve --------------------------
 VERDICT = '{"score": 4, "winner": "A"}'
 """The one reply the tiny judge learns: both judges parse it (the rubric judge reads the score, the pairwise one the
 winner), so one model trained for seconds serves both."""
@@ -199,24 +188,45 @@ def verdict_job(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[obje
     def section(tag: str, text: str) -> str:
         return f"<{tag}>\n{text}\n</{tag}>"
 
-    qa = [("Capital of France?", "Paris", "It is Paris."), ("Two plus two?", "4", "Four"),
-          ("Largest planet?", "Jupiter", "Saturn"), ("Opposite of hot?", "cold", "cool")]  # fmt: skip
+    qa = [
+        ("Capital of France?", "Paris", "It is Paris."),
+        ("Two plus two?", "4", "Four"),
+        ("Largest planet?", "Jupiter", "Saturn"),
+        ("Opposite of hot?", "cold", "cool"),
+    ]
     examples = []
     for (
         q,
         reference,
         candidate,
     ) in qa:  # prompts shaped as LlmJudge and PairwiseJudge write them; 8 rows (no validation)
-        rubric = "\n\n".join([section("rubric", "Right and brief."), section("input", f"user: {q}"),
-                              section("reference", reference), section("candidate", candidate)])  # fmt: skip
-        pair = "\n\n".join([section("rubric", "The right answer wins."), section("input", f"user: {q}"),
-                            section("answer_a", candidate), section("answer_b", reference)])  # fmt: skip
-        examples.append(Example([Message("system", JUDGE_SYSTEM.format(scale=5)), Message("user", rubric),
-                                 Message("assistant", VERDICT)]))  # fmt: skip
+        rubric = "\n\n".join(
+            [
+                section("rubric", "Right and brief."),
+                section("input", f"user: {q}"),
+                section("reference", reference),
+                section("candidate", candidate),
+            ]
+        )
+        pair = "\n\n".join(
+            [
+                section("rubric", "The right answer wins."),
+                section("input", f"user: {q}"),
+                section("answer_a", candidate),
+                section("answer_b", reference),
+            ]
+        )
         examples.append(
             Example(
-                [Message("system", PAIRWISE_SYSTEM), Message("user", pair), Message("assistant", VERDICT)]
+                [
+                    Message("system", JUDGE_SYSTEM.format(scale=5)),
+                    Message("user", rubric),
+                    Message("assistant", VERDICT),
+                ]
             )
+        )
+        examples.append(
+            Example([Message("system", PAIRWISE_SYSTEM), Message("user", pair), Message("assistant", VERDICT)])
         )
     root = tmp_path_factory.mktemp("verdict-job")
     spec = parse_spec(
@@ -248,9 +258,7 @@ def test_judges_parse_a_real_models_verdicts_through_the_server(verdict_job) -> 
     served: list = []
     with serve_app(job_app(spec, store, api_key="sk-judge", on_request=served.append)) as url:
         kw = {"base_url": url, "model": "judge@1", "api_key": "sk-judge", "max_retries": 0}
-        score = LlmJudge("judge", rubric="Names the right city.", threshold=0.75, **kw).grade(
-            ex("Rome"), "Rome."
-        )
+        score = LlmJudge("judge", rubric="Names the right city.", threshold=0.75, **kw).grade(ex("Rome"), "Rome.")
         pair = PairwiseJudge("pref", rubric="The right city wins.", **kw)
         verdict = pair.grade(ex("Rome"), "Milan")
     assert (score.value, score.passed, score.details["judge_score"]) == (0.75, True, 4)
@@ -279,9 +287,7 @@ def test_a_real_judge_without_a_verdict_is_a_grader_error(verdict_job) -> None:
             PairwiseJudge("pref", rubric="r", model="judge:base", **kw).grade(ex(), "Paris")
         assert len(served) == 2  # an answer is final: the client retries failures, not bad verdicts
         with pytest.raises(GraderError, match="answered HTTP 401: incorrect API key"):
-            LlmJudge("judge", rubric="r", model="judge:base", **{**kw, "api_key": "sk-wrong"}).grade(
-                ex(), "Paris"
-            )
+            LlmJudge("judge", rubric="r", model="judge:base", **{**kw, "api_key": "sk-wrong"}).grade(ex(), "Paris")
         with pytest.raises(GraderError, match="answered HTTP 404: the model 'judge@1' does not exist"):
             LlmJudge("judge", rubric="r", model="judge@1", **kw).grade(ex(), "Paris")
     assert len(served) == 2

@@ -30,10 +30,14 @@ training: {adapter: full, batch_size: 8, learning_rate: 1.0e-3}
 
 def write_job(root: Path, store: Store) -> Path:
     exs = [
-        Example([Message("user", f"Colour of item {i}?" + " please" * (i % 3)),
-                 Message("assistant", COLORS[i % len(COLORS)])])
+        Example(
+            [
+                Message("user", f"Colour of item {i}?" + " please" * (i % 3)),
+                Message("assistant", COLORS[i % len(COLORS)]),
+            ]
+        )
         for i in range(8)
-    ]  # fmt: skip
+    ]
     (root / "data.jsonl").write_text("".join(json.dumps(e.to_dict()) + "\n" for e in exs), encoding="utf-8")
     (root / "instil.yaml").write_text(SPEC, encoding="utf-8")
     store.put_dataset("colors:train", exs, kind="train")  # 8 rows, batch 8: every step sees the whole set
@@ -51,8 +55,11 @@ def test_two_gloo_processes_train_like_one_process_with_the_same_global_batch(tm
     single = train_sft(load_spec(spec_path), store, output_dir=tmp_path / "one", max_steps=3, progress=False)
 
     started = time.perf_counter()
-    code = launch(spec_path, processes=2,
-                  extra_args=["--max-steps", "3", "--output-dir", str(tmp_path / "two"), "--no-progress"])  # fmt: skip
+    code = launch(
+        spec_path,
+        processes=2,
+        extra_args=["--max-steps", "3", "--output-dir", str(tmp_path / "two"), "--no-progress"],
+    )
     seconds = time.perf_counter() - started
     assert code == 0
 
@@ -70,15 +77,11 @@ def test_two_gloo_processes_train_like_one_process_with_the_same_global_batch(tm
     a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
     assert a.keys() == b.keys()
     diff = max(float((a[k] - b[k]).abs().max()) for k in a)
-    (base,) = Path(store.home, "models", "tiny").glob(
-        "*/model.safetensors"
-    )  # the tiny base both runs started from
+    (base,) = Path(store.home, "models", "tiny").glob("*/model.safetensors")  # the tiny base both runs started from
     initial = weights(base.parent)
     moved = max(float((a[k] - initial[k]).abs().max()) for k in a)
     assert moved > 1e-4  # training changed the weights, so the comparison means something
-    print(
-        f"2 processes vs 1: max abs weight diff {diff:.2e}, weights moved {moved:.2e}, launch {seconds:.1f}s"
-    )
+    print(f"2 processes vs 1: max abs weight diff {diff:.2e}, weights moved {moved:.2e}, launch {seconds:.1f}s")
     assert diff <= 1e-5, f"2 processes differ from 1 by {diff} (after {seconds:.0f}s)"
 
 

@@ -47,9 +47,19 @@ def turned(tmp_path_factory: pytest.TempPathFactory):
 def test_every_stage_ran_in_order(turned):
     result, seen, _ = turned
     assert [(s.iteration, s.name) for s in seen] == [
-        (1, "validate"), (1, "curate"), (1, "split"), (1, "baseline"), (1, "train"), (1, "evaluate"), (1, "promote"),
-        (2, "learn"), (2, "split"), (2, "train"), (2, "evaluate"), (2, "promote"),
-    ]  # fmt: skip
+        (1, "validate"),
+        (1, "curate"),
+        (1, "split"),
+        (1, "baseline"),
+        (1, "train"),
+        (1, "evaluate"),
+        (1, "promote"),
+        (2, "learn"),
+        (2, "split"),
+        (2, "train"),
+        (2, "evaluate"),
+        (2, "promote"),
+    ]
     assert not any(s.skipped for s in seen)
     assert all(s.summary for s in seen)
 
@@ -87,7 +97,11 @@ def test_every_stage_left_its_artefacts(turned):
     assert Path(report.html_path).exists()
     html = Path(report.html_path).read_text(encoding="utf-8")
     assert "support-triage@2" in html and "support-triage@1" in html
-    assert [c.name for c in report.candidates] == ["base+full", "support-triage@1+short", "support-triage@2+short"]
+    assert [c.name for c in report.candidates] == [
+        "base+full",
+        "support-triage@1+short",
+        "support-triage@2+short",
+    ]
     assert LoopState(home, job).path.exists()
 
 
@@ -129,7 +143,13 @@ def test_the_cli_quickstart_prints_stages_table_gates_and_report(turned, monkeyp
     for turn, stage in [(1, "validate"), (1, "promote"), (2, "learn"), (2, "promote")]:
         assert f"{turn} {stage}" in out
     assert "unchanged, skipped" in out
-    for name in ("base+full", "support-triage@1+short", "support-triage@2+short", "$ / success", "overfitting"):
+    for name in (
+        "base+full",
+        "support-triage@1+short",
+        "support-triage@2+short",
+        "$ / success",
+        "overfitting",
+    ):
         assert name in out
     first, second = result.promotions
     assert f"gate: {first.candidate} promoted over base+full" in out

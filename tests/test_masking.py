@@ -158,9 +158,7 @@ def test_tool_calls_through_qwen_templates(name: str) -> None:
 
 
 def test_llama3_template_drops_tool_calls() -> None:
-    with pytest.raises(
-        ChatTemplateError, match=r"drops messages\[2\] \(assistant: tool calls to get_weather\)"
-    ):
+    with pytest.raises(ChatTemplateError, match=r"drops messages\[2\] \(assistant: tool calls to get_weather\)"):
         renderer("llama-3-instruct").locate(tool_chat())
 
 

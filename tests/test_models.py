@@ -59,10 +59,8 @@ def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {arch: build_tiny(_examples(), root / arch, arch=arch) for arch in ("llama", "qwen2")}
 
 
-# ---- the tiny preset -----------------------------------------------------------------------------------------------
-def test_tiny_build_is_deterministic_and_says_it_is_random(
-    tmp_path: Path, tiny_dirs: dict[str, Path]
-) -> None:
+# ---- the tiny preset -------------------------------------------------------------------------------------------------
+def test_tiny_build_is_deterministic_and_says_it_is_random(tmp_path: Path, tiny_dirs: dict[str, Path]) -> None:
     again = build_tiny(_examples(), tmp_path / "again", arch="llama")
     first = tiny_dirs["llama"]
     assert _sha(again / "tokenizer.json") == _sha(first / "tokenizer.json")
@@ -136,22 +134,18 @@ def test_tiny_tokenizer_round_trips_and_has_the_chat_template(tiny_dirs: dict[st
     assert prompt.endswith("<|im_start|>assistant\n")
 
 
-# ---- resolving model.base ------------------------------------------------------------------------------------------
+# ---- resolving model.base --------------------------------------------------------------------------------------------
 def test_resolve_base_builds_tiny_once_per_data(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     first = resolve_base(ModelSpec(base="tiny"), root=tmp_path, examples=_examples(20), cache_dir=cache)
     stamp = (first / "model.safetensors").stat().st_mtime_ns
     again = resolve_base(ModelSpec(base="tiny"), root=tmp_path, examples=_examples(20), cache_dir=cache)
     assert again == first and (again / "model.safetensors").stat().st_mtime_ns == stamp
-    other = resolve_base(
-        ModelSpec(base="tiny"), root=tmp_path, examples=_examples(20, "car"), cache_dir=cache
-    )
+    other = resolve_base(ModelSpec(base="tiny"), root=tmp_path, examples=_examples(20, "car"), cache_dir=cache)
     assert other != first
     qwen = resolve_base(ModelSpec(base="tiny-qwen2"), root=tmp_path, examples=_examples(20), cache_dir=cache)
     assert json.loads((qwen / "config.json").read_text())["model_type"] == "qwen2"
-    assert (
-        sorted(p.name for p in cache.iterdir() if p.name.startswith(".")) == []
-    )  # no staging folder left behind
+    assert sorted(p.name for p in cache.iterdir() if p.name.startswith(".")) == []  # no staging folder left behind
     with pytest.raises(ModelError, match="no examples"):
         resolve_base(ModelSpec(base="tiny"), root=tmp_path, cache_dir=cache)
 
@@ -163,9 +157,7 @@ def test_resolve_base_defaults_to_the_instil_home(tmp_path: Path, instil_home: P
 
 def test_resolve_base_local_folders_and_hub_ids(tmp_path: Path, tiny_dirs: dict[str, Path]) -> None:
     shutil.copytree(tiny_dirs["llama"], tmp_path / "models" / "mine")
-    assert (
-        resolve_base(ModelSpec(base="models/mine"), root=tmp_path) == (tmp_path / "models" / "mine").resolve()
-    )
+    assert resolve_base(ModelSpec(base="models/mine"), root=tmp_path) == (tmp_path / "models" / "mine").resolve()
     assert resolve_base(ModelSpec(base="Qwen/Qwen2.5-0.5B"), root=tmp_path) == "Qwen/Qwen2.5-0.5B"
     with pytest.raises(ModelError, match="model folder not found") as err:
         resolve_base(ModelSpec(base="./models/missing"), root=tmp_path)
@@ -175,7 +167,7 @@ def test_resolve_base_local_folders_and_hub_ids(tmp_path: Path, tiny_dirs: dict[
         resolve_base(ModelSpec(base="models/empty"), root=tmp_path)
 
 
-# ---- loading -------------------------------------------------------------------------------------------------------
+# ---- loading ---------------------------------------------------------------------------------------------------------
 def test_local_folder_loads_and_model_info_hashes_the_weights(tiny_dirs: dict[str, Path]) -> None:
     folder = tiny_dirs["qwen2"]
     info = model_info(folder)
@@ -193,9 +185,7 @@ def test_local_folder_loads_and_model_info_hashes_the_weights(tiny_dirs: dict[st
         load_model(folder, dtype="float12")
 
 
-def test_spec_chat_template_file_is_read_from_the_spec_folder(
-    tmp_path: Path, tiny_dirs: dict[str, Path]
-) -> None:
+def test_spec_chat_template_file_is_read_from_the_spec_folder(tmp_path: Path, tiny_dirs: dict[str, Path]) -> None:
     (tmp_path / "tpl.jinja").write_text("{% for m in messages %}[{{ m['content'] }}]{% endfor %}")
     spec = ModelSpec(base=str(tiny_dirs["llama"]), chat_template="tpl.jinja")
     tokenizer = load_tokenizer(spec, root=tmp_path)
@@ -204,9 +194,7 @@ def test_spec_chat_template_file_is_read_from_the_spec_folder(
         load_model(ModelSpec(base="tiny"))
 
 
-def test_offline_hub_id_not_cached_gives_a_clear_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_offline_hub_id_not_cached_gives_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     for load in (load_model, load_tokenizer):
@@ -227,9 +215,7 @@ def test_unreachable_hub_is_treated_as_offline(tmp_path: Path, monkeypatch: pyte
     for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(proxy, raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv(
-        "HF_ENDPOINT", "http://127.0.0.1:9"
-    )  # the discard port: nothing listens, refused at once
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens, refused at once
     models._hub_reachable.cache_clear()
     try:
         with pytest.raises(ModelError, match=r"http://127.0.0.1:9 cannot be reached"):
@@ -304,7 +290,7 @@ def test_pickle_checkpoints_need_an_explicit_opt_in(tmp_path: Path, tiny_dirs: d
     assert model_info(folder).weights_sha256 is None  # no safetensors to hash
 
 
-# ---- a real pretrained checkpoint (optional) -----------------------------------------------------------------------
+# ---- a real pretrained checkpoint (optional) -------------------------------------------------------------------------
 @pytest.mark.skipif(not STORIES.is_dir(), reason="../shared/models/stories260K-hf is not present")
 def test_stories260k_loads_and_generates_its_documented_sample() -> None:
     pytest.importorskip("sentencepiece", reason="its tokenizer is a SentencePiece model")
@@ -312,9 +298,7 @@ def test_stories260k_loads_and_generates_its_documented_sample() -> None:
     model = load_model(STORIES)
     info = model_info(model)
     assert info.n_parameters == 260_032 and not info.is_tiny and not info.has_chat_template
-    assert info.architecture == "LlamaForCausalLM" and info.weights_sha256 == _sha(
-        STORIES / "model.safetensors"
-    )
+    assert info.architecture == "LlamaForCausalLM" and info.weights_sha256 == _sha(STORIES / "model.safetensors")
     ids = torch.tensor([[tokenizer.bos_token_id]])
     out = model.generate(ids, max_new_tokens=16, do_sample=False)
     text = tokenizer.decode(out[0], skip_special_tokens=True)

@@ -22,13 +22,19 @@ def test_round_trip_keeps_everything():
     ex = Example(
         messages=[
             Message("user", "weather?"),
-            Message("assistant", None, tool_calls=[{"id": "c1", "type": "function",
-                                                    "function": {"name": "w", "arguments": "{}"}}]),
+            Message(
+                "assistant",
+                None,
+                tool_calls=[{"id": "c1", "type": "function", "function": {"name": "w", "arguments": "{}"}}],
+            ),
             Message("tool", "sunny", tool_call_id="c1"),
             Message("assistant", "Sunny.", weight=1),
         ],
         tools=[{"type": "function", "function": {"name": "w"}}],
-        id="a1", tags=["edge"], group="g", meta={"customer": 7},
+        id="a1",
+        tags=["edge"],
+        group="g",
+        meta={"customer": 7},
     )
     d = ex.to_dict()
     assert "content" not in d["messages"][1]  # tool-call-only assistant turn has no content key

@@ -33,8 +33,24 @@ from instil.spec import JobSpec, load_spec
 from instil.store import ModelVersion, Store
 
 PROMPT = "You are the colour desk. Answer with one colour name, lower case, nothing else, ever."
-WORDS = ["lantern", "orchid", "quartz", "meadow", "harbor", "pepper", "violin", "glacier", "saddle", "thimble",
-         "canyon", "biscuit", "marble", "falcon", "juniper", "rocket"]  # fmt: skip
+WORDS = [
+    "lantern",
+    "orchid",
+    "quartz",
+    "meadow",
+    "harbor",
+    "pepper",
+    "violin",
+    "glacier",
+    "saddle",
+    "thimble",
+    "canyon",
+    "biscuit",
+    "marble",
+    "falcon",
+    "juniper",
+    "rocket",
+]
 
 
 def _ticket(i: int) -> str:
@@ -49,10 +65,15 @@ def write_job(root: Path, endpoints: str = "") -> Path:
 
     def rows(start: int, n: int) -> str:
         return "".join(
-            json.dumps(Example([Message("system", PROMPT), Message("user", _ticket(i)), Message("assistant", "red")],
-                               id=f"c{i}").to_dict()) + "\n"
+            json.dumps(
+                Example(
+                    [Message("system", PROMPT), Message("user", _ticket(i)), Message("assistant", "red")],
+                    id=f"c{i}",
+                ).to_dict()
+            )
+            + "\n"
             for i in range(start, start + n)
-        )  # fmt: skip
+        )
 
     (root / "train.jsonl").write_text(rows(0, 16), encoding="utf-8")
     (root / "holdout.jsonl").write_text(rows(100, 12), encoding="utf-8")
@@ -112,8 +133,14 @@ def store(instil_home: Path, job: JobSpec) -> Iterator[Store]:
 
 def _clone(store: Store, model: ModelVersion) -> ModelVersion:
     """A new version with the very same weights: a candidate no better than the model it copies."""
-    return store.register_model(model.job, base_model=model.base_model, path=model.path, run_id=model.run_id,
-                                revision=model.revision, meta=model.meta)  # fmt: skip
+    return store.register_model(
+        model.job,
+        base_model=model.base_model,
+        path=model.path,
+        run_id=model.run_id,
+        revision=model.revision,
+        meta=model.meta,
+    )
 
 
 def _check_numbers(p: Promotion, alpha: float) -> None:
@@ -127,14 +154,18 @@ def _check_numbers(p: Promotion, alpha: float) -> None:
     assert p.promoted == (p.decision.promoted and not p.dry_run)
 
 
-# ---- the gate, end to end -------------------------------------------------------------------------------------------
+# ---- the gate, end to end --------------------------------------------------------------------------------------------
 def test_a_trained_model_beats_the_prompted_base_then_an_identical_one_is_refused(job: JobSpec, store: Store):
     v1 = store.get_model("colors")
     assert registry.production(store, "colors") is None
 
     first = promote(job, store)
     assert (first.candidate, first.version, first.reference, first.reference_version) == (
-        "colors@1+short", 1, "base+full", None)  # fmt: skip
+        "colors@1+short",
+        1,
+        "base+full",
+        None,
+    )
     assert first.promoted and first.decision.promoted and first.decision_id is not None
     assert (first.holdout, first.primary, first.primary_kind, first.decision.n) == (
         "colors:holdout@1",
@@ -152,7 +183,12 @@ def test_a_trained_model_beats_the_prompted_base_then_an_identical_one_is_refuse
 
     [info] = registry.list_decisions(store, "colors")
     assert (info.kind, info.model_id, info.promoted, info.reference, info.run_id) == (
-        "gate", v1.id, True, "base+full", first.eval_run_id)  # fmt: skip
+        "gate",
+        v1.id,
+        True,
+        "base+full",
+        first.eval_run_id,
+    )
     assert info.dataset_version_id == store.get_dataset("colors:holdout").id
     assert info.numbers["gate"]["comparisons"][0]["p_value"] == primary.p_value
     assert registry.find_decision(job, store, info.id).to_dict() == first.to_dict()
@@ -178,17 +214,10 @@ def test_a_trained_model_beats_the_prompted_base_then_an_identical_one_is_refuse
 
     # Gated again as a dry run: both sides' results are reused, nothing is recorded, nothing moves.
     again = promote(job, store, 2, dry_run=True)
-    assert (
-        again.dry_run and not again.promoted and again.decision_id is None and again.verdict == "would refuse"
-    )
-    reused = {
-        e.candidate: e.metrics.get("reused_from") for e in store.list_evaluations(run_id=again.eval_run_id)
-    }
+    assert again.dry_run and not again.promoted and again.decision_id is None and again.verdict == "would refuse"
+    reused = {e.candidate: e.metrics.get("reused_from") for e in store.list_evaluations(run_id=again.eval_run_id)}
     assert reused == {"colors@1+short": first.eval_run_id, "colors@2+short": second.eval_run_id}
-    assert (
-        len(registry.list_decisions(store, "colors")) == 2
-        and store.get_model("colors", 2).status == "refused"
-    )
+    assert len(registry.list_decisions(store, "colors")) == 2 and store.get_model("colors", 2).status == "refused"
 
     with pytest.raises(InstilError, match="already the production model") as e:
         promote(job, store, 1)
@@ -218,7 +247,7 @@ def test_refusals_say_what_to_do_next(tmp_path: Path, instil_home: Path):
             promote(spec, store, 4)
 
 
-# ---- endpoints as the prompted baseline -------------------------------------------------------------------------------
+# ---- endpoints as the prompted baseline ------------------------------------------------------------------------------
 def _app(log: list[dict]) -> object:
     import fastapi
 
@@ -228,14 +257,15 @@ def _app(log: list[dict]) -> object:
     async def completions(request: Request) -> object:
         body = await request.json()
         log.append(body)
-        answer = (
-            "red" if body["model"] == "oracle" else "blue"
-        )  # the oracle is perfect on this job; the dud never
+        answer = "red" if body["model"] == "oracle" else "blue"  # the oracle is perfect on this job; the dud never
         return {
-            "id": "x", "object": "chat.completion", "created": int(time.time()), "model": body["model"],
+            "id": "x",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body["model"],
             "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": answer}}],
             "usage": {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11},
-        }  # fmt: skip
+        }
 
     return app
 
@@ -250,9 +280,7 @@ def endpoints() -> Iterator[tuple[str, list[dict]]]:
         yield url, log
 
 
-def test_the_strongest_prompted_endpoint_is_the_reference(
-    job: JobSpec, store: Store, endpoints, tmp_path: Path
-):
+def test_the_strongest_prompted_endpoint_is_the_reference(job: JobSpec, store: Store, endpoints, tmp_path: Path):
     url, log = endpoints
     listed = "".join(f"    - {{name: {n}, base_url: '{url}', model: {n}}}\n" for n in ("dud", "oracle"))
     spec = load_spec(write_job(job.root, endpoints=f"  endpoints:\n{listed}"))
@@ -275,17 +303,26 @@ def test_the_strongest_prompted_endpoint_is_the_reference(
     _check_numbers(p, spec.gate.alpha)
 
 
-# ---- the gate on constructed results --------------------------------------------------------------------------------
-def _rows(
-    candidate: str, em: list[float], short: list[float], ids: list[str] | None = None
-) -> list[ExampleResult]:
+# ---- the gate on constructed results ---------------------------------------------------------------------------------
+def _rows(candidate: str, em: list[float], short: list[float], ids: list[str] | None = None) -> list[ExampleResult]:
     ids = ids or [f"e{i}" for i in range(len(em))]
     return [
-        ExampleResult(example_id=i, candidate=candidate, output="", scores={"em": a, "short": b},
-                      passed={"em": a >= 0.5, "short": b >= 0.5}, reasons={}, tags=[], latency_s=0.0,
-                      input_tokens=0, output_tokens=0, cost=0.0, finish_reason="stop")
+        ExampleResult(
+            example_id=i,
+            candidate=candidate,
+            output="",
+            scores={"em": a, "short": b},
+            passed={"em": a >= 0.5, "short": b >= 0.5},
+            reasons={},
+            tags=[],
+            latency_s=0.0,
+            input_tokens=0,
+            output_tokens=0,
+            cost=0.0,
+            finish_reason="stop",
+        )
         for i, a, b in zip(ids, em, short, strict=True)
-    ]  # fmt: skip
+    ]
 
 
 def test_decide_pairs_by_example_and_picks_the_test_from_the_scores(tmp_path: Path):
@@ -309,7 +346,7 @@ def test_decide_pairs_by_example_and_picks_the_test_from_the_scores(tmp_path: Pa
         decide(spec, a, _rows("B", [1.0] * 2, [1.0] * 2, ids=["e0", "e0"]))
 
 
-# ---- production, rollback, pins (on SQLite and PostgreSQL) --------------------------------------------------------------
+# ---- production, rollback, pins (on SQLite and PostgreSQL) -----------------------------------------------------------
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def test_rollback_walks_back_the_production_history_and_pins_resolve(
     backend: str, request: pytest.FixtureRequest, instil_home: Path
@@ -319,8 +356,14 @@ def test_rollback_walks_back_the_production_history_and_pins_resolve(
         v1, v2, v3 = (s.register_model("colors", base_model="tiny", path=f"/m/{i}") for i in (1, 2, 3))
 
         def promoted(m: ModelVersion) -> None:  # what promote() records when the gate passes
-            s.record_decision("colors", kind="gate", model=m, promoted=True, production_before=s.production_model("colors"),
-                              reference="base+full")  # fmt: skip
+            s.record_decision(
+                "colors",
+                kind="gate",
+                model=m,
+                promoted=True,
+                production_before=s.production_model("colors"),
+                reference="base+full",
+            )
 
         with pytest.raises(InstilError, match="no production model") as e:
             registry.rollback(s, "colors")
@@ -348,9 +391,7 @@ def test_rollback_walks_back_the_production_history_and_pins_resolve(
         assert registry.resolve(s, "colors", "production").version == 1
         assert registry.resolve(s, "colors", "latest").version == 3
         assert (
-            registry.resolve(s, "colors", "2")
-            == registry.resolve(s, "colors", "colors@2")
-            == s.get_model("colors", 2)
+            registry.resolve(s, "colors", "2") == registry.resolve(s, "colors", "colors@2") == s.get_model("colors", 2)
         )
         registry.pin(s, "colors", "stable", "production")
         registry.pin(s, "colors", "canary", 3)
@@ -374,14 +415,12 @@ def test_rollback_walks_back_the_production_history_and_pins_resolve(
         assert rows[2].primary_score is None and rows[2].train_dataset is None
 
 
-# ---- the CLI ----------------------------------------------------------------------------------------------------------
+# ---- the CLI ---------------------------------------------------------------------------------------------------------
 def test_cli_promote_models_pin_rollback(job: JobSpec, store: Store, capsys, monkeypatch: pytest.MonkeyPatch):
     spec = str(job.file)
     assert main(["promote", spec, "--dry-run", "--json"]) == 0  # would promote
     data = json.loads(capsys.readouterr().out)
-    assert (
-        data["dry_run"] and not data["promoted"] and data["gate"]["promoted"] and data["decision_id"] is None
-    )
+    assert data["dry_run"] and not data["promoted"] and data["gate"]["promoted"] and data["decision_id"] is None
     assert data["means"]["em"] == {"reference": 0.0, "candidate": 1.0}
 
     assert main(["promote", spec]) == 0
@@ -404,8 +443,10 @@ def test_cli_promote_models_pin_rollback(job: JobSpec, store: Store, capsys, mon
     assert main(["pin", "lonely"]) == 2  # no version
     assert main(["models", "--json", "--decisions"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert [(v["version"], v["status"], v["pins"]) for v in data["versions"]] == [(1, "production", ["stable"]),
-                                                                                  (2, "refused", [])]  # fmt: skip
+    assert [(v["version"], v["status"], v["pins"]) for v in data["versions"]] == [
+        (1, "production", ["stable"]),
+        (2, "refused", []),
+    ]
     assert [d["promoted"] for d in data["decisions"]] == [True, False]
     assert main(["models", "--decisions"]) == 0
     out = capsys.readouterr().out

@@ -66,13 +66,14 @@ class Page(HTMLParser):
 
 
 def _example(i: int, label: str) -> Example:
-    return Example([Message("user", f"ticket {i}"), Message("assistant", label)], id=f"e{i}",
-                   tags=["edge"] if i == 0 else [])  # fmt: skip
+    return Example(
+        [Message("user", f"ticket {i}"), Message("assistant", label)],
+        id=f"e{i}",
+        tags=["edge"] if i == 0 else [],
+    )
 
 
-def _rows(
-    name: str, examples: list[Example], outputs: list[str], graders: list, wins: list | None = None
-) -> list:
+def _rows(name: str, examples: list[Example], outputs: list[str], graders: list, wins: list | None = None) -> list:
     rows = []
     for k, (e, out) in enumerate(zip(examples, outputs, strict=True)):
         scores = {g.name: g.grade(e, Output(out)) for g in graders}
@@ -107,24 +108,36 @@ def report(tmp_path: Path) -> EvalReport:
     base_rows = _rows(base.name, examples, base_out, graders)
     tuned_rows = _rows(tuned.name, examples, tuned_out, graders, wins=[0.5, 1.0, 1.0, 0.0])
     win = WinRate("pref", base.name, 4, 0.625, 0.25, 1.0, 2, 1, 1)
-    summaries = [summarise(base, base_rows, graders, "label"),
-                 summarise(tuned, tuned_rows, graders, "label", reused_from=7, win_rate=win)]  # fmt: skip
+    summaries = [
+        summarise(base, base_rows, graders, "label"),
+        summarise(tuned, tuned_rows, graders, "label", reused_from=7, win_rate=win),
+    ]
     label = graders[0]
-    confusion = {c.name: {"grader": "label", **label.aggregate([label.grade(e, Output(r.output))
-                                                                for e, r in zip(examples, rows, strict=True)])}
-                 for c, rows in ((base, base_rows), (tuned, tuned_rows))}  # fmt: skip
+    confusion = {
+        c.name: {
+            "grader": "label",
+            **label.aggregate([label.grade(e, Output(r.output)) for e, r in zip(examples, rows, strict=True)]),
+        }
+        for c, rows in ((base, base_rows), (tuned, tuned_rows))
+    }
     refs = [e.output_text() for e in examples]
     over = overfitting([1.0, 1.0], [r.scores["label"] for r in tuned_rows], train_dataset="job:train@1")
-    modes = {
-        tuned.name: FailureModes(
-            tuned.name, style_collapse(tuned_out, refs), over, None, ["forgetting: no set"]
-        )
-    }
+    modes = {tuned.name: FailureModes(tuned.name, style_collapse(tuned_out, refs), over, None, ["forgetting: no set"])}
     return EvalReport(
-        "job", 12, "job:holdout@1", "label", 4, None, summaries, base_rows + tuned_rows, tmp_path / "examples.jsonl",
-        failure_modes=modes, confusion=confusion, references={e.key(): e.output_text() for e in examples},
+        "job",
+        12,
+        "job:holdout@1",
+        "label",
+        4,
+        None,
+        summaries,
+        base_rows + tuned_rows,
+        tmp_path / "examples.jsonl",
+        failure_modes=modes,
+        confusion=confusion,
+        references={e.key(): e.output_text() for e in examples},
         inputs={e.key(): e.input_text() for e in examples},
-    )  # fmt: skip
+    )
 
 
 def test_the_report_has_every_section_with_the_numbers(tmp_path: Path, report: EvalReport):
@@ -134,8 +147,16 @@ def test_the_report_has_every_section_with_the_numbers(tmp_path: Path, report: E
     path = write_html(report, tmp_path / "out" / "report.html", decisions=decisions, title="Job <eval>")
     text = path.read_text(encoding="utf-8")
     page = Page(text)
-    assert page.sections == ["comparison", "scores", "confusion", "latency", "failure-modes", "gate", "slices",
-                             "failures"]  # fmt: skip
+    assert page.sections == [
+        "comparison",
+        "scores",
+        "confusion",
+        "latency",
+        "failure-modes",
+        "gate",
+        "slices",
+        "failures",
+    ]
     assert "<title>Job &lt;eval&gt;</title>" in text
 
     table = page.table("candidate")
@@ -150,15 +171,16 @@ def test_the_report_has_every_section_with_the_numbers(tmp_path: Path, report: E
 
     # The confusion matrices: rows are references, columns predictions then <invalid>.
     matrices = [t for t in page.tables if t[0][0] == "reference \\ predicted"]
-    assert matrices[0] == [["reference \\ predicted", "billing", "refund", "<invalid>"],
-                           ["billing", "1", "0", "1"], ["refund", "1", "1", "0"]]  # fmt: skip
+    assert matrices[0] == [
+        ["reference \\ predicted", "billing", "refund", "<invalid>"],
+        ["billing", "1", "0", "1"],
+        ["refund", "1", "1", "0"],
+    ]
     assert matrices[1][1:] == [["billing", "2", "0", "0"], ["refund", "1", "1", "0"]]
 
     failure = next(t for t in page.tables if t[0][:2] == ["candidate", "check"])
     assert [r[1] for r in failure[1:]] == ["overfitting", "style collapse", "note"]
-    assert (
-        failure[1][2] == "FLAGGED" and "gap +0.250" in failure[1][3]
-    )  # 1.0 on training vs 0.75 on the holdout
+    assert failure[1][2] == "FLAGGED" and "gap +0.250" in failure[1][3]  # 1.0 on training vs 0.75 on the holdout
     assert failure[3][4] == "forgetting: no set"
 
     gate = next(t for t in page.tables if t[0][0] == "grader" and "p (Holm)" in t[0])

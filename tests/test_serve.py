@@ -36,16 +36,24 @@ from instil.train.tiny import build_tiny  # noqa: E402
 KEY = "sk-test-key"
 NAME = "tiny-chat"
 CAP = 24
-TICKETS = ["Hi", "My invoice shows a double charge for March.", "The app crashes on start. Urgent!",
-           "Cannot log in", "Where is my parcel?", "Please delete my account.", "Change my address",
-           "Refund order 1234 please"]  # fmt: skip
+TICKETS = [
+    "Hi",
+    "My invoice shows a double charge for March.",
+    "The app crashes on start. Urgent!",
+    "Cannot log in",
+    "Where is my parcel?",
+    "Please delete my account.",
+    "Change my address",
+    "Refund order 1234 please",
+]
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> tuple:
     """A tiny Llama whose random weights are scaled up, so that answers vary (as in test_generate)."""
-    texts = [Example([Message("system", "Triage."), Message("user", t), Message("assistant", "billing")])
-             for t in TICKETS]  # fmt: skip
+    texts = [
+        Example([Message("system", "Triage."), Message("user", t), Message("assistant", "billing")]) for t in TICKETS
+    ]
     folder = build_tiny(texts * 3, tmp_path_factory.mktemp("tiny") / "llama")
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
     model = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
@@ -61,8 +69,15 @@ def tiny(tmp_path_factory) -> tuple:
 def server(tiny) -> Iterator[tuple[str, list[ServedRequest]]]:
     model, tokenizer, renderer = tiny
     records: list[ServedRequest] = []
-    app = create_app(model, tokenizer, renderer, model_name=NAME, api_key=KEY, max_new_tokens_cap=CAP,
-                     on_request=records.append)  # fmt: skip
+    app = create_app(
+        model,
+        tokenizer,
+        renderer,
+        model_name=NAME,
+        api_key=KEY,
+        max_new_tokens_cap=CAP,
+        on_request=records.append,
+    )
     with serve_app(app) as url:
         yield url, records
 
@@ -78,12 +93,8 @@ def chat(t: str, system: str | None = "Triage.") -> list[dict]:
 def local(tiny: tuple, messages: list[dict], max_new_tokens: int, tools: list[dict] | None = None):
     """What evaluation generates for these messages: the example's answer slot left for the model."""
     model, tokenizer, renderer = tiny
-    example = Example(
-        [Message.from_dict(m) for m in messages] + [Message("assistant", "reference")], tools=tools
-    )
-    return generate_local(
-        model, tokenizer, renderer, [example], system_prompt=None, max_new_tokens=max_new_tokens
-    )[0]
+    example = Example([Message.from_dict(m) for m in messages] + [Message("assistant", "reference")], tools=tools)
+    return generate_local(model, tokenizer, renderer, [example], system_prompt=None, max_new_tokens=max_new_tokens)[0]
 
 
 def prompt_tokens(tiny: tuple, messages: list[dict], tools: list[dict] | None = None) -> int:
@@ -115,10 +126,7 @@ def test_answers_equal_local_generation_and_usage_counts_the_tokens(tiny, server
         assert choice.message.role == "assistant" and choice.message.content == g.text
         assert choice.finish_reason == g.finish_reason and choice.message.tool_calls is None
         assert r.usage.prompt_tokens == prompt_tokens(tiny, chat(t)) == g.input_tokens
-        assert (
-            r.usage.completion_tokens == g.output_tokens
-            and r.usage.total_tokens == g.input_tokens + g.output_tokens
-        )
+        assert r.usage.completion_tokens == g.output_tokens and r.usage.total_tokens == g.input_tokens + g.output_tokens
         if g.finish_reason == "length":
             assert r.usage.completion_tokens == 12
         texts.append(g.text)
@@ -134,11 +142,17 @@ def test_answers_equal_local_generation_and_usage_counts_the_tokens(tiny, server
             "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}},
         }
     ]
-    turns = [*chat("Where is my parcel?"),
-             {"role": "assistant", "content": None,
-              "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}]},
-             {"role": "tool", "tool_call_id": "call_1", "content": "in transit"},
-             {"role": "assistant", "content": "It is in transit."}, {"role": "user", "content": "Thanks! When?"}]  # fmt: skip
+    turns = [
+        *chat("Where is my parcel?"),
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "in transit"},
+        {"role": "assistant", "content": "It is in transit."},
+        {"role": "user", "content": "Thanks! When?"},
+    ]
     r = c.chat.completions.create(model=NAME, messages=turns, tools=tools, max_completion_tokens=6)
     assert r.usage.prompt_tokens == prompt_tokens(tiny, turns, tools) > prompt_tokens(tiny, turns) + 10
     assert r.choices[0].message.content == local(tiny, turns, 6, tools).text
@@ -153,12 +167,15 @@ def test_stop_strings_streaming_and_sampling(tiny, server):
     assert len(text) > 4
     stop = text[2:4]
     cut = c.chat.completions.create(model=NAME, messages=chat(TICKETS[1]), max_tokens=CAP, stop=[stop, "zzz"])
-    assert (
-        cut.choices[0].message.content == text[: text.find(stop)] and cut.choices[0].finish_reason == "stop"
-    )
+    assert cut.choices[0].message.content == text[: text.find(stop)] and cut.choices[0].finish_reason == "stop"
 
-    stream = c.chat.completions.create(model=NAME, messages=chat(TICKETS[1]), max_tokens=CAP, stream=True,
-                                       stream_options={"include_usage": True})  # fmt: skip
+    stream = c.chat.completions.create(
+        model=NAME,
+        messages=chat(TICKETS[1]),
+        max_tokens=CAP,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     chunks = list(stream)
     assert {ch.object for ch in chunks} == {"chat.completion.chunk"} and len({ch.id for ch in chunks}) == 1
     assert chunks[0].choices[0].delta.role == "assistant"
@@ -167,8 +184,12 @@ def test_stop_strings_streaming_and_sampling(tiny, server):
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
 
     # Sampling: a seed makes it repeatable.
-    a, b = (c.chat.completions.create(model=NAME, messages=chat(TICKETS[2]), max_tokens=10, temperature=1.5,
-                                      seed=7).choices[0].message.content for _ in range(2))  # fmt: skip
+    a, b = (
+        c.chat.completions.create(model=NAME, messages=chat(TICKETS[2]), max_tokens=10, temperature=1.5, seed=7)
+        .choices[0]
+        .message.content
+        for _ in range(2)
+    )
     assert a == b
 
 
@@ -221,9 +242,7 @@ def test_models_health_and_errors_in_openai_shape(tiny, server):
     assert status == 400 and body["error"]["message"] == "the request body is not valid JSON"
     assert raw(url, "/embeddings", b"{}")[0] == 404
     # Still answering after every refusal.
-    assert (
-        c.chat.completions.create(model=NAME, messages=chat("Hi"), max_tokens=2).usage.completion_tokens >= 1
-    )
+    assert c.chat.completions.create(model=NAME, messages=chat("Hi"), max_tokens=2).usage.completion_tokens >= 1
 
 
 def test_concurrent_requests_are_all_answered_correctly(tiny, server):
@@ -255,16 +274,30 @@ COLORS = ["red", "green", "blue", "yellow"]
 LONG_PROMPT = "You are the colour desk. Answer with one colour name, lower case, nothing else, ever."
 
 
-WORDS = ["lantern", "orchid", "quartz", "meadow", "harbor", "pepper", "violin", "glacier", "saddle", "thimble",
-         "canyon", "biscuit", "marble", "falcon", "juniper", "rocket"]  # fmt: skip
+WORDS = [
+    "lantern",
+    "orchid",
+    "quartz",
+    "meadow",
+    "harbor",
+    "pepper",
+    "violin",
+    "glacier",
+    "saddle",
+    "thimble",
+    "canyon",
+    "biscuit",
+    "marble",
+    "falcon",
+    "juniper",
+    "rocket",
+]
 
 
 def item(i: int) -> str:
     # Inputs unlike each other, so that curation keeps them all (no near-duplicates across the split).
     words = " ".join(WORDS[(i * 7 + k * 3) % len(WORDS)] + str((i * 31 + k * 17) % 97) for k in range(5))
-    hint = ["cherry", "leaf", "sky", "lemon"][
-        i % 4
-    ]  # the colour follows from the input: a model can learn it
+    hint = ["cherry", "leaf", "sky", "lemon"][i % 4]  # the colour follows from the input: a model can learn it
     return f"{words}: item {i}, the colour of a {hint}?"
 
 
@@ -272,13 +305,25 @@ def colour_job(root: Path) -> JobSpec:
     root.mkdir(parents=True, exist_ok=True)
 
     def rows(start: int, n: int) -> str:
-        return "".join(json.dumps(Example([Message("system", LONG_PROMPT), Message("user", item(i)),
-                                           Message("assistant", COLORS[i % 4])], id=f"c{i}").to_dict()) + "\n"
-                       for i in range(start, start + n))  # fmt: skip
+        return "".join(
+            json.dumps(
+                Example(
+                    [
+                        Message("system", LONG_PROMPT),
+                        Message("user", item(i)),
+                        Message("assistant", COLORS[i % 4]),
+                    ],
+                    id=f"c{i}",
+                ).to_dict()
+            )
+            + "\n"
+            for i in range(start, start + n)
+        )
 
     (root / "train.jsonl").write_text(rows(0, 16), encoding="utf-8")
     (root / "holdout.jsonl").write_text(rows(100, 8), encoding="utf-8")
-    (root / "instil.yaml").write_text(f"""name: colors
+    (root / "instil.yaml").write_text(
+        f"""name: colors
 system_prompt: {LONG_PROMPT}
 short_prompt: Name the colour.
 graders:
@@ -287,7 +332,9 @@ graders:
 data: [{{path: train.jsonl}}, {{path: holdout.jsonl, role: holdout}}]
 model: {{base: tiny}}
 training: {{adapter: full, batch_size: 8, learning_rate: 3.0e-3}}
-""", encoding="utf-8")  # fmt: skip
+""",
+        encoding="utf-8",
+    )
     return load_spec(root / "instil.yaml")
 
 
@@ -304,15 +351,18 @@ def test_a_served_model_scores_as_an_endpoint_exactly_as_it_does_locally(tmp_pat
     assert served.name == "colors@1" and served.system_prompt == "Name the colour."
     records: list[ServedRequest] = []
     with serve_app(job_app(spec, store, served=served, api_key=KEY, on_request=records.append)) as url:
-        endpoint = EvalEndpointSpec(name="served", base_url=url, model="colors@1", prompt="short",
-                                    api_key_env="TEST_SERVE_KEY")  # fmt: skip
-        with_endpoint = spec.model_copy(
-            update={"eval": spec.eval.model_copy(update={"endpoints": [endpoint]})}
+        endpoint = EvalEndpointSpec(
+            name="served", base_url=url, model="colors@1", prompt="short", api_key_env="TEST_SERVE_KEY"
         )
+        with_endpoint = spec.model_copy(update={"eval": spec.eval.model_copy(update={"endpoints": [endpoint]})})
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("TEST_SERVE_KEY", KEY)
-            report = evaluate(with_endpoint, store, select_candidates(with_endpoint, store, ["colors@1+short", "served"]),
-                              max_new_tokens=4)  # fmt: skip
+            report = evaluate(
+                with_endpoint,
+                store,
+                select_candidates(with_endpoint, store, ["colors@1+short", "served"]),
+                max_new_tokens=4,
+            )
     here, there = report.candidate("colors@1+short"), report.candidate("served")
     rows = {(r.candidate, r.example_id): r for r in report.examples}
     ids = sorted({r.example_id for r in report.examples})
@@ -377,9 +427,23 @@ def test_cli_serve_runs_the_server_until_interrupted(tmp_path: Path, store: Stor
         port = s.getsockname()[1]
     env = {**os.environ, "INSTIL_HOME": str(instil_home), "TEST_SERVE_KEY": KEY}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "instil.cli", "serve", str(spec.file), "--base", "--port", str(port),
-         "--api-key-env", "TEST_SERVE_KEY"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "instil.cli",
+            "serve",
+            str(spec.file),
+            "--base",
+            "--port",
+            str(port),
+            "--api-key-env",
+            "TEST_SERVE_KEY",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}/v1"
     try:
         deadline = time.monotonic() + 90
@@ -391,8 +455,9 @@ def test_cli_serve_runs_the_server_until_interrupted(tmp_path: Path, store: Stor
             except (urllib.error.URLError, ConnectionError):
                 assert time.monotonic() < deadline, "the server did not start"
                 time.sleep(0.2)
-        r = client(url).chat.completions.create(model="colors:base", messages=[{"role": "user", "content": item(1)}],
-                                                max_tokens=3)  # fmt: skip
+        r = client(url).chat.completions.create(
+            model="colors:base", messages=[{"role": "user", "content": item(1)}], max_tokens=3
+        )
         assert r.usage.completion_tokens >= 1 and r.model == "colors:base"
     finally:
         proc.send_signal(signal.SIGINT)

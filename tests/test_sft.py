@@ -36,10 +36,15 @@ training: {{adapter: {adapter}, batch_size: 4{extra}}}
 
 def examples(n: int) -> list[Example]:
     return [
-        Example([Message("system", LONG_PROMPT), Message("user", f"Colour of item {i}?"),
-                 Message("assistant", COLORS[i % len(COLORS)])])
+        Example(
+            [
+                Message("system", LONG_PROMPT),
+                Message("user", f"Colour of item {i}?"),
+                Message("assistant", COLORS[i % len(COLORS)]),
+            ]
+        )
         for i in range(n)
-    ]  # fmt: skip
+    ]
 
 
 def put_train(store: Store, exs: list[Example]) -> None:
@@ -68,9 +73,7 @@ def test_lora_run_records_run_model_and_a_safetensors_adapter_that_loads_back(tm
     assert result.metrics.tokens_seen == 2 * sum(len(r["input_ids"]) for r in plan.train_rows)
 
     model = store.get_model("colors")
-    assert (
-        model.run_id == result.run_id and model.base_model == "tiny" and Path(model.path) == result.output_dir
-    )
+    assert model.run_id == result.run_id and model.base_model == "tiny" and Path(model.path) == result.output_dir
     assert model.meta["dataset"]["sha256"] == run.config["dataset"]["sha256"]
     assert model.meta["seed"] == 0 and "torch" in model.meta["library_versions"]
     assert model.meta["model_info"]["is_tiny"] is True and model.meta["loss_history"]
@@ -96,8 +99,12 @@ def test_lora_run_records_run_model_and_a_safetensors_adapter_that_loads_back(tm
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert "<|im_start|>" in tokenizer.chat_template
     loaded = AutoPeftModelForCausalLM.from_pretrained(out)
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Colour of item 1?"}],
-                                           add_generation_prompt=True, return_tensors="pt", return_dict=True)  # fmt: skip
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Colour of item 1?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
     generated = loaded.generate(**prompt, max_new_tokens=3, do_sample=False)
     assert generated.shape[1] > prompt["input_ids"].shape[1]
 
@@ -147,9 +154,7 @@ def test_the_collated_batches_carry_exactly_our_labels(tmp_path: Path, store: St
     trainer = build_trainer(plan, tmp_path / "checkpoints")
     checked = 0
     for batch in trainer.get_train_dataloader():
-        for ids, mask, labels in zip(
-            batch["input_ids"], batch["attention_mask"], batch["labels"], strict=True
-        ):
+        for ids, mask, labels in zip(batch["input_ids"], batch["attention_mask"], batch["labels"], strict=True):
             n = int(mask.sum())
             assert labels[:n].tolist() == ours[tuple(ids[:n].tolist())]
             assert (labels[n:] == IGNORE_INDEX).all()  # padding never carries loss
@@ -173,9 +178,7 @@ def test_defaults_come_from_the_data_and_the_spec_wins(tmp_path: Path, store: St
     s = plan.settings
     assert s["epochs"].value == 10 and s["epochs"].source == "data"  # 3000 examples seen, capped at 10 passes
     assert s["max_length"].value == max(len(r["input_ids"]) for r in plan.train_rows + plan.eval_rows)
-    assert s["train_sampling_strategy"].value == (
-        "random" if torch.cuda.is_available() else "group_by_length"
-    )
+    assert s["train_sampling_strategy"].value == ("random" if torch.cuda.is_available() else "group_by_length")
     full = prepare_sft(job(tmp_path, "full"), store).settings
     assert full["learning_rate"].value == 1e-3  # the random tiny model learns from scratch
     pinned = prepare_sft(job(tmp_path, epochs=2, learning_rate="5.0e-4"), store).settings

@@ -91,7 +91,7 @@ def test_split_does_not_depend_on_hash_randomisation():
             text=True,
             check=True,
             env={"PYTHONHASHSEED": seed, "PATH": ""},
-        ).stdout  # fmt: skip
+        ).stdout
         for seed in ("1", "2")
     }
     assert len(outs) == 1
@@ -125,9 +125,7 @@ def test_groups_and_near_duplicates_never_straddle():
         for j in range(3):
             rows[i + j].group = f"g{i}"
         rows[i + 3].meta["customer"] = rows[i + 4].meta["customer"] = f"c{i}"
-    typo = Example(
-        [Message("user", sentence(5).replace("case 5", "cas 5")), Message("assistant", "ham")], id="t5"
-    )
+    typo = Example([Message("user", sentence(5).replace("case 5", "cas 5")), Message("assistant", "ham")], id="t5")
     rows += [typo, Example([Message("user", sentence(7).upper()), Message("assistant", "ham")], id="u7")]
     for seed in range(5):
         result = split_examples(rows, SplitSpec(seed=seed, group_by="customer"))
@@ -154,15 +152,10 @@ def test_holdout_index_refuses_exact_and_near_copies(tmp_path):
     index = HoldoutIndex.load(path)
     assert index.content_hash == result.index.content_hash and index.keys == ids(result.holdout)
     h0, h1 = result.holdout[0], result.holdout[1]
-    exact = Example(
-        [Message("user", h0.messages[0].content.upper()), Message("assistant", "spam")], id="copy"
-    )
-    typo = Example(
-        [Message("user", h1.messages[0].content.replace("a", "e", 1)), Message("assistant", "x")], id="ty"
-    )
+    exact = Example([Message("user", h0.messages[0].content.upper()), Message("assistant", "spam")], id="copy")
+    typo = Example([Message("user", h1.messages[0].content.replace("a", "e", 1)), Message("assistant", "x")], id="ty")
     clean = [
-        Example([Message("user", sentence(1000 + i)), Message("assistant", "ham")], id=f"new{i}")
-        for i in range(5)
+        Example([Message("user", sentence(1000 + i)), Message("assistant", "ham")], id=f"new{i}") for i in range(5)
     ]
     assert index.check(clean + result.train) == []
     matches = index.check([*clean, exact, typo])

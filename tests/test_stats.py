@@ -21,8 +21,14 @@ def test_counts_labels_tokens_and_cost():
     data = [ex("hello there", '{"label": "yes"}', tags=["a"]) for _ in range(3)]
     data.append(ex("bye", '{"label": "no"}', rejected='{"label": "yes"}'))
     counter = TokenCounter.estimate()
-    stats = compute_stats(data, counter=counter, labels=["yes", "no", "maybe"], label_field="label", epochs=2,
-                          price_per_million=10.0)
+    stats = compute_stats(
+        data,
+        counter=counter,
+        labels=["yes", "no", "maybe"],
+        label_field="label",
+        epochs=2,
+        price_per_million=10.0,
+    )
     assert stats.n_examples == 4 and stats.n_preference == 1
     assert stats.labels == {"yes": 3, "no": 1}
     assert stats.tags == {"a": 3}

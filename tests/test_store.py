@@ -48,7 +48,7 @@ def any_store(request: pytest.FixtureRequest, instil_home: Path) -> Iterator[Sto
         yield s
 
 
-# ---- opening ------------------------------------------------------------------------------------------------------
+# ---- opening ---------------------------------------------------------------------------------------------------------
 def test_open_uses_instil_home_with_wal_busy_timeout_and_foreign_keys(instil_home: Path) -> None:
     with Store.open() as s:
         assert s.home == instil_home
@@ -106,7 +106,7 @@ def test_migrations_produce_exactly_the_models(backend: str, request: pytest.Fix
         assert MigrationContext.configure(conn).get_current_heads() == ("0002_registry",)
 
 
-# ---- blobs --------------------------------------------------------------------------------------------------------
+# ---- blobs -----------------------------------------------------------------------------------------------------------
 def test_blob_is_canonical_jsonl_named_by_its_sha256(store: Store) -> None:
     examples = [ex(1), ex(2, "ünïcode ✓\nline")]
     info = store.put_examples(iter(examples))
@@ -161,13 +161,18 @@ def test_put_examples_streams_without_holding_the_examples(store: Store) -> None
     assert peak < 1_000_000, f"peak {peak} bytes: examples are being held in memory"
 
 
-# ---- datasets -----------------------------------------------------------------------------------------------------
+# ---- datasets --------------------------------------------------------------------------------------------------------
 def test_put_dataset_versions_are_content_addressed_and_idempotent(any_store: Store) -> None:
     s = any_store
     v1 = s.put_dataset("support/raw", [ex(1), ex(2)], meta={"source": "a.jsonl"})
     assert (v1.name, v1.version, v1.kind, v1.n_examples, v1.meta, v1.frozen) == (
-        "support/raw", 1, "raw", 2, {"source": "a.jsonl"}, False,
-    )  # fmt: skip
+        "support/raw",
+        1,
+        "raw",
+        2,
+        {"source": "a.jsonl"},
+        False,
+    )
     assert v1.created_at.tzinfo is not None
     assert s.put_dataset("support/raw", [ex(1), ex(2)], kind="curated") == v1  # same content: no new version
     v2 = s.put_dataset("support/raw", [ex(1), ex(3)])
@@ -249,15 +254,13 @@ def test_a_failed_put_dataset_records_nothing(any_store: Store) -> None:
         ({"name": "d", "parents": ["raw"]}, "must be an id"),
     ],
 )
-def test_bad_dataset_arguments_are_refused_before_anything_is_written(
-    store: Store, kwargs: dict, message: str
-) -> None:
+def test_bad_dataset_arguments_are_refused_before_anything_is_written(store: Store, kwargs: dict, message: str) -> None:
     with pytest.raises(StoreError, match=message) as e:
         store.put_dataset(examples=[ex(1)], **kwargs)
     assert str(e.value) and not (store.home / "blobs").exists()
 
 
-# ---- runs, models, evaluations, artifacts -------------------------------------------------------------------------
+# ---- runs, models, evaluations, artifacts ----------------------------------------------------------------------------
 def test_run_lifecycle(any_store: Store) -> None:
     s = any_store
     data = s.put_dataset("d", [ex(1)])
@@ -285,9 +288,7 @@ def test_run_lifecycle(any_store: Store) -> None:
 def test_models_evaluations_and_artifacts(any_store: Store) -> None:
     s = any_store
     run = s.start_run("support", "train")
-    m1 = s.register_model(
-        "support", base_model="Qwen/Qwen3-0.6B", path=Path("/m/1"), run_id=run, revision="abc"
-    )
+    m1 = s.register_model("support", base_model="Qwen/Qwen3-0.6B", path=Path("/m/1"), run_id=run, revision="abc")
     m2 = s.register_model("support", base_model="Qwen/Qwen3-0.6B", path="/m/2", meta={"epochs": 2})
     s.register_model("other", base_model="tiny", path="/o/1")
     assert (m1.version, m2.version, m1.ref, m1.path, m1.revision) == (1, 2, "support@1", "/m/1", "abc")
@@ -303,9 +304,7 @@ def test_models_evaluations_and_artifacts(any_store: Store) -> None:
     holdout = s.put_dataset("holdout", [ex(1)], kind="holdout", frozen=True)
     eval_run = s.start_run("support", "eval")
     e1 = s.add_evaluation(eval_run, candidate="prompt", dataset=holdout, metrics={"exact": 0.7})
-    e2 = s.add_evaluation(
-        eval_run, candidate=f"model:{m1.ref}", dataset=holdout, metrics={"exact": 0.8}, model=m1
-    )
+    e2 = s.add_evaluation(eval_run, candidate=f"model:{m1.ref}", dataset=holdout, metrics={"exact": 0.8}, model=m1)
     assert [e.id for e in s.list_evaluations(run_id=eval_run)] == [e1.id, e2.id]
     assert s.list_evaluations(dataset=holdout)[1].model_id == m1.id
     with pytest.raises(NotFoundError, match="no model with id 999"):
@@ -323,8 +322,17 @@ def test_decisions_move_production_and_pins_keep_their_history(any_store: Store)
     run = s.start_run("support", "eval")
     assert s.production_model("support") is None
 
-    d1 = s.record_decision("support", kind="gate", model=m1, promoted=True, production_before=None,
-                           reference="base+full", dataset=holdout, run_id=run, numbers={"p": 0.01})  # fmt: skip
+    d1 = s.record_decision(
+        "support",
+        kind="gate",
+        model=m1,
+        promoted=True,
+        production_before=None,
+        reference="base+full",
+        dataset=holdout,
+        run_id=run,
+        numbers={"p": 0.01},
+    )
     assert (d1.kind, d1.version, d1.promoted, d1.reference, d1.numbers) == (
         "gate",
         1,
@@ -334,15 +342,21 @@ def test_decisions_move_production_and_pins_keep_their_history(any_store: Store)
     )
     assert (d1.dataset_version_id, d1.run_id, d1.ref) == (holdout.id, run, "support@1")
     assert s.production_model("support") == dataclasses.replace(m1, status="production")
-    refused = s.record_decision("support", kind="gate", model=m2, promoted=False, production_before=m1,
-                                reference="support@1+short", reference_model=m1)  # fmt: skip
-    assert refused.reference_version == 1 and s.get_model("support", 2).status == "refused"
-    s.record_decision(
-        "support", kind="gate", model=m3, promoted=True, production_before=m1, reference_model=m1
+    refused = s.record_decision(
+        "support",
+        kind="gate",
+        model=m2,
+        promoted=False,
+        production_before=m1,
+        reference="support@1+short",
+        reference_model=m1,
     )
+    assert refused.reference_version == 1 and s.get_model("support", 2).status == "refused"
+    s.record_decision("support", kind="gate", model=m3, promoted=True, production_before=m1, reference_model=m1)
     assert [m.status for m in s.list_models("support")] == ["retired", "refused", "production"]
-    back = s.record_decision("support", kind="rollback", model=m1, promoted=True, production_before=m3,
-                             reference_model=m3)  # fmt: skip
+    back = s.record_decision(
+        "support", kind="rollback", model=m1, promoted=True, production_before=m3, reference_model=m3
+    )
     assert [m.status for m in s.list_models("support")] == ["production", "refused", "rolled_back"]
     assert [d.id for d in s.list_decisions("support")] == [d1.id, refused.id, d1.id + 2, back.id]
     assert [d.id for d in s.list_decisions(model=m1)] == [d1.id, back.id] and s.get_decision(back.id) == back
@@ -358,8 +372,9 @@ def test_decisions_move_production_and_pins_keep_their_history(any_store: Store)
     with pytest.raises(StoreError, match="invalid decision kind"):
         s.record_decision("support", kind="vote", model=m2, promoted=True, production_before=m1)
     with pytest.raises(StoreError, match="not JSON"):
-        s.record_decision("support", kind="gate", model=m2, promoted=True, production_before=m1,
-                          numbers={"p": float("nan")})  # fmt: skip
+        s.record_decision(
+            "support", kind="gate", model=m2, promoted=True, production_before=m1, numbers={"p": float("nan")}
+        )
     assert len(s.list_decisions("support")) == 4 and s.production_model("support").id == m1.id
 
     stable = s.set_pin("support", "stable", m1)
@@ -399,7 +414,7 @@ def test_values_are_frozen_and_outlive_the_store(instil_home: Path) -> None:
     assert (v.ref, v.short_hash) == ("d@1", v.sha256[:12])
 
 
-# ---- concurrency --------------------------------------------------------------------------------------------------
+# ---- concurrency -----------------------------------------------------------------------------------------------------
 # Workers start together at a barrier (spawned interpreters take a while to import), so they really do collide.
 def _open_and_count(barrier: Any, results: Any, home: str, url: str | None) -> None:
     barrier.wait()
@@ -432,9 +447,7 @@ def _run_together(target: Any, args: list[tuple], timeout: float = 120) -> list[
             out.append(results.get(timeout=0.5))
         except queue.Empty:
             failed = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
-            assert not failed, (
-                f"a worker failed (exit codes {failed}); its traceback is in the captured stderr"
-            )
+            assert not failed, f"a worker failed (exit codes {failed}); its traceback is in the captured stderr"
             assert time.monotonic() < deadline, "workers did not finish in time"
     for p in procs:
         p.join(timeout)
@@ -452,9 +465,7 @@ def test_processes_opening_a_fresh_store_at_once_all_succeed(
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_concurrent_writers_lose_no_row(
-    backend: str, request: pytest.FixtureRequest, instil_home: Path
-) -> None:
+def test_concurrent_writers_lose_no_row(backend: str, request: pytest.FixtureRequest, instil_home: Path) -> None:
     url, workers, n = url_for(backend, request), 4, 50
     Store.open(url).close()
     run_ids = _run_together(_write_many, [(str(instil_home), url, w, n) for w in range(workers)])

@@ -49,9 +49,7 @@ def test_estimate_is_four_chars_per_token_plus_overheads() -> None:
 
 def test_preference_total_counts_the_longer_branch() -> None:
     counter = TokenCounter.estimate()
-    short = Example(
-        [Message("user", "q"), Message("assistant", "ok")], rejected=[Message("assistant", "x" * 400)]
-    )
+    short = Example([Message("user", "q"), Message("assistant", "ok")], rejected=[Message("assistant", "x" * 400)])
     assert counter.count_example(short).total >= 100
 
 

@@ -55,11 +55,7 @@ def codes(findings: list[Finding]) -> set[tuple[int | None, str, str]]:
 def test_valid_file_is_ok_and_reports_nothing(tmp_path: Path) -> None:
     path = write(tmp_path / "d.jsonl", [chat(U, A), chat({"role": "system", "content": "s"}, U, A)])
     report = validate_file(path)
-    assert (
-        report.ok
-        and report.findings == []
-        and (report.n_lines, report.n_valid, report.n_rejected) == (2, 2, 0)
-    )
+    assert report.ok and report.findings == [] and (report.n_lines, report.n_valid, report.n_rejected) == (2, 2, 0)
 
 
 @pytest.mark.parametrize(
@@ -80,25 +76,52 @@ def test_valid_file_is_ok_and_reports_nothing(tmp_path: Path) -> None:
         (chat({"role": "system", "content": "s"}, A), "messages", "nothing_to_learn"),
         (chat(U, {**A, "weight": 0.5}), "messages[1].weight", "invalid_weight"),
         (chat({**U, "weight": 1}, A), "messages[0].weight", "invalid_weight"),
-        (chat(U, {"role": "assistant", "tool_calls": [{"function": {"arguments": "{}"}}]}, A),
-         "messages[1].tool_calls[0].function.name", "tool_call_invalid"),
-        (chat(U, {"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": {}}}]}, A),
-         "messages[1].tool_calls[0].function.arguments", "tool_call_invalid"),
-        (chat(U, {"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "{x"}}]}, A),
-         "messages[1].tool_calls[0].function.arguments", "tool_call_invalid"),
-        (chat(U, {"role": "assistant", "tool_calls": [CALL]}, {"role": "tool", "tool_call_id": "zz", "content": "1"}, A),
-         "messages[2].tool_call_id", "tool_call_invalid"),
+        (
+            chat(U, {"role": "assistant", "tool_calls": [{"function": {"arguments": "{}"}}]}, A),
+            "messages[1].tool_calls[0].function.name",
+            "tool_call_invalid",
+        ),
+        (
+            chat(U, {"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": {}}}]}, A),
+            "messages[1].tool_calls[0].function.arguments",
+            "tool_call_invalid",
+        ),
+        (
+            chat(U, {"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "{x"}}]}, A),
+            "messages[1].tool_calls[0].function.arguments",
+            "tool_call_invalid",
+        ),
+        (
+            chat(
+                U,
+                {"role": "assistant", "tool_calls": [CALL]},
+                {"role": "tool", "tool_call_id": "zz", "content": "1"},
+                A,
+            ),
+            "messages[2].tool_call_id",
+            "tool_call_invalid",
+        ),
         (chat(U, A, metadata=[1]), "metadata", "invalid_field"),
         (chat({**U, "name": 3}, A), "messages[0].name", "invalid_field"),
-        ({"input": {"messages": [U]}, "preferred_output": [U], "non_preferred_output": [A]},
-         "preferred_output[0].role", "preference_output"),
-        ({"input": {"messages": [U]}, "preferred_output": [A]}, "non_preferred_output", "missing_messages_list"),
+        (
+            {"input": {"messages": [U]}, "preferred_output": [U], "non_preferred_output": [A]},
+            "preferred_output[0].role",
+            "preference_output",
+        ),
+        (
+            {"input": {"messages": [U]}, "preferred_output": [A]},
+            "non_preferred_output",
+            "missing_messages_list",
+        ),
     ],
-)  # fmt: skip
+)
 def test_each_error_names_line_and_field(tmp_path: Path, record: object, field: str, code: str) -> None:
     fmt = "preference" if isinstance(record, dict) and "input" in record else "chat"
-    good = chat(U, A) if fmt == "chat" else {"input": {"messages": [U]}, "preferred_output": [A],
-                                             "non_preferred_output": [A]}  # fmt: skip
+    good = (
+        chat(U, A)
+        if fmt == "chat"
+        else {"input": {"messages": [U]}, "preferred_output": [A], "non_preferred_output": [A]}
+    )
     path = write(tmp_path / "d.jsonl", [good, record, good])
     report = validate_file(path, format=fmt, rejects_path=tmp_path / "rejects.jsonl")
     assert (2, field, code) in codes(report.findings), report.format_findings()
@@ -114,8 +137,11 @@ def test_all_problems_of_a_record_are_reported_at_once(tmp_path: Path) -> None:
     bad = chat({"role": "bot", "content": "x"}, {"role": "assistant", "content": "", "weight": 7, "x": 1})
     report = validate_file(write(tmp_path / "d.jsonl", [bad]))
     assert {f.code for f in report.findings} == {
-        "unrecognized_role", "empty_content", "invalid_weight", "message_unrecognized_key",
-    }  # fmt: skip
+        "unrecognized_role",
+        "empty_content",
+        "invalid_weight",
+        "message_unrecognized_key",
+    }
 
 
 def test_tool_call_without_content_is_valid_unlike_the_cookbook(tmp_path: Path) -> None:
@@ -135,9 +161,12 @@ def test_warnings_do_not_reject(tmp_path: Path) -> None:
     report = validate_file(path, rejects_path=tmp_path / "r.jsonl")
     assert report.ok and report.n_valid == 3 and report.n_rejected == 0
     assert codes(report.findings) == {
-        (1, "", "bom"), (1, "id", "unrecognized_key"), (2, "messages[0].content", "empty_content"),
-        (3, "messages[2].content", "last_not_assistant"), (1, "", "crlf"),
-    }  # fmt: skip
+        (1, "", "bom"),
+        (1, "id", "unrecognized_key"),
+        (2, "messages[0].content", "empty_content"),
+        (3, "messages[2].content", "last_not_assistant"),
+        (1, "", "crlf"),
+    }
     assert all(f.severity == "warning" for f in report.findings)
     assert (tmp_path / "r.jsonl").read_text() == ""
 
@@ -167,17 +196,24 @@ def test_spec_contract_schema_labels_and_tools(tmp_path: Path) -> None:
     ]
     report = validate_file(write(tmp_path / "d.jsonl", recs), spec=spec)
     found = {(f.line, f.code) for f in report.findings}
-    assert found == {(2, "output_schema"), (3, "output_schema"), (4, "output_label"), (5, "tool_call_invalid"),
-                     (6, "tool_call_invalid")}, report.format_findings()  # fmt: skip
+    assert found == {
+        (2, "output_schema"),
+        (3, "output_schema"),
+        (4, "output_label"),
+        (5, "tool_call_invalid"),
+        (6, "tool_call_invalid"),
+    }, report.format_findings()
     messages = {f.line: f.message for f in report.findings}
     assert "'reply' is a required property" in messages[3] and "'refunds'" in messages[4]
     assert "'order' is a required property" in messages[6]
 
 
 def test_label_output_type(tmp_path: Path) -> None:
-    spec = parse_spec(JSON_SPEC.split("output:")[0] + "output: {type: label, labels: [approve, deny]}\n"
-                      "graders: [{name: acc, type: label_accuracy, primary: true}]\ndata: [{path: d.jsonl}]\n",
-                      root=tmp_path)  # fmt: skip
+    spec = parse_spec(
+        JSON_SPEC.split("output:")[0] + "output: {type: label, labels: [approve, deny]}\n"
+        "graders: [{name: acc, type: label_accuracy, primary: true}]\ndata: [{path: d.jsonl}]\n",
+        root=tmp_path,
+    )
     recs = [
         chat(U, {"role": "assistant", "content": "approve\n"}),
         chat(U, {"role": "assistant", "content": "maybe"}),
@@ -211,16 +247,24 @@ def test_too_long_with_a_given_counter(tmp_path: Path) -> None:
 
 
 def test_other_formats_point_at_their_own_fields(tmp_path: Path) -> None:
-    alpaca = write(tmp_path / "a.jsonl", [{"instruction": "i", "output": "o"}, {"instruction": "i", "output": " "},
-                                          {"instruction": 3, "output": "o"}])  # fmt: skip
+    alpaca = write(
+        tmp_path / "a.jsonl",
+        [
+            {"instruction": "i", "output": "o"},
+            {"instruction": "i", "output": " "},
+            {"instruction": 3, "output": "o"},
+        ],
+    )
     report = validate_file(alpaca)
     assert codes(report.findings) == {(2, "output", "empty_content"), (3, "instruction", "record_invalid")}
     csv_path = tmp_path / "d.csv"
     csv_path.write_text("q,a\nhello,\nfine,ok\n")
     report = validate_file(csv_path, columns={"prompt": "q", "completion": "a"})
     assert codes(report.findings) == {(2, "a", "empty_content")} and report.n_valid == 1
-    share = write(tmp_path / "s.jsonl", [{"system": "s", "conversations": [{"from": "human", "value": "h"},
-                                                                           {"from": "gpt", "value": ""}]}])  # fmt: skip
+    share = write(
+        tmp_path / "s.jsonl",
+        [{"system": "s", "conversations": [{"from": "human", "value": "h"}, {"from": "gpt", "value": ""}]}],
+    )
     assert codes(validate_file(share).findings) == {(1, "conversations[1].value", "empty_content")}
 
 
@@ -233,19 +277,13 @@ def test_unknown_format_is_checked_as_chat(tmp_path: Path) -> None:
 def test_several_files_share_one_report_and_rejects_file(tmp_path: Path) -> None:
     a = write(tmp_path / "a.jsonl", [chat(U, A), "nope"])
     b = write(tmp_path / "b.jsonl", ["nope", chat(U, A)])
-    report = validate_files(
-        [a, b, tmp_path / "missing.jsonl"], rejects_path=tmp_path / "out" / "rejects.jsonl"
-    )
+    report = validate_files([a, b, tmp_path / "missing.jsonl"], rejects_path=tmp_path / "out" / "rejects.jsonl")
     assert (report.n_lines, report.n_valid, report.n_rejected) == (4, 2, 2)
     assert (None, "", "unreadable") in codes(report.findings)
     rejects = [json.loads(x) for x in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
     assert [(r["source"], r["line"]) for r in rejects] == [(str(a), 2), (str(b), 1)]
     d = report.to_dict()
-    assert (
-        json.loads(json.dumps(d)) == d
-        and d["ok"] is False
-        and d["counts"] == {"invalid_json": 2, "unreadable": 1}
-    )
+    assert json.loads(json.dumps(d)) == d and d["ok"] is False and d["counts"] == {"invalid_json": 2, "unreadable": 1}
     text = report.format_findings()
     assert f"{a}:2: error: invalid JSON" in text and "4 records: 2 valid, 2 rejected" in text
 
@@ -267,8 +305,13 @@ SHARED_TOKENIZER = Path(__file__).parents[2] / "shared" / "tokenizers" / "qwen2.
 
 @pytest.mark.skipif(not SHARED_TOKENIZER.is_dir(), reason="../shared/tokenizers is absent")
 def test_too_long_uses_the_spec_tokenizer_and_max_length(tmp_path: Path) -> None:
-    spec = parse_spec(JSON_SPEC.replace("data: [{path: d.jsonl}]", f"data: [{{path: d.jsonl}}]\nmodel:\n  base: {SHARED_TOKENIZER}\n"
-                      "  max_length: 80\n"), root=tmp_path)  # fmt: skip
+    spec = parse_spec(
+        JSON_SPEC.replace(
+            "data: [{path: d.jsonl}]",
+            f"data: [{{path: d.jsonl}}]\nmodel:\n  base: {SHARED_TOKENIZER}\n  max_length: 80\n",
+        ),
+        root=tmp_path,
+    )
     long = {"role": "user", "content": "word " * 100}
     report = validate_file(write(tmp_path / "d.jsonl", [chat(U, A), chat(long, A)]), spec=spec)
     assert codes(report.findings) == {(2, "", "too_long")}

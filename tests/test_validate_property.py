@@ -91,9 +91,7 @@ def _write(tmp: Path, lines: list[str], bom: bool, crlf: bool) -> Path:
 
 @SETTINGS
 @given(st.lists(line(), min_size=1, max_size=8), st.booleans(), st.booleans())
-def test_valid_lines_are_exactly_the_oracle_and_unchanged(
-    lines: list[tuple[str, bool]], bom: bool, crlf: bool
-) -> None:
+def test_valid_lines_are_exactly_the_oracle_and_unchanged(lines: list[tuple[str, bool]], bom: bool, crlf: bool) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = _write(Path(tmp), [t for t, _ in lines], bom, crlf)
         report = validate_file(path, format="chat", rejects_path=Path(tmp) / "rejects.jsonl")
@@ -113,11 +111,39 @@ def test_valid_lines_are_exactly_the_oracle_and_unchanged(
 
 
 json_leaf = st.none() | st.booleans() | st.integers(-3, 3) | st.floats(allow_nan=False) | st.text(max_size=5)
-json_value = st.recursive(json_leaf, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=4), c, max_size=3),
-                          max_leaves=8)  # fmt: skip
-KEYS = ["messages", "role", "content", "tool_calls", "function", "name", "arguments", "weight", "tool_call_id", "id",
-        "input", "preferred_output", "non_preferred_output", "prompt", "completion", "instruction", "output",
-        "conversations", "from", "value", "tools", "metadata", "tags", "type", "text", "system"]  # fmt: skip
+json_value = st.recursive(
+    json_leaf,
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=4), c, max_size=3),
+    max_leaves=8,
+)
+KEYS = [
+    "messages",
+    "role",
+    "content",
+    "tool_calls",
+    "function",
+    "name",
+    "arguments",
+    "weight",
+    "tool_call_id",
+    "id",
+    "input",
+    "preferred_output",
+    "non_preferred_output",
+    "prompt",
+    "completion",
+    "instruction",
+    "output",
+    "conversations",
+    "from",
+    "value",
+    "tools",
+    "metadata",
+    "tags",
+    "type",
+    "text",
+    "system",
+]
 ROLES = st.sampled_from(["user", "assistant", "system", "tool", "human", "gpt", "bot"])
 shaped = st.recursive(
     json_leaf | ROLES,

@@ -1,9 +1,9 @@
 """The `instil` command: a thin shell over the Python API. Each command parses, calls one API function, renders.
 
-    instil init                      write a commented starter spec (instil.yaml)
-    instil spec check instil.yaml    validate a spec, reporting every problem with file:line and field
-    instil data validate FILE...     check data files line by line (rejects file, --json)
-    instil --help                    everything else
+instil init                      write a commented starter spec (instil.yaml)
+instil spec check instil.yaml    validate a spec, reporting every problem with file:line and field
+instil data validate FILE...     check data files line by line (rejects file, --json)
+instil --help                    everything else
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ err = Console(stderr=True, highlight=False)
 SpecArg = Annotated[Path, typer.Argument(help="The job spec file.", show_default=True)]
 
 
-# ---- top level ----------------------------------------------------------------------------------------------------
+# ---- top level -------------------------------------------------------------------------------------------------------
 @app.command()
 def init(
     path: Annotated[Path, typer.Argument(help="Where to write the spec.")] = Path("instil.yaml"),
@@ -66,31 +66,50 @@ def version() -> None:
 @app.command("run")
 def run_cmd(
     spec: SpecArg = Path("instil.yaml"),
-    iterations: Annotated[int, typer.Option(help="Turns of the loop; from the second on, the production model's failures on the pool are corrected into training data first.")] = 1,
-    max_steps: Annotated[int | None, typer.Option(help="Cap each training run's optimizer steps (a quick try).")] = None,
+    iterations: Annotated[
+        int,
+        typer.Option(
+            help="Turns of the loop; from the second on, the production model's failures on the pool are "
+            "corrected into training data first."
+        ),
+    ] = 1,
+    max_steps: Annotated[
+        int | None, typer.Option(help="Cap each training run's optimizer steps (a quick try).")
+    ] = None,
     until: Annotated[str | None, typer.Option(help="Stop after this stage (split: the data stages only).")] = None,
 ) -> None:
-    """Run the loop on a job: validate, curate, split, baseline, train, evaluate, promote (unchanged stages are skipped)."""
+    """Run the loop on a job: validate, curate, split, baseline, train, evaluate, promote (unchanged ones skipped)."""
     from instil.loop import run
 
-    result = _run_loop(lambda on_stage: run(spec, iterations=iterations, on_stage=on_stage, max_steps=max_steps,
-                                            progress=True, until=until))  # fmt: skip
+    result = _run_loop(
+        lambda on_stage: run(
+            spec, iterations=iterations, on_stage=on_stage, max_steps=max_steps, progress=True, until=until
+        )
+    )
     _print_loop_result(result)
 
 
 @app.command()
 def quickstart(
-    dest: Annotated[Path, typer.Argument(help="Where to copy the example job (reused if it is there).")] = Path("quickstart"),
-    model: Annotated[str | None, typer.Option(help="Any Hugging Face causal LM id or local path instead of the tiny random model.")] = None,
-    max_steps: Annotated[int | None, typer.Option(help="Cap each training run's optimizer steps (a quick try).")] = None,
+    dest: Annotated[Path, typer.Argument(help="Where to copy the example job (reused if it is there).")] = Path(
+        "quickstart"
+    ),
+    model: Annotated[
+        str | None,
+        typer.Option(help="Any Hugging Face causal LM id or local path instead of the tiny random model."),
+    ] = None,
+    max_steps: Annotated[
+        int | None, typer.Option(help="Cap each training run's optimizer steps (a quick try).")
+    ] = None,
 ) -> None:
     """Copy the support-ticket triage example into DEST and turn the loop twice: train v1 and gate it against the
     prompted base, then correct v1's failures on the traffic pool, train v2 and gate it against v1."""
     from instil.loop import quickstart as run_quickstart
 
     console.print(f"[bold]instil quickstart[/]: the support-ticket triage example, in [bold]{dest}/[/]")
-    result = _run_loop(lambda on_stage: run_quickstart(dest, model=model, on_stage=on_stage, max_steps=max_steps,
-                                                       progress=True))  # fmt: skip
+    result = _run_loop(
+        lambda on_stage: run_quickstart(dest, model=model, on_stage=on_stage, max_steps=max_steps, progress=True)
+    )
     _print_loop_result(result)
     if model is None:
         console.print(
@@ -115,8 +134,10 @@ def _run_loop(call):
         def on_stage(stage) -> None:
             mark = "[dim]-[/]" if stage.skipped else "[green]✓[/]"
             skipped = " [dim](unchanged, skipped)[/]" if stage.skipped else f" [dim]({stage.seconds:.1f}s)[/]"
-            console.print(f"{mark} [dim]{stage.iteration}[/] [bold]{stage.name:<9}[/] {_escape(stage.summary)}{skipped}",
-                          soft_wrap=True)  # fmt: skip
+            console.print(
+                f"{mark} [dim]{stage.iteration}[/] [bold]{stage.name:<9}[/] {_escape(stage.summary)}{skipped}",
+                soft_wrap=True,
+            )
             status.update("next stage...")
 
         result = call(on_stage)
@@ -131,8 +152,10 @@ def _print_loop_result(result) -> None:
         _print_failure_modes(result.report)
     for p in result.promotions:
         colour = "green" if p.promoted else "red"
-        console.print(f"\n[bold {colour}]gate: {p.candidate} {'promoted' if p.promoted else 'refused'} over "
-                      f"{p.reference}[/]", soft_wrap=True)  # fmt: skip
+        console.print(
+            f"\n[bold {colour}]gate: {p.candidate} {'promoted' if p.promoted else 'refused'} over {p.reference}[/]",
+            soft_wrap=True,
+        )
         console.print(_escape(p.summary()), soft_wrap=True)
     if result.report is not None:
         html = getattr(result.report, "html_path", None)
@@ -144,20 +167,40 @@ def _print_loop_result(result) -> None:
 def train(
     spec: SpecArg = Path("instil.yaml"),
     max_steps: Annotated[int | None, typer.Option(help="Stop after this many optimizer steps (a smoke run).")] = None,
-    output_dir: Annotated[Path | None, typer.Option(help="Where the model goes (default: the store's models/ folder).")] = None,
-    show_mask: Annotated[bool, typer.Option("--show-mask", help="Print what the loss is taken on for one example, then stop.")] = False,
+    output_dir: Annotated[
+        Path | None, typer.Option(help="Where the model goes (default: the store's models/ folder).")
+    ] = None,
+    show_mask: Annotated[
+        bool, typer.Option("--show-mask", help="Print what the loss is taken on for one example, then stop.")
+    ] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest complete checkpoint of a run that stopped early.")] = False,
-    processes: Annotated[int, typer.Option(help="Training processes (data parallel through torchrun; training.batch_size stays the global batch).")] = 1,
-    config: Annotated[str | None, typer.Option(help="With --processes: ddp, deepspeed-zero2, deepspeed-zero3, fsdp, or an accelerate config file.")] = None,
+    resume: Annotated[
+        bool,
+        typer.Option("--resume", help="Continue from the newest complete checkpoint of a run that stopped early."),
+    ] = False,
+    processes: Annotated[
+        int,
+        typer.Option(
+            help="Training processes (data parallel through torchrun; training.batch_size stays the global batch)."
+        ),
+    ] = 1,
+    config: Annotated[
+        str | None,
+        typer.Option(
+            help="With --processes: ddp, deepspeed-zero2, deepspeed-zero3, fsdp, or an accelerate config file."
+        ),
+    ] = None,
 ) -> None:
     """Fine-tune the job's base model on its training split (SFT; LoRA, QLoRA, full or prompt tuning)."""
     if processes > 1 or config is not None:
         from instil.train.launch import launch
 
-        worker = [*(["--max-steps", str(max_steps)] if max_steps is not None else []),
-                  *(["--output-dir", str(output_dir)] if output_dir is not None else []),
-                  *([] if progress else ["--no-progress"]), *(["--resume"] if resume else [])]  # fmt: skip
+        worker = [
+            *(["--max-steps", str(max_steps)] if max_steps is not None else []),
+            *(["--output-dir", str(output_dir)] if output_dir is not None else []),
+            *([] if progress else ["--no-progress"]),
+            *(["--resume"] if resume else []),
+        ]
         raise typer.Exit(launch(spec, processes=processes, config=config, extra_args=worker))
     from transformers.utils import logging as hf_logging
 
@@ -173,7 +216,9 @@ def train(
 
             plan = prepare_sft(job, store, max_steps=1)
             example = with_short_prompt(next(iter(store.iter_examples(plan.dataset))), job.short_prompt)
-            console.print(f"[bold]{plan.dataset.ref}[/], first example; [green]green[/] is trained, [dim]dim[/] is not:")
+            console.print(
+                f"[bold]{plan.dataset.ref}[/], first example; [green]green[/] is trained, [dim]dim[/] is not:"
+            )
             console.print(mask_preview(plan.renderer, example))
             return
         from instil.train.checkpoints import TrainingInterrupted
@@ -183,7 +228,10 @@ def train(
         except TrainingInterrupted as e:
             err.print(f"[yellow]interrupted:[/] {e}", soft_wrap=True)
             if e.checkpoint is not None:
-                err.print("run [bold]instil train --resume[/] (with the same options) to continue from it", soft_wrap=True)
+                err.print(
+                    "run [bold]instil train --resume[/] (with the same options) to continue from it",
+                    soft_wrap=True,
+                )
             raise typer.Exit(130) from None
     if result.notice:
         err.print(f"[yellow]note:[/] {result.notice}", soft_wrap=True)
@@ -191,26 +239,53 @@ def train(
     for name, value, source in result.rows():
         table.add_row(name, str(value), source)
     m = result.metrics
-    for name, value in (("train loss", f"{m.train_loss:.4f}"),
-                        ("eval loss", "-" if m.eval_loss is None else f"{m.eval_loss:.4f}"),
-                        ("steps", str(m.steps)), ("trained tokens", f"{m.trained_tokens:,}"),
-                        ("tokens/s", f"{m.tokens_per_second:,.0f}"), ("padding", f"{m.padding_fraction:.1%}"),
-                        ("time", f"{m.seconds:.1f}s")):
+    for name, value in (
+        ("train loss", f"{m.train_loss:.4f}"),
+        ("eval loss", "-" if m.eval_loss is None else f"{m.eval_loss:.4f}"),
+        ("steps", str(m.steps)),
+        ("trained tokens", f"{m.trained_tokens:,}"),
+        ("tokens/s", f"{m.tokens_per_second:,.0f}"),
+        ("padding", f"{m.padding_fraction:.1%}"),
+        ("time", f"{m.seconds:.1f}s"),
+    ):
         table.add_row(f"[bold]{name}[/]", value, "result")
     console.print(table)
     for anomaly in m.anomalies:
-        err.print(f"[yellow]anomaly[/] ({anomaly['kind']}, step {anomaly['step']}): {anomaly['message']}", soft_wrap=True)
+        err.print(
+            f"[yellow]anomaly[/] ({anomaly['kind']}, step {anomaly['step']}): {anomaly['message']}",
+            soft_wrap=True,
+        )
     console.print(f"model written to [bold]{result.output_dir}[/]", soft_wrap=True)
 
 
 @app.command("eval")
 def eval_cmd(
     spec: SpecArg = Path("instil.yaml"),
-    candidate: Annotated[list[str] | None, typer.Option("--candidate", help="Evaluate only this candidate (repeatable): base+full, base+short, <job>@<n>+short, or an endpoint's name.")] = None,
-    limit: Annotated[int | None, typer.Option(help="Evaluate only the holdout's first N examples (a quick look; intervals widen).")] = None,
-    max_new_tokens: Annotated[int | None, typer.Option(help="Most tokens per answer (default: eval.max_new_tokens, else 1.5x the longest reference).")] = None,
+    candidate: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--candidate",
+            help="Evaluate only this candidate (repeatable): base+full, base+short, <job>@<n>+short, or an "
+            "endpoint's name.",
+        ),
+    ] = None,
+    limit: Annotated[
+        int | None,
+        typer.Option(help="Evaluate only the holdout's first N examples (a quick look; intervals widen)."),
+    ] = None,
+    max_new_tokens: Annotated[
+        int | None,
+        typer.Option(help="Most tokens per answer (default: eval.max_new_tokens, else 1.5x the longest reference)."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON instead of tables.")] = False,
-    reuse: Annotated[bool, typer.Option("--reuse", help="Take a candidate's results from an earlier eval run with the same holdout, settings and candidate instead of generating them again.")] = False,
+    reuse: Annotated[
+        bool,
+        typer.Option(
+            "--reuse",
+            help="Take a candidate's results from an earlier eval run with the same holdout, settings and "
+            "candidate instead of generating them again.",
+        ),
+    ] = False,
 ) -> None:
     """Run the candidates on the frozen holdout and print one table: scores with 95% intervals, latency and cost."""
     from transformers.utils import logging as hf_logging
@@ -220,16 +295,26 @@ def eval_cmd(
     hf_logging.disable_progress_bar()
     job = _load(spec)
     with _open_store(job) as store:
-        report = evaluate(job, store, select_candidates(job, store, candidate), limit=limit,
-                          max_new_tokens=max_new_tokens, reuse=reuse)  # fmt: skip
+        report = evaluate(
+            job,
+            store,
+            select_candidates(job, store, candidate),
+            limit=limit,
+            max_new_tokens=max_new_tokens,
+            reuse=reuse,
+        )
     if as_json:
         console.print_json(json.dumps(report.to_dict()))
         return
     _print_eval_report(report)
     tags = sorted({t for c in report.candidates for t in c.slices})
     if tags:
-        slices = Table("tag", *(c.name for c in report.candidates), title=f"{report.primary} by tag",
-                       title_justify="left")  # fmt: skip
+        slices = Table(
+            "tag",
+            *(c.name for c in report.candidates),
+            title=f"{report.primary} by tag",
+            title_justify="left",
+        )
         for tag in tags:
             row = [tag]
             for c in report.candidates:
@@ -250,9 +335,15 @@ def export(
     spec: SpecArg = Path("instil.yaml"),
     out: Annotated[Path, typer.Option("--out", help="The folder to write (must not exist yet).")] = ...,  # type: ignore[assignment]
     version: Annotated[int | None, typer.Option(help="The model version to export (default: the latest).")] = None,
-    merge: Annotated[bool, typer.Option("--merge/--no-merge", help="Merge a LoRA/QLoRA adapter into its base (default), or copy the adapter as is.")] = True,
+    merge: Annotated[
+        bool,
+        typer.Option(
+            "--merge/--no-merge",
+            help="Merge a LoRA/QLoRA adapter into its base (default), or copy the adapter as is.",
+        ),
+    ] = True,
 ) -> None:
-    """Export a trained model: a LoRA adapter merged into its base (safetensors), with the tokenizer and chat template."""
+    """Export a trained model: a LoRA adapter merged into its base (safetensors), with tokenizer and chat template."""
     from transformers.utils import logging as hf_logging
 
     from instil.train.export import EXPORT_FILE, export_model
@@ -269,11 +360,22 @@ def export(
 @app.command()
 def serve(
     spec: SpecArg = Path("instil.yaml"),
-    version: Annotated[str | None, typer.Option(help="The model version to serve: 3, <job>@3, a pin name, latest (default: production, else the latest).")] = None,
-    base: Annotated[bool, typer.Option("--base", help="Serve the base model instead (the full prompt is its default system prompt).")] = False,
+    version: Annotated[
+        str | None,
+        typer.Option(
+            help="The model version to serve: 3, <job>@3, a pin name, latest (default: production, else the latest)."
+        ),
+    ] = None,
+    base: Annotated[
+        bool,
+        typer.Option("--base", help="Serve the base model instead (the full prompt is its default system prompt)."),
+    ] = False,
     host: Annotated[str, typer.Option(help="The address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="The port to listen on.")] = 8000,
-    api_key_env: Annotated[str | None, typer.Option(help="The environment variable holding the API key clients must send (default: no key).")] = None,
+    api_key_env: Annotated[
+        str | None,
+        typer.Option(help="The environment variable holding the API key clients must send (default: no key)."),
+    ] = None,
 ) -> None:
     """Serve a trained model (or the base) behind an OpenAI-compatible API: /v1/chat/completions, /v1/models."""
     from transformers.utils import logging as hf_logging
@@ -283,7 +385,10 @@ def serve(
     hf_logging.disable_progress_bar()
 
     def ready(served, url: str) -> None:
-        console.print(f"serving [bold]{served.name}[/] at [bold]{url}[/] (model={served.name!r}); Ctrl-C stops", soft_wrap=True)
+        console.print(
+            f"serving [bold]{served.name}[/] at [bold]{url}[/] (model={served.name!r}); Ctrl-C stops",
+            soft_wrap=True,
+        )
         if api_key_env is None and host not in ("127.0.0.1", "localhost", "::1"):
             err.print(f"[yellow]warning:[/] listening on {host} without an API key (--api-key-env)", soft_wrap=True)
 
@@ -292,14 +397,25 @@ def serve(
         serve_job(job, store, version=version, base=base, host=host, port=port, api_key_env=api_key_env, ready=ready)
 
 
-# ---- registry -------------------------------------------------------------------------------------------------------
+# ---- registry --------------------------------------------------------------------------------------------------------
 @app.command()
 def promote(
     spec: SpecArg = Path("instil.yaml"),
     version: Annotated[int | None, typer.Option(help="The model version to gate (default: the newest).")] = None,
-    reference: Annotated[str | None, typer.Option(help="Compare against this instead of production (or, before the first promotion, the prompted baseline): base+full, an endpoint's name, a version (3, <job>@3, a pin).")] = None,
-    limit: Annotated[int | None, typer.Option(help="Use only the holdout's first N examples (a smoke test: the gate loses power).")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Decide and print, but record no decision and change no status.")] = False,
+    reference: Annotated[
+        str | None,
+        typer.Option(
+            help="Compare against this instead of production (or, before the first promotion, the prompted "
+            "baseline): base+full, an endpoint's name, a version (3, <job>@3, a pin)."
+        ),
+    ] = None,
+    limit: Annotated[
+        int | None,
+        typer.Option(help="Use only the holdout's first N examples (a smoke test: the gate loses power)."),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Decide and print, but record no decision and change no status.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the decision and its numbers as JSON.")] = False,
 ) -> None:
     """Gate a model version against production: promote it only when it is provably better.
@@ -360,8 +476,11 @@ def models_cmd(
     title = f"{job.name} models" + (f" ({job.primary_grader} on {one})" if one else "")
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     for col in ("v", "status", "pins", "base", "data", "created", "last decision", job.primary_grader):
-        table.add_column(col, no_wrap=col in ("v", "status", "created", job.primary_grader),
-                         min_width=14 if col == "last decision" else None)  # fmt: skip
+        table.add_column(
+            col,
+            no_wrap=col in ("v", "status", "created", job.primary_grader),
+            min_width=14 if col == "last decision" else None,
+        )
     styles = {"production": "bold green", "refused": "red", "rolled_back": "yellow"}
     for v in versions:
         m = v.model
@@ -369,25 +488,53 @@ def models_cmd(
         if v.primary_score is not None and one is None:
             score += f" {short(v.scored_on)}"
         last = "-" if v.last_decision_text is None else v.last_decision_text.rsplit(", ", 1)[0].replace(" (#", " #")
-        table.add_row(str(m.version), f"[{styles.get(m.status, 'default')}]{m.status}[/]", ", ".join(v.pins),
-                      _escape(m.base_model), short(v.train_dataset), m.created_at.strftime("%Y-%m-%d"),
-                      _escape(last), score)  # fmt: skip
+        table.add_row(
+            str(m.version),
+            f"[{styles.get(m.status, 'default')}]{m.status}[/]",
+            ", ".join(v.pins),
+            _escape(m.base_model),
+            short(v.train_dataset),
+            m.created_at.strftime("%Y-%m-%d"),
+            _escape(last),
+            score,
+        )
     console.print(table)
     if history:
-        log = Table("#", "when", "kind", "version", "verdict", "against", "eval run", title="decisions",
-                    title_justify="left")  # fmt: skip
+        log = Table(
+            "#",
+            "when",
+            "kind",
+            "version",
+            "verdict",
+            "against",
+            "eval run",
+            title="decisions",
+            title_justify="left",
+        )
         for d in history:
             verdict = "rolled back" if d.kind == "rollback" else "promoted" if d.promoted else "refused"
             against = d.reference or (f"from {job.name}@{d.reference_version}" if d.reference_version else "-")
-            log.add_row(str(d.id), d.created_at.strftime("%Y-%m-%d %H:%M"), d.kind, str(d.version), verdict,
-                        _escape(against), str(d.run_id or "-"))  # fmt: skip
+            log.add_row(
+                str(d.id),
+                d.created_at.strftime("%Y-%m-%d %H:%M"),
+                d.kind,
+                str(d.version),
+                verdict,
+                _escape(against),
+                str(d.run_id or "-"),
+            )
         console.print(log)
 
 
 @app.command()
 def rollback(
     spec: SpecArg = Path("instil.yaml"),
-    to: Annotated[int | None, typer.Option("--to", help="The earlier production version to go back to (default: the one before the current).")] = None,
+    to: Annotated[
+        int | None,
+        typer.Option(
+            "--to", help="The earlier production version to go back to (default: the one before the current)."
+        ),
+    ] = None,
 ) -> None:
     """Put the previous production version back in production (recorded as a decision)."""
     from instil.registry import production
@@ -402,7 +549,15 @@ def rollback(
 
 @app.command()
 def pin(
-    args: Annotated[list[str], typer.Argument(metavar="[SPEC] NAME [VERSION]", help="The spec (default instil.yaml), the pin's name, and the version to pin: 3, <job>@3, production, or another pin.", show_default=False)],
+    args: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="[SPEC] NAME [VERSION]",
+            help="The spec (default instil.yaml), the pin's name, and the version to pin: 3, <job>@3, production, "
+            "or another pin.",
+            show_default=False,
+        ),
+    ],
     remove: Annotated[bool, typer.Option("--remove", help="Remove the pin instead.")] = False,
 ) -> None:
     """Pin a model version under a name (stable, canary...), or remove a pin with --remove."""
@@ -413,7 +568,9 @@ def pin(
     if args and _is_spec(Path(args[0])):
         spec, args = Path(args[0]), args[1:]
     if len(args) != (1 if remove else 2):
-        raise typer.BadParameter("give NAME --remove" if remove else "give NAME VERSION", param_hint="[SPEC] NAME [VERSION]")
+        raise typer.BadParameter(
+            "give NAME --remove" if remove else "give NAME VERSION", param_hint="[SPEC] NAME [VERSION]"
+        )
     job = _load(spec)
     with _open_store(job) as store:
         if remove:
@@ -424,7 +581,7 @@ def pin(
             console.print(f"pin [bold]{now.name}[/] -> {now.ref}")
 
 
-# ---- spec -----------------------------------------------------------------------------------------------------------
+# ---- spec ------------------------------------------------------------------------------------------------------------
 @spec_app.command("check")
 def spec_check(spec: SpecArg = Path("instil.yaml")) -> None:
     """Validate a job spec and summarise it."""
@@ -432,16 +589,24 @@ def spec_check(spec: SpecArg = Path("instil.yaml")) -> None:
 
     job = load_spec(spec)
     table = Table(title=f"{job.name}: {spec}", show_header=False, title_justify="left")
-    table.add_row("output", job.output.type + (f" (labels: {', '.join(job.output.labels)})" if job.output.labels else ""))
+    table.add_row(
+        "output",
+        job.output.type + (f" (labels: {', '.join(job.output.labels)})" if job.output.labels else ""),
+    )
     table.add_row(
         "graders",
-        ", ".join(f"[bold]{g.name}[/] ({g.type}, primary)" if g.name == job.primary_grader else f"{g.name} ({g.type})"
-                  for g in job.graders),
+        ", ".join(
+            f"[bold]{g.name}[/] ({g.type}, primary)" if g.name == job.primary_grader else f"{g.name} ({g.type})"
+            for g in job.graders
+        ),
     )
     missing = []
     for src in job.data:
         path = job.resolve(src.path)
-        table.add_row(f"data ({src.role})", f"{src.path} [{src.format}]" + ("" if path.exists() else " [red](missing)[/]"))
+        table.add_row(
+            f"data ({src.role})",
+            f"{src.path} [{src.format}]" + ("" if path.exists() else " [red](missing)[/]"),
+        )
         if not path.exists():
             missing.append(src.path)
     table.add_row("model", job.model.base + (f" @ {job.model.revision}" if job.model.revision else ""))
@@ -489,10 +654,20 @@ def _open_store(job):
 
 @data_app.command("validate")
 def data_validate(
-    files: Annotated[list[Path] | None, typer.Argument(help="Data files; the spec's sources when none is given.")] = None,
-    spec: Annotated[Path | None, typer.Option(help="Check outputs against this job spec (schema, labels, context).")] = None,
-    format: Annotated[str, typer.Option("--format", help="auto, chat, preference, prompt_completion, alpaca, sharegpt, csv, hf_disk.")] = "auto",
-    rejects: Annotated[Path | None, typer.Option(help="Where rejected lines go (default: <file>.rejects.jsonl beside the first file).")] = None,
+    files: Annotated[
+        list[Path] | None, typer.Argument(help="Data files; the spec's sources when none is given.")
+    ] = None,
+    spec: Annotated[
+        Path | None, typer.Option(help="Check outputs against this job spec (schema, labels, context).")
+    ] = None,
+    format: Annotated[
+        str,
+        typer.Option("--format", help="auto, chat, preference, prompt_completion, alpaca, sharegpt, csv, hf_disk."),
+    ] = "auto",
+    rejects: Annotated[
+        Path | None,
+        typer.Option(help="Where rejected lines go (default: <file>.rejects.jsonl beside the first file)."),
+    ] = None,
     tokenizer: Annotated[str | None, typer.Option(help="A local tokenizer folder to count tokens with.")] = None,
     max_tokens: Annotated[int | None, typer.Option(help="Longest example allowed, in tokens.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
@@ -515,7 +690,9 @@ def data_validate(
             format = job.data[0].format
     counter = TokenCounter.from_tokenizer(tokenizer) if tokenizer else None
     rejects = rejects or files[0].with_name(files[0].name.split(".")[0] + ".rejects.jsonl")
-    report = validate_files(files, format=format, spec=job, counter=counter, max_tokens=max_tokens, rejects_path=rejects)
+    report = validate_files(
+        files, format=format, spec=job, counter=counter, max_tokens=max_tokens, rejects_path=rejects
+    )
     if report.n_rejected == 0 and rejects.exists() and rejects.stat().st_size == 0:
         rejects.unlink()
         report.rejects_path = None
@@ -533,7 +710,10 @@ def _print_findings(report, limit: int) -> None:
         colour = "red" if f.severity == "error" else "yellow"
         where = f.file if f.line is None else f"{f.file}:{f.line}"
         field = f" {escape(f.field)}:" if f.field else ""
-        console.print(rf"{escape(where)}:{field} [{colour}]{f.severity}[/]: {escape(f.message)} [dim]\[{f.code}][/]", soft_wrap=True)
+        console.print(
+            rf"{escape(where)}:{field} [{colour}]{f.severity}[/]: {escape(f.message)} [dim]\[{f.code}][/]",
+            soft_wrap=True,
+        )
     hidden = report.n_errors + report.n_warnings - min(limit, len(report.findings))
     if hidden > 0:
         console.print(f"[dim]... and {hidden} more (use --json, or read the rejects file)[/]")
@@ -553,8 +733,13 @@ def _print_findings(report, limit: int) -> None:
 
 @data_app.command("stats")
 def data_stats(
-    target: Annotated[Path, typer.Argument(help="A job spec (its training sources) or a data file.")] = Path("instil.yaml"),
-    dataset: Annotated[str | None, typer.Option(help="With a spec: a recorded dataset instead (raw, curated, train, holdout, pool).")] = None,
+    target: Annotated[Path, typer.Argument(help="A job spec (its training sources) or a data file.")] = Path(
+        "instil.yaml"
+    ),
+    dataset: Annotated[
+        str | None,
+        typer.Option(help="With a spec: a recorded dataset instead (raw, curated, train, holdout, pool)."),
+    ] = None,
     epochs: Annotated[float, typer.Option(help="Epochs for the training-token estimate.")] = 3.0,
     price: Annotated[float | None, typer.Option(help="Price per million training tokens, for a cost estimate.")] = None,
     tokenizer: Annotated[str | None, typer.Option(help="A local tokenizer folder to count tokens with.")] = None,
@@ -579,10 +764,19 @@ def data_stats(
                 examples = list(store.iter_examples(version.sha256))
         else:
             examples = read_sources(job)
-        stats = compute_stats(examples, counter=counter, labels=labels, label_field=label_field, epochs=epochs,
-                              price_per_million=price, max_tokens=job.model.max_length)
+        stats = compute_stats(
+            examples,
+            counter=counter,
+            labels=labels,
+            label_field=label_field,
+            epochs=epochs,
+            price_per_million=price,
+            max_tokens=job.model.max_length,
+        )
     else:
-        stats = compute_stats(read_examples(target, format=format), counter=counter, epochs=epochs, price_per_million=price)
+        stats = compute_stats(
+            read_examples(target, format=format), counter=counter, epochs=epochs, price_per_million=price
+        )
     if as_json:
         console.print_json(json.dumps(stats.to_dict()))
         return
@@ -591,10 +785,23 @@ def data_stats(
 
 def _print_stats(stats) -> None:
     est = " (estimated: no tokenizer)" if stats.tokens_estimated else ""
-    table = Table("per example", "min", "p50", "p90", "p99", "max", "mean", title=f"{stats.n_examples} examples",
-                  title_justify="left")
-    for name, d in (("messages", stats.messages), ("tokens" + est, stats.total_tokens),
-                    ("assistant tokens", stats.assistant_tokens), ("answer characters", stats.output_chars)):
+    table = Table(
+        "per example",
+        "min",
+        "p50",
+        "p90",
+        "p99",
+        "max",
+        "mean",
+        title=f"{stats.n_examples} examples",
+        title_justify="left",
+    )
+    for name, d in (
+        ("messages", stats.messages),
+        ("tokens" + est, stats.total_tokens),
+        ("assistant tokens", stats.assistant_tokens),
+        ("answer characters", stats.output_chars),
+    ):
         table.add_row(name, *(f"{v:,.0f}" for v in (d.min, d.p50, d.p90, d.p99, d.max)), f"{d.mean:,.1f}")
     console.print(table)
     if stats.labels:
@@ -619,7 +826,9 @@ def data_convert(
     source: Annotated[Path, typer.Argument(help="The file to read.")],
     dest: Annotated[Path, typer.Argument(help="The file (or folder, for hf_disk) to write.")],
     from_format: Annotated[str, typer.Option("--from", help="The source's format.")] = "auto",
-    to_format: Annotated[str, typer.Option("--to", help="chat, preference, prompt_completion, alpaca, sharegpt, csv, hf_disk.")] = "chat",
+    to_format: Annotated[
+        str, typer.Option("--to", help="chat, preference, prompt_completion, alpaca, sharegpt, csv, hf_disk.")
+    ] = "chat",
 ) -> None:
     """Convert a data file between formats (through instil's one record type)."""
     from instil.data.formats import read_examples
@@ -631,11 +840,23 @@ def data_convert(
 
 @data_app.command("curate")
 def data_curate(
-    spec: Annotated[Path, typer.Argument(help="A job spec (its training sources), or a data file.")] = Path("instil.yaml"),
-    out: Annotated[Path | None, typer.Option(help="With a data file: where to write the kept examples (chat JSONL).")] = None,
-    contradictions: Annotated[str, typer.Option(help="How contradictions are resolved: report (keep all), drop, majority, first, last.")] = "majority",
-    choose: Annotated[list[str] | None, typer.Option(help="GROUP=KEY: keep this example of a contradiction group (repeatable; overrides the rule).")] = None,
-    drop_near: Annotated[bool, typer.Option("--drop-near", help="Drop near-duplicates too (the first of each group is kept).")] = False,
+    spec: Annotated[Path, typer.Argument(help="A job spec (its training sources), or a data file.")] = Path(
+        "instil.yaml"
+    ),
+    out: Annotated[
+        Path | None, typer.Option(help="With a data file: where to write the kept examples (chat JSONL).")
+    ] = None,
+    contradictions: Annotated[
+        str,
+        typer.Option(help="How contradictions are resolved: report (keep all), drop, majority, first, last."),
+    ] = "majority",
+    choose: Annotated[
+        list[str] | None,
+        typer.Option(help="GROUP=KEY: keep this example of a contradiction group (repeatable; overrides the rule)."),
+    ] = None,
+    drop_near: Annotated[
+        bool, typer.Option("--drop-near", help="Drop near-duplicates too (the first of each group is kept).")
+    ] = False,
     redact: Annotated[bool, typer.Option("--redact", help="Redact PII and secrets in the kept examples.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON.")] = False,
     limit: Annotated[int, typer.Option(help="Groups shown per kind.")] = 10,
@@ -653,26 +874,53 @@ def data_curate(
     if _is_spec(spec):
         job = _load(spec)
         with _open_store(job) as store:
-            recorded = curate_job(job, store, contradictions=contradictions, choices=choices,
-                                  drop_near_duplicates=drop_near, redact_pii=redact)
+            recorded = curate_job(
+                job,
+                store,
+                contradictions=contradictions,
+                choices=choices,
+                drop_near_duplicates=drop_near,
+                redact_pii=redact,
+            )
         report = recorded.report
     else:
         from instil.data.curate import curate_file
         from instil.data.formats import read_examples
 
-        report = curate_file(spec, out, contradictions=contradictions, choices=choices, drop_near=drop_near,
-                             redact_pii=redact, reader=read_examples)
+        report = curate_file(
+            spec,
+            out,
+            contradictions=contradictions,
+            choices=choices,
+            drop_near=drop_near,
+            redact_pii=redact,
+            reader=read_examples,
+        )
     if as_json:
         hashes = {"raw": recorded.raw.sha256, "curated": recorded.curated.sha256} if recorded else {}
         console.print_json(json.dumps({**hashes, **report.to_dict()}))
         return
     _print_groups("exact duplicates (first kept)", report.exact_groups, limit)
-    _print_groups("near duplicates (kept)" if not drop_near else "near duplicates (first kept)", report.near_groups, limit)
-    _print_groups(f"contradictions (rule: {report.contradiction_rule})", report.contradiction_groups, limit,
-                  resolved=report.resolved)
+    _print_groups(
+        "near duplicates (kept)" if not drop_near else "near duplicates (first kept)",
+        report.near_groups,
+        limit,
+    )
+    _print_groups(
+        f"contradictions (rule: {report.contradiction_rule})",
+        report.contradiction_groups,
+        limit,
+        resolved=report.resolved,
+    )
     if report.pii:
-        table = Table("example", "field", "kind", "match", title=f"PII and secrets ({len(report.pii)})",
-                      title_justify="left")
+        table = Table(
+            "example",
+            "field",
+            "kind",
+            "match",
+            title=f"PII and secrets ({len(report.pii)})",
+            title_justify="left",
+        )
         for f in report.pii[:limit]:
             table.add_row(_short_source(f.source) if f.source else f.example_key, f.field, f.kind, f.preview)
         console.print(table)
@@ -681,8 +929,10 @@ def data_curate(
     dropped = ", ".join(f"{n} {why}" for why, n in report.dropped.items()) or "none"
     console.print(f"{report.total} examples read, [bold]{report.kept}[/] kept (dropped: {dropped})")
     if recorded is not None:
-        console.print(f"recorded [bold]{recorded.raw.ref}[/] {recorded.raw.short_hash} -> [bold]{recorded.curated.ref}[/] "
-                      f"{recorded.curated.short_hash}" + (f"; pool [bold]{recorded.pool.ref}[/]" if recorded.pool else ""))
+        console.print(
+            f"recorded [bold]{recorded.raw.ref}[/] {recorded.raw.short_hash} -> [bold]{recorded.curated.ref}[/] "
+            f"{recorded.curated.short_hash}" + (f"; pool [bold]{recorded.pool.ref}[/]" if recorded.pool else "")
+        )
     elif out is not None:
         console.print(f"kept examples written to [bold]{out}[/]", soft_wrap=True)
     if report.contradiction_groups and report.contradiction_rule == "report":
@@ -703,8 +953,13 @@ def _print_groups(title: str, groups, limit: int, resolved: dict | None = None) 
     if not groups:
         console.print(f"{title}: none")
         return
-    table = Table("group", "examples", "kept" if resolved is not None else "where", title=f"{title}: {len(groups)}",
-                  title_justify="left")
+    table = Table(
+        "group",
+        "examples",
+        "kept" if resolved is not None else "where",
+        title=f"{title}: {len(groups)}",
+        title_justify="left",
+    )
     for g in groups[:limit]:
         members = ", ".join(g.keys[:4]) + (f" (+{len(g.keys) - 4})" if len(g.keys) > 4 else "")
         if resolved is not None:
@@ -719,7 +974,9 @@ def _print_groups(title: str, groups, limit: int, resolved: dict | None = None) 
 @data_app.command("split")
 def data_split(
     spec: SpecArg = Path("instil.yaml"),
-    refreeze: Annotated[bool, typer.Option("--refreeze", help="Make a new holdout (old evaluations become incomparable).")] = False,
+    refreeze: Annotated[
+        bool, typer.Option("--refreeze", help="Make a new holdout (old evaluations become incomparable).")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Split the curated data into train and a frozen holdout (or keep the frozen one), with a leakage audit."""
@@ -730,17 +987,27 @@ def data_split(
         out = split_job(job, store, refreeze=refreeze)
     leaks = out.audit.pairs if out.audit is not None else []
     if as_json:
-        console.print_json(json.dumps({
-            "train": {"ref": out.train.ref, "sha256": out.train.sha256, "n": out.train.n_examples},
-            "holdout": {"ref": out.holdout.ref, "sha256": out.holdout.sha256, "n": out.holdout.n_examples},
-            "reused_holdout": out.reused_holdout,
-            "left_out": [m.__dict__ for m in out.left_out],
-            "leaks": [m.__dict__ for m in leaks],
-        }))
+        console.print_json(
+            json.dumps(
+                {
+                    "train": {"ref": out.train.ref, "sha256": out.train.sha256, "n": out.train.n_examples},
+                    "holdout": {
+                        "ref": out.holdout.ref,
+                        "sha256": out.holdout.sha256,
+                        "n": out.holdout.n_examples,
+                    },
+                    "reused_holdout": out.reused_holdout,
+                    "left_out": [m.__dict__ for m in out.left_out],
+                    "leaks": [m.__dict__ for m in leaks],
+                }
+            )
+        )
         return
     how = "kept (frozen)" if out.reused_holdout else "frozen now"
     console.print(f"train   [bold]{out.train.ref}[/] {out.train.short_hash}: {out.train.n_examples} examples")
-    console.print(f"holdout [bold]{out.holdout.ref}[/] {out.holdout.short_hash}: {out.holdout.n_examples} examples, {how}")
+    console.print(
+        f"holdout [bold]{out.holdout.ref}[/] {out.holdout.short_hash}: {out.holdout.n_examples} examples, {how}"
+    )
     for m in out.left_out[:20]:
         err.print(f"[yellow]left out of train[/] (matches the holdout): {m.format()}", soft_wrap=True)
     if out.audit is not None:
@@ -757,9 +1024,11 @@ def datasets(
     """List the job's dataset versions with their hashes and parents."""
     job = _load(spec)
     with _open_store(job) as store:
-        versions = store.list_versions(name) if name else [
-            v for v in store.list_datasets() if v.name.startswith(job.name + ":")
-        ]
+        versions = (
+            store.list_versions(name)
+            if name
+            else [v for v in store.list_datasets() if v.name.startswith(job.name + ":")]
+        )
         by_id = {}
         table = Table(title=f"{job.name} datasets in {store.home}", title_justify="left")
         table.add_column("dataset", no_wrap=True)
@@ -768,12 +1037,18 @@ def datasets(
         for v in versions:
             parents = [by_id.get(p) or store.get_version(p) for p in v.parents]
             by_id[v.id] = v
-            table.add_row(v.ref.removeprefix(job.name + ":"), v.kind, str(v.n_examples), v.short_hash[:8], ", ".join(p.ref.removeprefix(job.name + ":") for p in parents),
-                          "yes" if v.frozen else "")
+            table.add_row(
+                v.ref.removeprefix(job.name + ":"),
+                v.kind,
+                str(v.n_examples),
+                v.short_hash[:8],
+                ", ".join(p.ref.removeprefix(job.name + ":") for p in parents),
+                "yes" if v.frozen else "",
+            )
     console.print(table)
 
 
-# ---- entry point ------------------------------------------------------------------------------------------------------
+# ---- entry point -----------------------------------------------------------------------------------------------------
 def _print_eval_report(report) -> None:
     """One evaluation as two tables that fit 80 columns: quality (every grader with its 95% interval, the pass rate),
     then speed and cost; win rates and reuse on lines of their own."""
@@ -786,26 +1061,38 @@ def _print_eval_report(report) -> None:
     for g in graders:
         quality.add_column(f"{g} (primary)" if g == report.primary else g, no_wrap=True)
     quality.add_column("pass rate", justify="right")
-    speed = Table(title="speed and cost (prices from the spec's eval section)", title_justify="left",
-                  box=box.SIMPLE_HEAD, pad_edge=False)  # fmt: skip
+    speed = Table(
+        title="speed and cost (prices from the spec's eval section)",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
     for col in ("candidate", "p50/p95 s", "tokens in/out", "$ / 1k", "$ / success"):
         speed.add_column(col, no_wrap=True, justify="left" if col == "candidate" else "right")
     for c in report.candidates:
         # The interval under the mean: three graders side by side still fit 80 columns.
-        quality.add_row(c.name, *(f"{g.mean:.2f}\n[{g.low:.2f}, {g.high:.2f}]" for g in c.graders.values()),
-                        f"{c.success_rate:.0%}")  # fmt: skip
+        quality.add_row(
+            c.name,
+            *(f"{g.mean:.2f}\n[{g.low:.2f}, {g.high:.2f}]" for g in c.graders.values()),
+            f"{c.success_rate:.0%}",
+        )
         speed.add_row(
-            c.name, f"{c.latency_p50_s:.2f}/{c.latency_p95_s:.2f}",
-            f"{c.mean_input_tokens:,.0f} / {c.mean_output_tokens:,.0f}", f"{c.cost_per_1k:.3g}",
+            c.name,
+            f"{c.latency_p50_s:.2f}/{c.latency_p95_s:.2f}",
+            f"{c.mean_input_tokens:,.0f} / {c.mean_output_tokens:,.0f}",
+            f"{c.cost_per_1k:.3g}",
             "-" if c.cost_per_success is None else f"{c.cost_per_success:.3g}",
-        )  # fmt: skip
+        )
     console.print(quality)
     console.print(speed)
     for c in report.candidates:
         if (w := c.win_rate) is not None:
-            console.print(f"win rate of {_escape(c.name)} against {_escape(w.against)} (judge {_escape(w.judge)}, ties "
-                          f"half): {w.win_rate:.2f} [{w.low:.2f}, {w.high:.2f}], {w.wins} won, {w.ties} tied, "
-                          f"{w.losses} lost", soft_wrap=True)  # fmt: skip
+            console.print(
+                f"win rate of {_escape(c.name)} against {_escape(w.against)} (judge {_escape(w.judge)}, ties "
+                f"half): {w.win_rate:.2f} [{w.low:.2f}, {w.high:.2f}], {w.wins} won, {w.ties} tied, "
+                f"{w.losses} lost",
+                soft_wrap=True,
+            )
     reused = [f"{c.name} (run {c.reused_from})" for c in report.candidates if c.reused_from is not None]
     if reused:
         console.print(f"[dim]reused from earlier eval runs: {_escape(', '.join(reused))}[/]", soft_wrap=True)

@@ -15,9 +15,22 @@ from pathlib import Path
 __all__ = ["TRACKED_PACKAGES", "home_dir", "library_versions"]
 
 TRACKED_PACKAGES = (
-    "instil", "torch", "transformers", "peft", "trl", "accelerate", "datasets", "safetensors", "tokenizers",
-    "bitsandbytes", "pydantic", "sqlalchemy", "alembic", "rensa", "numpy",
-)  # fmt: skip
+    "instil",
+    "torch",
+    "transformers",
+    "peft",
+    "trl",
+    "accelerate",
+    "datasets",
+    "safetensors",
+    "tokenizers",
+    "bitsandbytes",
+    "pydantic",
+    "sqlalchemy",
+    "alembic",
+    "rensa",
+    "numpy",
+)
 """Packages whose versions are recorded with every run."""
 
 

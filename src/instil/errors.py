@@ -113,8 +113,14 @@ class GraderError(InstilError):
     Evaluation stops on it rather than record a failing score that would blame the model.
     """
 
-    def __init__(self, message: str, *, grader: str | None = None, example_id: str | None = None,
-                 hint: str | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        message: str,
+        *,
+        grader: str | None = None,
+        example_id: str | None = None,
+        hint: str | None = None,
+    ) -> None:
         self.grader = grader
         self.example_id = example_id
         where = []

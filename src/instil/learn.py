@@ -97,9 +97,7 @@ def learn_from_failures(
     prev = _resolve(store, dataset_name(spec, "corrections"), previous)
     trained = _resolve(store, dataset_name(spec, "train"), train)
     prev_examples = list(store.iter_examples(prev)) if prev is not None else []
-    known = {e.key() for e in prev_examples} | (
-        {e.key() for e in store.iter_examples(trained)} if trained else set()
-    )
+    known = {e.key() for e in prev_examples} | ({e.key() for e in store.iter_examples(trained)} if trained else set())
     new = [(e, text) for e, text in failed if e.key() not in leaking and e.key() not in known]
     if max_corrections is not None:
         new = new[:max_corrections]
@@ -107,13 +105,27 @@ def learn_from_failures(
     meta = {"model": model.ref, "model_id": model.id}
     if new:
         parents = [pool_version, *([prev] if prev is not None else [])]
-        corrections = store.put_dataset(dataset_name(spec, "corrections"), [*prev_examples, *(e for e, _ in new)],
-                                        kind="corrections", parents=parents, meta=meta)  # fmt: skip
+        corrections = store.put_dataset(
+            dataset_name(spec, "corrections"),
+            [*prev_examples, *(e for e, _ in new)],
+            kind="corrections",
+            parents=parents,
+            meta=meta,
+        )
         pairs = [_preference(e, text) for e, text in new]
-        preferences = store.put_dataset(dataset_name(spec, "preferences"), pairs, kind="preferences",
-                                        parents=[corrections], meta=meta)  # fmt: skip
-    return LearnOutcome(model.ref, len(pool), len(failed), len(new), len(leaking), corrections, preferences,
-                        {k: v for k, v in by_grader.items() if v})  # fmt: skip
+        preferences = store.put_dataset(
+            dataset_name(spec, "preferences"), pairs, kind="preferences", parents=[corrections], meta=meta
+        )
+    return LearnOutcome(
+        model.ref,
+        len(pool),
+        len(failed),
+        len(new),
+        len(leaking),
+        corrections,
+        preferences,
+        {k: v for k, v in by_grader.items() if v},
+    )
 
 
 def _resolve(store: Store, name: str, version: DatasetVersion | str | None) -> DatasetVersion | None:
@@ -123,8 +135,15 @@ def _resolve(store: Store, name: str, version: DatasetVersion | str | None) -> D
 
 
 def _preference(e: Example, answer: str) -> Example:
-    return Example(messages=list(e.messages), tools=e.tools, rejected=[Message(role="assistant", content=answer)],
-                   id=e.id, tags=list(e.tags), group=e.group, meta=dict(e.meta))  # fmt: skip
+    return Example(
+        messages=list(e.messages),
+        tools=e.tools,
+        rejected=[Message(role="assistant", content=answer)],
+        id=e.id,
+        tags=list(e.tags),
+        group=e.group,
+        meta=dict(e.meta),
+    )
 
 
 def fold_corrections(
@@ -140,8 +159,13 @@ def fold_corrections(
         added = [e for e in added if e.key() not in leaking]
     if not added:
         return train, 0
-    merged = store.put_dataset(dataset_name(spec, "train"), [*examples, *added], kind="train",
-                               parents=[train, corrections], meta={"corrections": len(added)})  # fmt: skip
+    merged = store.put_dataset(
+        dataset_name(spec, "train"),
+        [*examples, *added],
+        kind="train",
+        parents=[train, corrections],
+        meta={"corrections": len(added)},
+    )
     return merged, len(added)
 
 

@@ -264,7 +264,7 @@ class _Iteration:
         """What ``stage`` of the previous turn recorded."""
         return self.state.data.get(f"{stage}@{self.turn - 1}") or {}
 
-    # ---- stages ---------------------------------------------------------------------------------------------------
+    # ---- stages ------------------------------------------------------------------------------------------------------
     def learn(self) -> tuple[str, Any, bool]:
         current = _model(self.store, self.spec.name, self._before("promote").get("production_id"))
         pool = latest_version(self.store, dataset_name(self.spec, "pool"))
@@ -273,8 +273,14 @@ class _Iteration:
             return f"nothing to learn from ({why}): the loop stops here", None, False
         previous = self.state.data.get(f"learn@{self.turn - 1}", {}).get("corrections")
         before_train = self._before("split").get("train")
-        inputs = _hash(pool.sha256, current.id, _eval_inputs(self.spec), _holdout_sha(self.spec, self.store),
-                       previous, before_train)  # fmt: skip
+        inputs = _hash(
+            pool.sha256,
+            current.id,
+            _eval_inputs(self.spec),
+            _holdout_sha(self.spec, self.store),
+            previous,
+            before_train,
+        )
         if (done := self.state.done(self._key("learn"), inputs)) is not None and _exists(
             self.store, done.get("corrections")
         ):
@@ -289,8 +295,12 @@ class _Iteration:
     def validate(self) -> tuple[str, Any, bool]:
         files = [(s.path, s.role, _file_sha256(self.spec.root / s.path)) for s in self.spec.data]
         # The model too: lengths are checked with its tokenizer.
-        inputs = _hash(files, [s.model_dump(mode="json") for s in self.spec.data], self.spec.output.model_dump(),
-                       self.spec.model.model_dump(mode="json"))  # fmt: skip
+        inputs = _hash(
+            files,
+            [s.model_dump(mode="json") for s in self.spec.data],
+            self.spec.output.model_dump(),
+            self.spec.model.model_dump(mode="json"),
+        )
         if (done := self.state.done(self._key("validate"), inputs)) is not None:
             return done["summary"], None, True
         reports = validate_job(self.spec, rejects_dir=self.store.home / "rejects")
@@ -309,8 +319,11 @@ class _Iteration:
         return summary, reports, False
 
     def curate(self) -> tuple[str, Any, bool]:
-        inputs = _hash(self.state.data[self._key("validate")]["inputs"], self.contradictions,
-                       self.spec.model_dump(mode="json").get("curate"))  # fmt: skip
+        inputs = _hash(
+            self.state.data[self._key("validate")]["inputs"],
+            self.contradictions,
+            self.spec.model_dump(mode="json").get("curate"),
+        )
         done = self.state.done(self._key("curate"), inputs)
         if done is not None and _exists(self.store, done.get("curated")):
             return done["summary"], None, True
@@ -351,22 +364,30 @@ class _Iteration:
             f"train {train.n_examples}{plus} ({train.ref}, {train.short_hash}), holdout {sp.holdout.n_examples} "
             f"({sp.holdout.short_hash}, {frozen}), {len(sp.left_out)} left out for matching the holdout"
         )
-        self.state.mark(self._key("split"), inputs, "finished", summary=summary, train=train.sha256,
-                        holdout=sp.holdout.sha256)  # fmt: skip
+        self.state.mark(
+            self._key("split"),
+            inputs,
+            "finished",
+            summary=summary,
+            train=train.sha256,
+            holdout=sp.holdout.sha256,
+        )
         return summary, sp, False
 
     def baseline(self) -> tuple[str, Any, bool]:
         from instil.eval.candidates import default_candidates
 
         candidates = [c for c in default_candidates(self.spec, self.store) if c.model_version is None]
-        inputs = _hash(_holdout_sha(self.spec, self.store), _eval_inputs(self.spec),
-                       self.spec.model.model_dump(mode="json"), [c.to_dict() for c in candidates])  # fmt: skip
+        inputs = _hash(
+            _holdout_sha(self.spec, self.store),
+            _eval_inputs(self.spec),
+            self.spec.model.model_dump(mode="json"),
+            [c.to_dict() for c in candidates],
+        )
         if (done := self.state.done(self._key("baseline"), inputs)) is not None:
             return done["summary"], None, True
         report = self._evaluate(candidates)
-        summary = "; ".join(
-            f"{c.name}: {report.primary} {_score(c, report.primary)}" for c in report.candidates
-        )
+        summary = "; ".join(f"{c.name}: {report.primary} {_score(c, report.primary)}" for c in report.candidates)
         self.state.mark(self._key("baseline"), inputs, "finished", summary=summary, run_id=report.run_id)
         return summary, report, False
 
@@ -376,13 +397,16 @@ class _Iteration:
 
         assert self.train_sha is not None
         train = version_with_hash(self.store, dataset_name(self.spec, "train"), self.train_sha)
-        inputs = _hash(train.sha256, self.spec.training.model_dump(mode="json"), self.spec.model.model_dump(mode="json"),
-                       self.spec.short_prompt, self.max_steps, _instil_version())  # fmt: skip
+        inputs = _hash(
+            train.sha256,
+            self.spec.training.model_dump(mode="json"),
+            self.spec.model.model_dump(mode="json"),
+            self.spec.short_prompt,
+            self.max_steps,
+            _instil_version(),
+        )
         done = self.state.done(self._key("train"), inputs)
-        if (
-            done is not None
-            and (model := _model(self.store, self.spec.name, done.get("model_id"))) is not None
-        ):
+        if done is not None and (model := _model(self.store, self.spec.name, done.get("model_id"))) is not None:
             self.model = model
             return done["summary"], None, True
         resume = self.state.started(self._key("train"), inputs)
@@ -410,16 +434,10 @@ class _Iteration:
         if before is not None and before.id != self.model.id:
             candidates.append(model_candidate(self.spec, before))
         candidates.append(model_candidate(self.spec, self.model))
-        inputs = _hash(
-            _holdout_sha(self.spec, self.store), _eval_inputs(self.spec), [c.to_dict() for c in candidates]
-        )
+        inputs = _hash(_holdout_sha(self.spec, self.store), _eval_inputs(self.spec), [c.to_dict() for c in candidates])
         done = self.state.done(self._key("evaluate"), inputs)
-        report = self._evaluate(
-            candidates
-        )  # every result recorded before is reused: cheap when nothing changed
-        summary = "; ".join(
-            f"{c.name}: {report.primary} {_score(c, report.primary)}" for c in report.candidates
-        )
+        report = self._evaluate(candidates)  # every result recorded before is reused: cheap when nothing changed
+        summary = "; ".join(f"{c.name}: {report.primary} {_score(c, report.primary)}" for c in report.candidates)
         self.state.mark(self._key("evaluate"), inputs, "finished", summary=summary, run_id=report.run_id)
         return summary, report, done is not None
 
@@ -428,8 +446,13 @@ class _Iteration:
 
         assert self.model is not None
         report = self.result.report
-        inputs = _hash(self.model.id, _holdout_sha(self.spec, self.store), _eval_inputs(self.spec),
-                       self.spec.gate.model_dump(mode="json"), self._before("promote").get("production_id"))  # fmt: skip
+        inputs = _hash(
+            self.model.id,
+            _holdout_sha(self.spec, self.store),
+            _eval_inputs(self.spec),
+            self.spec.gate.model_dump(mode="json"),
+            self._before("promote").get("production_id"),
+        )
         done = self.state.done(self._key("promote"), inputs)
         promotion = find_decision(self.spec, self.store, done["decision_id"]) if done is not None else None
         skipped = promotion is not None
@@ -444,8 +467,14 @@ class _Iteration:
         current = production(self.store, self.spec.name)
         verdict = "promoted" if promotion.promoted else "refused"
         summary = f"{promotion.candidate} {verdict} over {promotion.reference}: {_gate_line(promotion)}"
-        self.state.mark(self._key("promote"), inputs, "finished", summary=summary, decision_id=promotion.id,
-                        production_id=current.id if current is not None else None)  # fmt: skip
+        self.state.mark(
+            self._key("promote"),
+            inputs,
+            "finished",
+            summary=summary,
+            decision_id=promotion.id,
+            production_id=current.id if current is not None else None,
+        )
         return summary, promotion, False
 
     def _evaluate(self, candidates: list[Any]) -> Any:
@@ -456,7 +485,7 @@ class _Iteration:
         return report
 
 
-# ---- small helpers --------------------------------------------------------------------------------------------------
+# ---- small helpers ---------------------------------------------------------------------------------------------------
 def _exists(store: Store, sha256: str | None) -> bool:
     return bool(sha256) and store.blob_path(sha256).exists()
 
@@ -490,10 +519,7 @@ def _fmt(x: float | None) -> str:
 
 def _gate_line(promotion: Any) -> str:
     first = promotion.decision.comparisons[0]
-    line = (
-        f"{first.name} {first.estimate:+.3f} (lower bound {first.low:+.3f}, p={first.p_adjusted:.2g}, "
-        f"{first.test})"
-    )
+    line = f"{first.name} {first.estimate:+.3f} (lower bound {first.low:+.3f}, p={first.p_adjusted:.2g}, {first.test})"
     if not promotion.promoted and promotion.decision.reasons:
         line += f"; failed: {promotion.decision.reasons[0]}"
     return line
@@ -505,14 +531,12 @@ def _write_report(spec: JobSpec, store: Store, report: Any, promotions: list[Any
 
     from instil.eval.report import write_html
 
-    decisions = [
-        {**asdict(p.decision), "candidate": p.candidate, "reference": p.reference} for p in promotions
-    ]
+    decisions = [{**asdict(p.decision), "candidate": p.candidate, "reference": p.reference} for p in promotions]
     path = getattr(report, "html_path", None) or Path(report.examples_path).with_name("report.html")
     write_html(report, path, store=store, decisions=decisions, title=f"{spec.name}: the loop")
 
 
-# ---- quickstart -----------------------------------------------------------------------------------------------------
+# ---- quickstart ------------------------------------------------------------------------------------------------------
 def quickstart(
     dest: str | Path = "quickstart",
     *,

@@ -114,14 +114,24 @@ class Promotion:
     def to_dict(self) -> dict[str, Any]:
         """Everything, JSON-safe (NaN and infinities become None)."""
         d = {
-            "job": self.job, "candidate": self.candidate, "version": self.version, "reference": self.reference,
-            "reference_version": self.reference_version, "holdout": self.holdout,
-            "holdout_sha256": self.holdout_sha256, "limit": self.limit, "promoted": self.promoted,
-            "dry_run": self.dry_run, "eval_run_id": self.eval_run_id, "decision_id": self.decision_id,
-            "primary": self.primary, "primary_kind": self.primary_kind,
+            "job": self.job,
+            "candidate": self.candidate,
+            "version": self.version,
+            "reference": self.reference,
+            "reference_version": self.reference_version,
+            "holdout": self.holdout,
+            "holdout_sha256": self.holdout_sha256,
+            "limit": self.limit,
+            "promoted": self.promoted,
+            "dry_run": self.dry_run,
+            "eval_run_id": self.eval_run_id,
+            "decision_id": self.decision_id,
+            "primary": self.primary,
+            "primary_kind": self.primary_kind,
             "means": {k: {"reference": a, "candidate": b} for k, (a, b) in self.means.items()},
-            "baselines": dict(self.baselines), "gate": asdict(self.decision),
-        }  # fmt: skip
+            "baselines": dict(self.baselines),
+            "gate": asdict(self.decision),
+        }
         return _json_safe(d)
 
     @classmethod
@@ -133,13 +143,23 @@ class Promotion:
         gate = dict(n["gate"])
         gate["comparisons"] = [Comparison(**c) for c in gate["comparisons"]]
         return cls(
-            job=info.job, candidate=n["candidate"], version=info.version, reference=n["reference"],
-            reference_version=info.reference_version, holdout=n["holdout"], decision=GateDecision(**gate),
-            promoted=info.promoted, eval_run_id=n["eval_run_id"], decision_id=info.id, primary=n["primary"],
+            job=info.job,
+            candidate=n["candidate"],
+            version=info.version,
+            reference=n["reference"],
+            reference_version=info.reference_version,
+            holdout=n["holdout"],
+            decision=GateDecision(**gate),
+            promoted=info.promoted,
+            eval_run_id=n["eval_run_id"],
+            decision_id=info.id,
+            primary=n["primary"],
             primary_kind=n["primary_kind"],
             means={k: (v["reference"], v["candidate"]) for k, v in n["means"].items()},
-            holdout_sha256=n.get("holdout_sha256", ""), limit=n.get("limit"), baselines=n.get("baselines", {}),
-        )  # fmt: skip
+            holdout_sha256=n.get("holdout_sha256", ""),
+            limit=n.get("limit"),
+            baselines=n.get("baselines", {}),
+        )
 
     def summary(self) -> str:
         """The verdict and its numbers, as plain text lines (what ``instil promote`` prints)."""
@@ -150,28 +170,36 @@ class Promotion:
             f"primary '{self.primary}' ({self.primary_kind})",
         ]
         if self.baselines:
-            lines.append("reference chosen as the strongest of: "
-                         + ", ".join(f"{k} {v:.3f}" for k, v in self.baselines.items()))  # fmt: skip
+            lines.append(
+                "reference chosen as the strongest of: " + ", ".join(f"{k} {v:.3f}" for k, v in self.baselines.items())
+            )
         rows = [("grader", "test", "mean A -> B", "B - A", "interval", "must be >", "p", "p Holm", "")]
         for c in d.comparisons:
             a, b = self.means.get(c.name, (math.nan, math.nan))
             level = 1 - 2 * c.level
-            rows.append((
-                c.name, f"{c.hypothesis} ({c.test})", f"{a:.3f} -> {b:.3f}", f"{c.estimate:+.4f}",
-                f"[{c.low:+.4f}, {c.high:+.4f}] {level:.1%}", f"{c.threshold:+.4f}", f"{c.p_value:.4g}",
-                f"{c.p_adjusted:.4g}", "pass" if c.passed else "FAIL",
-            ))  # fmt: skip
+            rows.append(
+                (
+                    c.name,
+                    f"{c.hypothesis} ({c.test})",
+                    f"{a:.3f} -> {b:.3f}",
+                    f"{c.estimate:+.4f}",
+                    f"[{c.low:+.4f}, {c.high:+.4f}] {level:.1%}",
+                    f"{c.threshold:+.4f}",
+                    f"{c.p_value:.4g}",
+                    f"{c.p_adjusted:.4g}",
+                    "pass" if c.passed else "FAIL",
+                )
+            )
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        lines += [
-            "  " + "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows
-        ]
+        lines += ["  " + "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows]
         mde = (
             "none up to the largest possible gain"
             if d.min_detectable_effect is None
             else f"{d.min_detectable_effect:.3f}"
         )
-        lines.append(f"power {d.power:.2f} to detect a gain of {d.min_effect:g}; smallest gain detectable with power "
-                     f"0.80: {mde}")  # fmt: skip
+        lines.append(
+            f"power {d.power:.2f} to detect a gain of {d.min_effect:g}; smallest gain detectable with power 0.80: {mde}"
+        )
         if d.reasons:
             lines.append("refused because:" if not d.promoted else "failed:")
             lines += [f"  - {r}" for r in d.reasons]
@@ -202,16 +230,26 @@ class VersionInfo:
 
     def to_dict(self) -> dict[str, Any]:
         m = self.model
-        return _json_safe({
-            "version": m.version, "ref": m.ref, "status": m.status, "pins": list(self.pins),
-            "base_model": m.base_model, "revision": m.revision, "path": m.path, "created_at": m.created_at.isoformat(),
-            "train_dataset": self.train_dataset, "last_decision": self.last_decision_text,
-            "last_decision_id": self.last_decision.id if self.last_decision else None,
-            "primary_score": self.primary_score, "scored_on": self.scored_on,
-        })  # fmt: skip
+        return _json_safe(
+            {
+                "version": m.version,
+                "ref": m.ref,
+                "status": m.status,
+                "pins": list(self.pins),
+                "base_model": m.base_model,
+                "revision": m.revision,
+                "path": m.path,
+                "created_at": m.created_at.isoformat(),
+                "train_dataset": self.train_dataset,
+                "last_decision": self.last_decision_text,
+                "last_decision_id": self.last_decision.id if self.last_decision else None,
+                "primary_score": self.primary_score,
+                "scored_on": self.scored_on,
+            }
+        )
 
 
-# ---- the gate ---------------------------------------------------------------------------------------------------------
+# ---- the gate --------------------------------------------------------------------------------------------------------
 def promote(
     spec: JobSpec,
     store: Store,
@@ -266,21 +304,40 @@ def promote(
     decision, kind, means = decide(spec, rows[ref.name], rows[candidate.name], primary=primary)
 
     promotion = Promotion(
-        job=spec.name, candidate=candidate.name, version=model.version, reference=ref.name,
+        job=spec.name,
+        candidate=candidate.name,
+        version=model.version,
+        reference=ref.name,
         reference_version=ref.model_version.version if ref.model_version is not None else None,
-        holdout=holdout.ref, decision=decision, promoted=False, eval_run_id=report.run_id, decision_id=None,
-        primary=primary, primary_kind=kind, means=means, dry_run=dry_run, holdout_sha256=holdout.sha256,
-        limit=limit, baselines=baselines,
-    )  # fmt: skip
+        holdout=holdout.ref,
+        decision=decision,
+        promoted=False,
+        eval_run_id=report.run_id,
+        decision_id=None,
+        primary=primary,
+        primary_kind=kind,
+        means=means,
+        dry_run=dry_run,
+        holdout_sha256=holdout.sha256,
+        limit=limit,
+        baselines=baselines,
+    )
     if dry_run:
         return promotion
     numbers = promotion.to_dict()
     numbers["eval_inputs_sha256"] = eval_inputs_sha256(spec)
     info = store.record_decision(
-        spec.name, kind="gate", model=model, promoted=decision.promoted, production_before=current,
-        reference=ref.name, reference_model=ref.model_version, dataset=holdout, run_id=report.run_id,
+        spec.name,
+        kind="gate",
+        model=model,
+        promoted=decision.promoted,
+        production_before=current,
+        reference=ref.name,
+        reference_model=ref.model_version,
+        dataset=holdout,
+        run_id=report.run_id,
         numbers={**numbers, "promoted": decision.promoted},
-    )  # fmt: skip
+    )
     return Promotion.from_record(info)
 
 
@@ -309,9 +366,7 @@ def decide(
         raise DataError("no holdout examples were scored: nothing to decide on", hint="check --limit")
     ids = list(a_rows)
     graders = list(next(iter(a_rows.values())).scores)
-    missing = [
-        g for g in [primary, *graders] if any(g not in r.scores for r in (*a_rows.values(), *b_rows.values()))
-    ]
+    missing = [g for g in [primary, *graders] if any(g not in r.scores for r in (*a_rows.values(), *b_rows.values()))]
     if missing:
         raise DataError(
             f"grader(s) {sorted(set(missing))} did not score every example of both sides",
@@ -323,13 +378,15 @@ def decide(
     others = {g: pair for g, pair in scores.items() if g != primary}
     try:
         decision = gate_decision(
-            (a_p, b_p, kind), others, primary_name=primary, alpha=spec.gate.alpha,
-            margin=spec.gate.non_inferiority_margin, min_effect=spec.gate.min_effect,
-        )  # fmt: skip
+            (a_p, b_p, kind),
+            others,
+            primary_name=primary,
+            alpha=spec.gate.alpha,
+            margin=spec.gate.non_inferiority_margin,
+            min_effect=spec.gate.min_effect,
+        )
     except ValueError as e:
-        raise InstilError(
-            f"{spec.file or 'the spec'}: gate: {e}", hint="fix the gate: section of the spec"
-        ) from None
+        raise InstilError(f"{spec.file or 'the spec'}: gate: {e}", hint="fix the gate: section of the spec") from None
     means = {g: (sum(a) / len(a), sum(b) / len(b)) for g, (a, b) in scores.items()}
     return decision, kind, means
 
@@ -345,7 +402,7 @@ def find_decision(spec: JobSpec, store: Store, decision_id: int) -> Promotion | 
     return Promotion.from_record(info)
 
 
-# ---- production, rollback, pins ---------------------------------------------------------------------------------------
+# ---- production, rollback, pins --------------------------------------------------------------------------------------
 def production(store: Store, job: str) -> ModelVersion | None:
     """The model version of ``job`` serving now; None before the first promotion."""
     return store.production_model(job)
@@ -394,17 +451,24 @@ def rollback(store: Store, job: str, to: int | None = None) -> ModelVersion:
             )
         target = found[0]
     store.record_decision(
-        job, kind="rollback", model=target, promoted=True, production_before=current, reference_model=current,
+        job,
+        kind="rollback",
+        model=target,
+        promoted=True,
+        production_before=current,
+        reference_model=current,
         numbers={"from": current.ref, "to": target.ref},
-    )  # fmt: skip
+    )
     return store.get_model(job, target.version)
 
 
 def pin(store: Store, job: str, name: str, version: int | str) -> PinInfo:
     """Point pin ``name`` of ``job`` at a model version (a number, ``<job>@<n>``, ``production``, another pin)."""
     if name in RESERVED_NAMES:
-        raise InstilError(f"'{name}' cannot be a pin name: it already means something to `resolve`",
-                          hint=f"pick another name; reserved: {', '.join(RESERVED_NAMES)}")  # fmt: skip
+        raise InstilError(
+            f"'{name}' cannot be a pin name: it already means something to `resolve`",
+            hint=f"pick another name; reserved: {', '.join(RESERVED_NAMES)}",
+        )
     return store.set_pin(job, name, resolve(store, job, version))
 
 
@@ -424,16 +488,16 @@ def resolve(store: Store, job: str, ref: int | str) -> ModelVersion:
     if "@" in text:
         prefix, _, text = text.partition("@")
         if prefix != job:
-            raise NotFoundError(f"'{ref}' names a model of job '{prefix}', not of '{job}'",
-                                hint=f"write {job}@<version>, or just the version number")  # fmt: skip
+            raise NotFoundError(
+                f"'{ref}' names a model of job '{prefix}', not of '{job}'",
+                hint=f"write {job}@<version>, or just the version number",
+            )
     if _NUMBER.fullmatch(text):
         return store.get_model(job, int(text))
     if text == "production":
         current = store.production_model(job)
         if current is None:
-            raise NotFoundError(
-                f"job '{job}' has no production model yet", hint="promote one: `instil promote`"
-            )
+            raise NotFoundError(f"job '{job}' has no production model yet", hint="promote one: `instil promote`")
         return current
     if text == "latest":
         return _model(store, job, None)
@@ -461,11 +525,7 @@ def list_versions(store: Store, job: str) -> list[VersionInfo]:
     runs: dict[int, Any] = {}
     out = []
     for m in store.list_models(job):
-        about = [
-            d
-            for d in decisions
-            if d.model_id == m.id or (d.kind == "rollback" and d.reference_model_id == m.id)
-        ]
+        about = [d for d in decisions if d.model_id == m.id or (d.kind == "rollback" and d.reference_model_id == m.id)]
         last = about[-1] if about else None
         score, scored_on = None, None
         for e in reversed(store.list_evaluations(model=m)):
@@ -476,21 +536,28 @@ def list_versions(store: Store, job: str) -> list[VersionInfo]:
                     store.get_version(e.dataset_version_id).ref,
                 )
                 break
-        out.append(VersionInfo(m, tuple(pins.get(m.id, ())), _train_dataset(store, m), last,
-                               _describe(last, m) if last else None, score, scored_on))  # fmt: skip
+        out.append(
+            VersionInfo(
+                m,
+                tuple(pins.get(m.id, ())),
+                _train_dataset(store, m),
+                last,
+                _describe(last, m) if last else None,
+                score,
+                scored_on,
+            )
+        )
     return out
 
 
-# ---- helpers ----------------------------------------------------------------------------------------------------------
+# ---- helpers ---------------------------------------------------------------------------------------------------------
 def _model(store: Store, job: str, version: int | None) -> ModelVersion:
     if version is None and not store.list_models(job):
         raise NotFoundError(f"job '{job}' has no model trained yet", hint="run `instil train` first")
     return store.get_model(job, version)
 
 
-def _references(
-    spec: JobSpec, store: Store, current: ModelVersion | None, name: str | None
-) -> list[Candidate]:
+def _references(spec: JobSpec, store: Store, current: ModelVersion | None, name: str | None) -> list[Candidate]:
     if name is None:
         return [model_candidate(spec, current)] if current is not None else prompted_baselines(spec)
     by_name = {c.name: c for c in default_candidates(spec, store)}
@@ -521,8 +588,10 @@ def _by_example(rows: list[Any], what: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for r in rows:
         if r.example_id in out:
-            raise DataError(f"{what} has two results for holdout example {r.example_id}: they cannot be paired",
-                            hint="give the holdout's examples distinct ids and re-split (`instil data split --refreeze`)")  # fmt: skip
+            raise DataError(
+                f"{what} has two results for holdout example {r.example_id}: they cannot be paired",
+                hint="give the holdout's examples distinct ids and re-split (`instil data split --refreeze`)",
+            )
         out[r.example_id] = r
     return out
 

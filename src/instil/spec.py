@@ -63,7 +63,7 @@ def _check_json_schema(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
-# ---- the output contract ------------------------------------------------------------------------------------------
+# ---- the output contract ---------------------------------------------------------------------------------------------
 class ToolSpec(_Strict):
     """One tool the model may call, in OpenAI's ``tools`` shape."""
 
@@ -128,7 +128,7 @@ class OutputSpec(_Strict):
         return self
 
 
-# ---- graders: the spec names them; the grader library (instil.eval) implements them ---------------------------------
+# ---- graders: the spec names them; the grader library (instil.eval) implements them ----------------------------------
 class _GraderBase(_Strict):
     name: str
     """A unique name, used in reports and by ``gate.primary``."""
@@ -459,7 +459,13 @@ class TrainingSpec(_Strict):
         return v
 
 
-_MANAGED_TRL_FIELDS = {"output_dir", "num_train_epochs", "learning_rate", "per_device_train_batch_size", "seed"}
+_MANAGED_TRL_FIELDS = {
+    "output_dir",
+    "num_train_epochs",
+    "learning_rate",
+    "per_device_train_batch_size",
+    "seed",
+}
 
 
 @cache
@@ -651,9 +657,7 @@ class JobSpec(_Strict):
             elif marked and marked != [self.gate.primary]:
                 problems.append(f"gate.primary is '{self.gate.primary}' but graders mark {marked} as primary")
         elif len(marked) != 1:
-            problems.append(
-                f"exactly one grader must have 'primary: true' (found {len(marked)}), or set gate.primary"
-            )
+            problems.append(f"exactly one grader must have 'primary: true' (found {len(marked)}), or set gate.primary")
         for g in self.graders:
             if g.type == "json_schema" and g.json_schema is None and self.output.json_schema is None:
                 problems.append(f"grader '{g.name}' needs a 'schema', or set output.schema")
@@ -665,7 +669,7 @@ class JobSpec(_Strict):
             raise ValueError("; ".join(problems))
         return self
 
-    # ---- derived --------------------------------------------------------------------------------------------------
+    # ---- derived -----------------------------------------------------------------------------------------------------
     @property
     def root(self) -> Path:
         """The folder relative paths are resolved against (the spec file's folder)."""

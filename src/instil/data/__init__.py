@@ -1,6 +1,6 @@
 """Data: one record type, every common format, validation, statistics, curation and the frozen-holdout split.
 
-    from instil.data import read_examples, validate_file, curate, split_examples
+from instil.data import read_examples, validate_file, curate, split_examples
 """
 
 from __future__ import annotations

@@ -196,9 +196,15 @@ def _empty_arrays() -> dict[str, np.ndarray]:
     sig = np.zeros((0, minhash.NUM_PERM), dtype=np.uint16)
     h = np.zeros(0, dtype=np.uint64)
     return {
-        "example_hash": h, "input_hash": h, "output_hash": h, "example_sig": sig, "input_sig": sig,
-        "output_sig": sig, "labels": np.zeros(0, np.int32), "groups": np.zeros((0, 2), np.int64),
-    }  # fmt: skip
+        "example_hash": h,
+        "input_hash": h,
+        "output_hash": h,
+        "example_sig": sig,
+        "input_sig": sig,
+        "output_sig": sig,
+        "labels": np.zeros(0, np.int32),
+        "groups": np.zeros((0, 2), np.int64),
+    }
 
 
 # ---- duplicates and contradictions -----------------------------------------------------------------------------------
@@ -397,9 +403,7 @@ def plan(
 ) -> tuple[np.ndarray, CurationReport]:
     """Decide what to keep from fingerprints alone: a boolean mask over rows and the report."""
     if contradictions not in get_args(ContradictionRule):
-        raise DataError(
-            f"contradictions={contradictions!r} is not a rule; use report, drop, majority, first or last"
-        )
+        raise DataError(f"contradictions={contradictions!r} is not a rule; use report, drop, majority, first or last")
     keep = np.ones(len(fp), dtype=bool)
     dropped: Counter[str] = Counter()
     exact, near = find_duplicates(fp, near_threshold=near_threshold)
@@ -422,8 +426,10 @@ def plan(
         survivors: set[int] = set()
         for r in winners:
             # A winner dropped as an exact copy is represented by its first copy, which was kept.
-            twin = r if keep[r] else next(
-                (k for k in g.rows if keep[k] and fp.example_hash[k] == fp.example_hash[r]), None
+            twin = (
+                r
+                if keep[r]
+                else next((k for k in g.rows if keep[k] and fp.example_hash[k] == fp.example_hash[r]), None)
             )
             if twin is not None:
                 survivors.add(twin)
@@ -439,9 +445,17 @@ def plan(
                     keep[r] = False
                     dropped["near"] += 1
     report = CurationReport(
-        total=len(fp), kept=int(keep.sum()), exact_groups=exact, near_groups=near, contradiction_groups=contra,
-        contradiction_rule=contradictions, resolved=resolved, pii=fp.pii, redacted=redacted, dropped=dict(dropped),
-    )  # fmt: skip
+        total=len(fp),
+        kept=int(keep.sum()),
+        exact_groups=exact,
+        near_groups=near,
+        contradiction_groups=contra,
+        contradiction_rule=contradictions,
+        resolved=resolved,
+        pii=fp.pii,
+        redacted=redacted,
+        dropped=dict(dropped),
+    )
     return keep, report
 
 
@@ -481,9 +495,13 @@ def curate(
     examples = list(examples)
     fp = fingerprint(examples, scan=True)
     keep, report = plan(
-        fp, near_threshold=near_threshold, contradictions=contradictions, choices=choices, drop_near=drop_near,
+        fp,
+        near_threshold=near_threshold,
+        contradictions=contradictions,
+        choices=choices,
+        drop_near=drop_near,
         redacted=redact_pii,
-    )  # fmt: skip
+    )
     kept = [redact(e) if redact_pii else e for e, k in zip(examples, keep, strict=True) if k]
     return CurationResult(kept, report)
 
@@ -518,9 +536,13 @@ def curate_file(
     path = Path(path)
     fp = fingerprint(reader(path), scan=True)
     keep, report = plan(
-        fp, near_threshold=near_threshold, contradictions=contradictions, choices=choices, drop_near=drop_near,
+        fp,
+        near_threshold=near_threshold,
+        contradictions=contradictions,
+        choices=choices,
+        drop_near=drop_near,
         redacted=redact_pii,
-    )  # fmt: skip
+    )
     if out is not None:
         with Path(out).open("w", encoding="utf-8") as f:
             for e, k in zip(reader(path), keep, strict=True):

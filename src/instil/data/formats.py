@@ -2,10 +2,10 @@
 writes them back.
 
     fmt = detect_format("data.jsonl")                    # chat, preference, prompt_completion, alpaca, sharegpt...
-    for ex in read_examples("data.jsonl"):               # streams; DataFormatError "file:line: field: what" on a bad record
+    for ex in read_examples("data.jsonl"):               # streams; DataFormatError "file:line: field: what" if bad
         ...
-    write_examples(examples, "out.csv", format="csv")    # raises DataFormatError when an example does not fit the format
-    for rec in iter_records("data.jsonl"):               # the raw layer validation uses: line, text, parsed value or error
+    write_examples(examples, "out.csv", format="csv")    # DataFormatError when an example does not fit the format
+    for rec in iter_records("data.jsonl"):               # the raw layer validation uses: line, text, value or error
         ...
 
 Formats (``FORMATS``):
@@ -59,9 +59,15 @@ MESSAGE_KEYS = ("role", "content", "name", "tool_calls", "tool_call_id", "weight
 """The keys a chat message may have."""
 
 _SHAREGPT_ROLES = {
-    "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system",
-    "tool": "tool", "function_response": "tool", "observation": "tool",
-}  # fmt: skip
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+    "tool": "tool",
+    "function_response": "tool",
+    "observation": "tool",
+}
 _SHAREGPT_WRITE = {"user": "human", "assistant": "gpt", "system": "system", "tool": "tool"}
 _META_KEYS = ("id", "group", "tags")
 
@@ -93,7 +99,7 @@ class RawRecord:
     """The line ended with CRLF (accepted, reported as a warning)."""
 
 
-# ---- detection ---------------------------------------------------------------------------------------------------
+# ---- detection -------------------------------------------------------------------------------------------------------
 def detect_record_format(d: Any) -> str | None:
     """The format one parsed record is in, from its keys; None when no format fits."""
     if not isinstance(d, dict):
@@ -125,9 +131,7 @@ def detect_format(path: str | Path) -> str:
             hint="point at a data file, or at the folder `Dataset.save_to_disk` wrote",
         )
     if not path.exists():
-        raise DataFormatError(
-            f"{path}: file not found", hint="check the path (relative paths start at the spec)"
-        )
+        raise DataFormatError(f"{path}: file not found", hint="check the path (relative paths start at the spec)")
     if path.suffix.lower() in (".csv", ".tsv"):
         return "csv"
     for rec in _iter_json(path, limit=50):
@@ -148,10 +152,8 @@ def detect_format(path: str | Path) -> str:
     )
 
 
-# ---- the raw layer -----------------------------------------------------------------------------------------------
-def iter_records(
-    path: str | Path, format: str = "auto", columns: dict[str, str] | None = None
-) -> Iterator[RawRecord]:
+# ---- the raw layer ---------------------------------------------------------------------------------------------------
+def iter_records(path: str | Path, format: str = "auto", columns: dict[str, str] | None = None) -> Iterator[RawRecord]:
     """Yield every record of a file with its line, original text and parsed value (or parse error). Streams."""
     path = Path(path)
     fmt = detect_format(path) if format == "auto" else _check_format(format)
@@ -180,9 +182,7 @@ def _iter_json(path: Path, limit: int | None = None) -> Iterator[RawRecord]:
     with path.open("rb") as f:
         head = f.read(64).lstrip(b"\xef\xbb\xbf").lstrip()
         f.seek(0)
-        if (
-            head.startswith(b"[") and path.suffix.lower() == ".json"
-        ):  # JSONL lines may be arrays; only .json is one
+        if head.startswith(b"[") and path.suffix.lower() == ".json":  # JSONL lines may be arrays; only .json is one
             yield from _iter_json_array(f.read(), limit)
             return
         n = 0
@@ -292,9 +292,7 @@ def _load_hf(path: Path) -> Any:
     try:
         import datasets
     except ImportError:  # pragma: no cover - datasets is a core dependency
-        raise DependencyError(
-            "reading a saved Hugging Face dataset needs `datasets`; pip install datasets"
-        ) from None
+        raise DependencyError("reading a saved Hugging Face dataset needs `datasets`; pip install datasets") from None
     try:
         ds = datasets.load_from_disk(str(path))
     except Exception as e:  # datasets raises FileNotFoundError, ValueError... for folders it cannot read
@@ -325,10 +323,8 @@ def _drop_nulls(value: Any) -> Any:
     return value
 
 
-# ---- records to examples -----------------------------------------------------------------------------------------
-def to_example(
-    d: Any, format: str, *, columns: dict[str, str] | None = None, source: str | None = None
-) -> Example:
+# ---- records to examples ---------------------------------------------------------------------------------------------
+def to_example(d: Any, format: str, *, columns: dict[str, str] | None = None, source: str | None = None) -> Example:
     """Turn one parsed record into an :class:`Example`. Raises :class:`RecordError` naming the bad field."""
     if not isinstance(d, dict):
         raise RecordError("", f"a record must be a JSON object, not {_type(d)}")
@@ -374,8 +370,7 @@ def valid_content(content: Any) -> bool:
     if isinstance(content, str):
         return True
     return isinstance(content, list) and all(
-        isinstance(p, dict) and isinstance(p.get("type"), str) and isinstance(p.get("text", ""), str)
-        for p in content
+        isinstance(p, dict) and isinstance(p.get("type"), str) and isinstance(p.get("text", ""), str) for p in content
     )
 
 
@@ -385,9 +380,7 @@ def message_from_dict(d: Any, path: str) -> Message:
         raise RecordError(path, f"a message must be an object, not {_type(d)}")
     unknown = sorted(set(d) - set(MESSAGE_KEYS))
     if unknown:
-        raise RecordError(
-            f"{path}.{unknown[0]}", f"unknown message key; a message has {', '.join(MESSAGE_KEYS)}"
-        )
+        raise RecordError(f"{path}.{unknown[0]}", f"unknown message key; a message has {', '.join(MESSAGE_KEYS)}")
     role = d.get("role")
     if role not in ROLES:
         raise RecordError(f"{path}.role", f"unknown role {role!r}; use one of {', '.join(ROLES)}")
@@ -395,9 +388,7 @@ def message_from_dict(d: Any, path: str) -> Message:
     if calls is not None and (role != "assistant" or not isinstance(calls, list)):
         raise RecordError(f"{path}.tool_calls", "tool_calls must be a list, on an assistant message")
     if content is None and not calls:
-        raise RecordError(
-            f"{path}.content", "missing content (only an assistant message with tool_calls may omit it)"
-        )
+        raise RecordError(f"{path}.content", "missing content (only an assistant message with tool_calls may omit it)")
     if content is not None and not valid_content(content):
         raise RecordError(f"{path}.content", "content must be a string or a list of {type, text} parts")
     weight = d.get("weight")
@@ -426,9 +417,7 @@ def _tools(d: dict[str, Any], path: str = "tools") -> list[dict[str, Any]] | Non
     return tools
 
 
-def _metadata(
-    d: dict[str, Any], known: Iterable[str]
-) -> tuple[str | None, list[str], str | None, dict[str, Any]]:
+def _metadata(d: dict[str, Any], known: Iterable[str]) -> tuple[str | None, list[str], str | None, dict[str, Any]]:
     """id, tags, group and the other keys of a record: from ``metadata`` and from unknown top-level keys."""
     meta = {k: v for k, v in d.items() if k not in known and k != "metadata"}
     inner = d.get("metadata")
@@ -473,9 +462,7 @@ def _from_preference(d: dict[str, Any]) -> Example:
             raise RecordError(key, "must hold one or more assistant messages")
     extra = sorted(set(inp) - {"messages", "tools", "parallel_tool_calls"})
     if extra:
-        raise RecordError(
-            f"input.{extra[0]}", "unknown key; the input has messages, tools, parallel_tool_calls"
-        )
+        raise RecordError(f"input.{extra[0]}", "unknown key; the input has messages, tools, parallel_tool_calls")
     rid, tags, group, meta = _metadata(d, ("input", "preferred_output", "non_preferred_output"))
     if "parallel_tool_calls" in inp:
         meta["parallel_tool_calls"] = inp["parallel_tool_calls"]
@@ -497,9 +484,7 @@ def _from_prompt_completion(d: dict[str, Any], cols: dict[str, str], *, csv: boo
     prompt, completion = d.get(cols["prompt"]), d.get(cols["completion"])
     for key in ("prompt", "completion"):
         if cols[key] not in d:
-            raise RecordError(
-                cols[key], f"missing {key} column/key (columns: {sorted(d)}); map it with columns.{key}"
-            )
+            raise RecordError(cols[key], f"missing {key} column/key (columns: {sorted(d)}); map it with columns.{key}")
     if isinstance(prompt, list) or isinstance(completion, list):  # TRL's conversational prompt-completion
         messages = _messages(prompt, cols["prompt"]) + _messages(completion, cols["completion"])
         system = _text(d, cols["system"], required=False)
@@ -572,7 +557,7 @@ def _from_sharegpt(d: dict[str, Any]) -> Example:
     return Example(messages, _tools(d), None, rid, tags, group, meta)
 
 
-# ---- reading -----------------------------------------------------------------------------------------------------
+# ---- reading ---------------------------------------------------------------------------------------------------------
 def _check_format(format: str) -> str:
     if format not in FORMATS:
         raise DataFormatError(f"unknown format '{format}'; use auto or one of {', '.join(FORMATS)}")

@@ -127,9 +127,7 @@ def signatures(
         texts = [shingle_text(t) for t in texts]
     hashes, offsets = _shingle_hashes(texts, ngram)
     matrix = rensa.RMinHash.digest_matrix_from_flat_token_hashes(hashes, offsets, num_perm, seed)
-    flat = np.fromiter(
-        itertools.chain.from_iterable(matrix.to_rows()), dtype=np.uint32, count=len(texts) * num_perm
-    )
+    flat = np.fromiter(itertools.chain.from_iterable(matrix.to_rows()), dtype=np.uint32, count=len(texts) * num_perm)
     sigs = flat.reshape(len(texts), num_perm)
     return sigs if full else truncate(sigs)
 
@@ -189,9 +187,7 @@ def _candidates(sigs: np.ndarray, threshold: float) -> np.ndarray:
     return np.stack([codes // n, codes % n], axis=1)
 
 
-def _verify(
-    a: np.ndarray, b: np.ndarray, pairs: np.ndarray, threshold: float
-) -> tuple[np.ndarray, np.ndarray]:
+def _verify(a: np.ndarray, b: np.ndarray, pairs: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
     sims = np.empty(len(pairs), dtype=np.float64)
     step = 200_000  # bounds the gathered rows' memory
     for i in range(0, len(pairs), step):

@@ -117,7 +117,7 @@ class Example:
     source: str | None = None
     """Where the example was read from (``file:line``); not part of its content or hash."""
 
-    # ---- content views -------------------------------------------------------------------------------------------
+    # ---- content views -----------------------------------------------------------------------------------------------
     def content_dict(self) -> dict[str, Any]:
         """The example's content (what a model sees and learns), without instil's metadata."""
         d: dict[str, Any] = {"messages": [m.to_dict() for m in self.messages]}
@@ -165,7 +165,7 @@ class Example:
         """The example's id: the source's own, or ``ex-`` and the first 16 hex digits of the content hash."""
         return self.id if self.id is not None else "ex-" + self.content_hash()[:16]
 
-    # ---- input / output split used by curation, splitting and evaluation -------------------------------------------
+    # ---- input / output split used by curation, splitting and evaluation ---------------------------------------------
     def last_assistant_index(self) -> int | None:
         for i in range(len(self.messages) - 1, -1, -1):
             if self.messages[i].role == "assistant":

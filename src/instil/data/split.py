@@ -44,7 +44,7 @@ __all__ = [
 INDEX_VERSION = 1
 
 
-# ---- assigning units ---------------------------------------------------------------------------------------------------
+# ---- assigning units -------------------------------------------------------------------------------------------------
 def _units(fp: Fingerprints, threshold: float) -> np.ndarray:
     """Each row's unit label (components of every link that must not straddle the split)."""
     n = len(fp)
@@ -74,9 +74,7 @@ def assign_holdout(fp: Fingerprints, settings: SplitSpec, *, labels_given: bool 
     """A boolean mask of the rows that go to the holdout (see the module docstring for the rules)."""
     n = len(fp)
     if n < 2:
-        raise DataError(
-            f"cannot split {n} example(s): the holdout and the training set each need at least one"
-        )
+        raise DataError(f"cannot split {n} example(s): the holdout and the training set each need at least one")
     units = _units(fp, settings.near_duplicate_threshold)
     unit_ids, unit_of_row, sizes = np.unique(units, return_inverse=True, return_counts=True)
     if len(unit_ids) < 2:
@@ -86,16 +84,12 @@ def assign_holdout(fp: Fingerprints, settings: SplitSpec, *, labels_given: bool 
         )
     stratify = _use_labels(fp, settings, labels_given)
     if stratify:
-        unit_label = _majority(
-            unit_of_row, np.where(fp.labels >= 0, fp.labels, len(fp.label_names)), len(unit_ids)
-        )
+        unit_label = _majority(unit_of_row, np.where(fp.labels >= 0, fp.labels, len(fp.label_names)), len(unit_ids))
     else:
         unit_label = np.zeros(len(unit_ids), dtype=np.int64)
     want = settings.holdout_size if settings.holdout_size is not None else settings.holdout_fraction * n
     if settings.holdout_size is not None and not 0 < settings.holdout_size < n:
-        raise DataError(
-            f"split.holdout_size is {settings.holdout_size} but the data has {n} examples; use 1..{n - 1}"
-        )
+        raise DataError(f"split.holdout_size is {settings.holdout_size} but the data has {n} examples; use 1..{n - 1}")
     rng = np.random.default_rng(settings.seed)
     order = rng.permutation(len(unit_ids))
     holdout_units = np.zeros(len(unit_ids), dtype=bool)
@@ -209,18 +203,21 @@ class HoldoutIndex:
 
     @classmethod
     def build(cls, content_hash: str, fp: Fingerprints, rows: np.ndarray, threshold: float) -> HoldoutIndex:
-        return cls(
-            content_hash, [fp.keys[i] for i in rows], fp.input_hash[rows], fp.input_sig[rows], threshold
-        )
+        return cls(content_hash, [fp.keys[i] for i in rows], fp.input_hash[rows], fp.input_sig[rows], threshold)
 
     def save(self, path: str | Path) -> Path:
         """Write ``index.json`` and ``index.npz`` into the folder ``path``."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         meta = {
-            "version": INDEX_VERSION, "content_hash": self.content_hash, "keys": self.keys,
-            "threshold": self.threshold, "num_perm": self.num_perm, "ngram": self.ngram, "seed": self.seed,
-        }  # fmt: skip
+            "version": INDEX_VERSION,
+            "content_hash": self.content_hash,
+            "keys": self.keys,
+            "threshold": self.threshold,
+            "num_perm": self.num_perm,
+            "ngram": self.ngram,
+            "seed": self.seed,
+        }
         (path / "index.json").write_text(json.dumps(meta), encoding="utf-8")
         np.savez_compressed(path / "index.npz", input_hashes=self.input_hashes, signatures=self.signatures)
         return path
@@ -236,20 +233,20 @@ class HoldoutIndex:
             raise DataError(
                 f"{path}: cannot read the holdout index ({e}); re-create it with `instil data split`"
             ) from None
-        if (
-            meta.get("version") != INDEX_VERSION
-            or len(meta["keys"]) != len(hashes)
-            or sigs.shape[0] != len(hashes)
-        ):
-            raise DataError(
-                f"{path}: the holdout index is damaged or from another version; re-run `instil data split`"
-            )
+        if meta.get("version") != INDEX_VERSION or len(meta["keys"]) != len(hashes) or sigs.shape[0] != len(hashes):
+            raise DataError(f"{path}: the holdout index is damaged or from another version; re-run `instil data split`")
         if (meta["num_perm"], meta["ngram"], meta["seed"]) != (minhash.NUM_PERM, minhash.NGRAM, minhash.SEED):
-            raise DataError(
-                f"{path}: the holdout index used other MinHash settings; re-run `instil data split`"
-            )
-        return cls(meta["content_hash"], meta["keys"], hashes, sigs, meta["threshold"], meta["num_perm"],
-                   meta["ngram"], meta["seed"])  # fmt: skip
+            raise DataError(f"{path}: the holdout index used other MinHash settings; re-run `instil data split`")
+        return cls(
+            meta["content_hash"],
+            meta["keys"],
+            hashes,
+            sigs,
+            meta["threshold"],
+            meta["num_perm"],
+            meta["ngram"],
+            meta["seed"],
+        )
 
     def check(self, examples: Iterable[Example]) -> list[LeakMatch]:
         """Every example whose input equals or nearly equals a holdout example's input."""
@@ -291,17 +288,25 @@ def _audit(fp: Fingerprints, hold: np.ndarray, threshold: float) -> LeakageAudit
     train_rows, hold_rows = np.flatnonzero(~hold), np.flatnonzero(hold)
     sub = _subset(fp, train_rows)
     return LeakageAudit(
-        threshold, _matches(sub, [fp.keys[i] for i in hold_rows], fp.input_hash[hold_rows], fp.input_sig[hold_rows],
-                            threshold),
-    )  # fmt: skip
+        threshold,
+        _matches(sub, [fp.keys[i] for i in hold_rows], fp.input_hash[hold_rows], fp.input_sig[hold_rows], threshold),
+    )
 
 
 def _subset(fp: Fingerprints, rows: np.ndarray) -> Fingerprints:
     arrays = {
         name: getattr(fp, name)[rows]
-        for name in ("example_hash", "input_hash", "output_hash", "example_sig", "input_sig", "output_sig", "labels",
-                     "groups")
-    }  # fmt: skip
+        for name in (
+            "example_hash",
+            "input_hash",
+            "output_hash",
+            "example_sig",
+            "input_sig",
+            "output_sig",
+            "labels",
+            "groups",
+        )
+    }
     return Fingerprints(
         keys=[fp.keys[i] for i in rows],
         sources=[fp.sources[i] for i in rows],
@@ -325,17 +330,17 @@ def split_examples(
     hold = assign_holdout(fp, settings, labels_given=told)
     train = [e for e, h in zip(examples, hold, strict=True) if not h]
     holdout = [e for e, h in zip(examples, hold, strict=True) if h]
-    index = HoldoutIndex.build(
-        _holdout_hash(holdout), fp, np.flatnonzero(hold), settings.near_duplicate_threshold
-    )
+    index = HoldoutIndex.build(_holdout_hash(holdout), fp, np.flatnonzero(hold), settings.near_duplicate_threshold)
     return SplitResult(train, holdout, _audit(fp, hold, settings.near_duplicate_threshold), index)
 
 
 def _check_labels(fp: Fingerprints, labels: list[str]) -> None:
     unknown = sorted(set(fp.label_names) - set(labels))
     if unknown:
-        raise DataError(f"the data has label(s) {unknown[:10]} that are not in output.labels {labels}; fix the data "
-                        "or add them to the spec")  # fmt: skip
+        raise DataError(
+            f"the data has label(s) {unknown[:10]} that are not in output.labels {labels}; fix the data "
+            "or add them to the spec"
+        )
 
 
 @dataclass
@@ -352,8 +357,12 @@ class SplitSummary:
     """The frozen holdout's index."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"train": self.train, "holdout": self.holdout, "content_hash": self.index.content_hash,
-                "leaks": [m.__dict__ for m in self.audit.pairs]}  # fmt: skip
+        return {
+            "train": self.train,
+            "holdout": self.holdout,
+            "content_hash": self.index.content_hash,
+            "leaks": [m.__dict__ for m in self.audit.pairs],
+        }
 
 
 def split_file(
@@ -387,6 +396,4 @@ def split_file(
                 tf.write(line)
     rows = np.flatnonzero(hold)
     index = HoldoutIndex.build(digest.hexdigest(), fp, rows, settings.near_duplicate_threshold)
-    return SplitSummary(
-        int((~hold).sum()), len(rows), _audit(fp, hold, settings.near_duplicate_threshold), index
-    )
+    return SplitSummary(int((~hold).sum()), len(rows), _audit(fp, hold, settings.near_duplicate_threshold), index)

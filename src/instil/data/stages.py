@@ -71,9 +71,14 @@ def validate_job(
         path = _existing(spec, src)
         rejects = (rejects_dir / f"{path.stem}.rejects.jsonl") if rejects_dir is not None else None
         report = validate_file(
-            path, format=src.format, spec=spec, counter=counter, max_tokens=spec.model.max_length,
-            rejects_path=rejects, columns=src.columns,
-        )  # fmt: skip
+            path,
+            format=src.format,
+            spec=spec,
+            counter=counter,
+            max_tokens=spec.model.max_length,
+            rejects_path=rejects,
+            columns=src.columns,
+        )
         out.append(SourceReport(src, path, report))
     return out
 
@@ -93,7 +98,7 @@ def _existing(spec: JobSpec, src: DataSource) -> Path:
     return path
 
 
-# ---- curate -----------------------------------------------------------------------------------------------------
+# ---- curate ----------------------------------------------------------------------------------------------------------
 @dataclass
 class CurateOutcome:
     """What :func:`curate_job` recorded."""
@@ -129,17 +134,24 @@ def curate_job(
         redact_pii=redact_pii,
     )
     curated = store.put_dataset(
-        dataset_name(spec, "curated"), result.examples, kind="curated", parents=[raw],
-        meta={"kept": result.report.kept, "dropped": result.report.dropped, "rule": contradictions,
-              "redacted": redact_pii},
-    )  # fmt: skip
+        dataset_name(spec, "curated"),
+        result.examples,
+        kind="curated",
+        parents=[raw],
+        meta={
+            "kept": result.report.kept,
+            "dropped": result.report.dropped,
+            "rule": contradictions,
+            "redacted": redact_pii,
+        },
+    )
     pool = None
     if any(s.role == "pool" for s in spec.data):
         pool = store.put_dataset(dataset_name(spec, "pool"), read_sources(spec, ("pool",)), kind="pool")
     return CurateOutcome(raw=raw, curated=curated, report=result.report, pool=pool)
 
 
-# ---- split --------------------------------------------------------------------------------------------------------
+# ---- split -----------------------------------------------------------------------------------------------------------
 @dataclass
 class SplitOutcome:
     """What :func:`split_job` recorded."""
@@ -201,9 +213,13 @@ def split_job(spec: JobSpec, store: Store, *, refreeze: bool = False) -> SplitOu
     if existing is None and not given:
         result = split_examples(examples, spec.split, label_field=label_field, labels=labels)
         holdout = store.put_dataset(
-            dataset_name(spec, "holdout"), result.holdout, kind="holdout", parents=[curated], frozen=True,
+            dataset_name(spec, "holdout"),
+            result.holdout,
+            kind="holdout",
+            parents=[curated],
+            frozen=True,
             meta={"seed": spec.split.seed, "fraction": spec.split.holdout_fraction},
-        )  # fmt: skip
+        )
         result.index.save(_index_path(store, holdout))
         train = store.put_dataset(dataset_name(spec, "train"), result.train, kind="train", parents=[curated])
         return SplitOutcome(train, holdout, result.audit, result.index, reused_holdout=False)
@@ -222,9 +238,12 @@ def split_job(spec: JobSpec, store: Store, *, refreeze: bool = False) -> SplitOu
     leaking = {m.example_key for m in matches}
     train_examples = [e for e in examples if e.key() not in leaking]
     train = store.put_dataset(
-        dataset_name(spec, "train"), train_examples, kind="train", parents=[curated, existing],
+        dataset_name(spec, "train"),
+        train_examples,
+        kind="train",
+        parents=[curated, existing],
         meta={"left_out_for_holdout": sorted(leaking)},
-    )  # fmt: skip
+    )
     return SplitOutcome(train, existing, None, index, reused_holdout=reused, left_out=matches)
 
 
@@ -241,5 +260,6 @@ def assert_no_holdout_leak(spec: JobSpec, store: Store, examples: list[Example])
         shown = ", ".join(f"{m.example_key} ~ holdout {m.holdout_key} ({m.kind})" for m in matches[:20])
         more = f" and {len(matches) - 20} more" if len(matches) > 20 else ""
         raise HoldoutLeakError(
-            f"{len(matches)} training example(s) match the frozen holdout of '{spec.name}': {shown}{more}", matches
+            f"{len(matches)} training example(s) match the frozen holdout of '{spec.name}': {shown}{more}",
+            matches,
         )

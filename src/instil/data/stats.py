@@ -40,7 +40,15 @@ class Distribution:
             return cls(0, 0, 0, 0, 0, 0, 0)
         a = np.asarray(values, dtype=np.float64)
         p50, p90, p99 = np.percentile(a, [50, 90, 99])
-        return cls(float(a.min()), float(p50), float(p90), float(p99), float(a.max()), float(a.mean()), float(a.sum()))
+        return cls(
+            float(a.min()),
+            float(p50),
+            float(p90),
+            float(p99),
+            float(a.max()),
+            float(a.mean()),
+            float(a.sum()),
+        )
 
 
 @dataclass(frozen=True)

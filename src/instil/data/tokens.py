@@ -58,7 +58,7 @@ class TokenCounter:
         self.name = name
         """Where the tokenizer came from (a path or hub id), or ``estimate``."""
 
-    # ---- constructors --------------------------------------------------------------------------------------------
+    # ---- constructors ------------------------------------------------------------------------------------------------
     @classmethod
     def estimate(cls) -> TokenCounter:
         """A counter that estimates: ~4 characters per token plus a per-message overhead."""
@@ -78,19 +78,16 @@ class TokenCounter:
             try:
                 from transformers import AutoTokenizer
             except ImportError:  # pragma: no cover - transformers is a core dependency
-                raise DependencyError(
-                    "counting tokens needs `transformers`; pip install transformers"
-                ) from None
+                raise DependencyError("counting tokens needs `transformers`; pip install transformers") from None
             try:
                 # local_files_only: a local folder loads as is, and a hub id loads only from the cache.
                 tok = AutoTokenizer.from_pretrained(
                     str(Path(name).expanduser()), local_files_only=True, trust_remote_code=trust_remote_code
                 )
-            except (
-                Exception
-            ) as e:  # transformers raises OSError, ValueError, KeyError... depending on the cause
+            except Exception as e:  # transformers raises OSError, ValueError, KeyError... depending on the cause
                 raise InstilError(
-                    f"cannot load the tokenizer '{name}': {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                    f"cannot load the tokenizer '{name}': {type(e).__name__}: "
+                    f"{str(e).splitlines()[0] if str(e) else ''}",
                     hint=(
                         "point model.base at a local folder holding tokenizer.json/tokenizer_config.json, or download "
                         f"it first (`hf download {name}`); instil never downloads while counting tokens"
@@ -126,7 +123,7 @@ class TokenCounter:
                 ) from None
         return cls.from_tokenizer(source, chat_template=template, trust_remote_code=model.trust_remote_code)
 
-    # ---- properties ----------------------------------------------------------------------------------------------
+    # ---- properties --------------------------------------------------------------------------------------------------
     @property
     def estimated(self) -> bool:
         """True when counts are estimates (no real tokenizer)."""
@@ -143,7 +140,7 @@ class TokenCounter:
         # transformers uses a huge sentinel (int(1e30)) when the limit is unknown.
         return n if isinstance(n, int) and 0 < n < 10_000_000 else None
 
-    # ---- counting ------------------------------------------------------------------------------------------------
+    # ---- counting ----------------------------------------------------------------------------------------------------
     def count_text(self, text: str) -> int:
         """Tokens in a text, without special tokens."""
         if not text:
@@ -159,25 +156,17 @@ class TokenCounter:
     def count_example(self, example: Example) -> ExampleTokens:
         """Token counts of one example; see :class:`ExampleTokens`."""
         per_message = tuple(self.count_message(m) for m in example.messages)
-        assistant = sum(
-            n for n, m in zip(per_message, example.messages, strict=True) if m.role == "assistant"
-        )
+        assistant = sum(n for n, m in zip(per_message, example.messages, strict=True) if m.role == "assistant")
         total, templated = self._total(example.messages, example.tools, sum(per_message))
         if example.rejected is not None:
-            prompt = (
-                example.prompt_messages() if example.last_assistant_index() is not None else example.messages
-            )
+            prompt = example.prompt_messages() if example.last_assistant_index() is not None else example.messages
             alt = prompt + list(example.rejected)
-            alt_total, alt_templated = self._total(
-                alt, example.tools, sum(self.count_message(m) for m in alt)
-            )
+            alt_total, alt_templated = self._total(alt, example.tools, sum(self.count_message(m) for m in alt))
             if alt_total > total:
                 total, templated = alt_total, alt_templated
         return ExampleTokens(total=total, assistant=assistant, messages=per_message, templated=templated)
 
-    def _total(
-        self, messages: list[Message], tools: list[dict[str, Any]] | None, summed: int
-    ) -> tuple[int, bool]:
+    def _total(self, messages: list[Message], tools: list[dict[str, Any]] | None, summed: int) -> tuple[int, bool]:
         if self.has_chat_template:
             chat = [_template_dict(m) for m in messages]
             try:

@@ -32,7 +32,7 @@ is valid. Validation never alters or drops a valid line: it only reads.
     preference_output             error     a preferred / non-preferred output that is not assistant messages
     too_long                      error     the example has more tokens than the model context / max_tokens
     output_schema                 error     a trained assistant output is not JSON fitting ``output.schema``
-    output_label                  error     a trained assistant output (or its ``label_field``) is not in ``output.labels``
+    output_label                  error     a trained output (or its ``label_field``) is not in ``output.labels``
     unrecognized_key              warning   an unknown top-level key (kept as metadata)
     bom                           warning   the file starts with a UTF-8 byte order mark (accepted)
     crlf                          warning   CRLF line endings (accepted)
@@ -162,11 +162,7 @@ class ValidationReport:
         lines.append(
             f"{self.n_lines} records: {self.n_valid} valid, {self.n_rejected} rejected; "
             f"{self.n_errors} errors, {self.n_warnings} warnings"
-            + (
-                f"; rejected lines written to {self.rejects_path}"
-                if self.rejects_path and self.n_rejected
-                else ""
-            )
+            + (f"; rejected lines written to {self.rejects_path}" if self.rejects_path and self.n_rejected else "")
         )
         return "\n".join(lines)
 
@@ -184,9 +180,15 @@ def validate_file(
 ) -> ValidationReport:
     """Validate one file; see the module docstring for the checks."""
     return validate_files(
-        [path], format=format, spec=spec, counter=counter, max_tokens=max_tokens, rejects_path=rejects_path,
-        columns=columns, max_findings=max_findings,
-    )  # fmt: skip
+        [path],
+        format=format,
+        spec=spec,
+        counter=counter,
+        max_tokens=max_tokens,
+        rejects_path=rejects_path,
+        columns=columns,
+        max_findings=max_findings,
+    )
 
 
 def validate_files(
@@ -233,9 +235,13 @@ def validate_files(
 
 
 def _validate_one(
-    path: Path, format: str, columns: dict[str, str] | None, checker: _Checker, report: ValidationReport,
+    path: Path,
+    format: str,
+    columns: dict[str, str] | None,
+    checker: _Checker,
+    report: ValidationReport,
     rejects: IO[str] | None,
-) -> None:  # fmt: skip
+) -> None:
     file = str(path)
     report.files.append(file)
     if not path.exists():
@@ -257,9 +263,7 @@ def _validate_one(
     try:
         for rec in iter_records(path, fmt, columns):
             if rec.bom:
-                report.add(
-                    Finding(file, rec.line, "", "bom", "warning", "UTF-8 byte order mark (accepted; ignored)")
-                )
+                report.add(Finding(file, rec.line, "", "bom", "warning", "UTF-8 byte order mark (accepted; ignored)"))
             if rec.crlf:
                 n_crlf += 1
                 first_crlf = rec.line if first_crlf is None else first_crlf
@@ -279,26 +283,20 @@ def _validate_one(
     except (DataError, OSError) as e:
         report.add(Finding(file, None, "", "unreadable", "error", f"cannot read the file: {e}"))
     if n_crlf:
-        report.add(
-            Finding(file, first_crlf, "", "crlf", "warning", f"{n_crlf} line(s) end with CRLF (accepted)")
-        )
+        report.add(Finding(file, first_crlf, "", "crlf", "warning", f"{n_crlf} line(s) end with CRLF (accepted)"))
 
 
 class _Checker:
     """The checks of one record; holds what is shared across records (spec, counter, compiled schemas)."""
 
-    def __init__(
-        self, spec: JobSpec | None, counter: TokenCounter | None, limit: int | None, limit_name: str
-    ):
+    def __init__(self, spec: JobSpec | None, counter: TokenCounter | None, limit: int | None, limit_name: str):
         self.spec, self.counter, self.limit, self.limit_name = spec, counter, limit, limit_name
         out = spec.output if spec is not None else None
         self.schema = _compile(out.json_schema) if out is not None and out.json_schema is not None else None
         self.labels = set(out.labels) if out is not None and out.labels else None
         self.label_field = out.label_field if out is not None else None
         self.whole_label = out is not None and out.type == "label"
-        self.spec_tools = (
-            {t.function["name"]: t.function for t in (out.tools or [])} if out is not None else {}
-        )
+        self.spec_tools = {t.function["name"]: t.function for t in (out.tools or [])} if out is not None else {}
 
     def check(
         self, rec: RawRecord, fmt: str, cols: dict[str, str], columns: dict[str, str] | None, file: str
@@ -330,7 +328,7 @@ class _Checker:
         self._example(ex, _locate(kind or "", d, cols, ex), kind in ("chat", "preference"), add)
         return found
 
-    # ---- record-level checks of the two OpenAI formats (every problem, not just the first) -------------------------
+    # ---- record-level checks of the two OpenAI formats (every problem, not just the first) ---------------------------
     def _chat(self, d: dict[str, Any], add: Callable[..., None]) -> None:
         for key in sorted(set(d) - _CHAT_KEYS):
             add(key, "unrecognized_key", "warning", "unknown top-level key; it is kept as metadata")
@@ -425,8 +423,12 @@ class _Checker:
             elif content is None and not has_calls:
                 add(f"{p}.content", "missing_content", "error", "content is null; give the message's text")
             elif content is not None and not valid_content(content):
-                add(f"{p}.content", "missing_content", "error",
-                    "content must be a string or a list of {type, text} parts")  # fmt: skip
+                add(
+                    f"{p}.content",
+                    "missing_content",
+                    "error",
+                    "content must be a string or a list of {type, text} parts",
+                )
             trained = role == "assistant" and m.get("weight", 1) != 0
             if isinstance(content, str) and not content.strip() and not has_calls:
                 if trained:
@@ -451,13 +453,9 @@ class _Checker:
                 call_ids |= self._tool_calls(calls, role, f"{p}.tool_calls", tools, add)
             tcid = m.get("tool_call_id")
             if role == "tool" and isinstance(tcid, str) and call_ids and tcid not in call_ids:
-                add(
-                    f"{p}.tool_call_id", "tool_call_invalid", "error", f"no earlier tool call has id {tcid!r}"
-                )
+                add(f"{p}.tool_call_id", "tool_call_invalid", "error", f"no earlier tool call has id {tcid!r}")
 
-    def _tool_calls(
-        self, calls: Any, role: Any, p: str, tools: set[str], add: Callable[..., None]
-    ) -> set[str]:
+    def _tool_calls(self, calls: Any, role: Any, p: str, tools: set[str], add: Callable[..., None]) -> set[str]:
         if role != "assistant" or not isinstance(calls, list):
             add(p, "tool_call_invalid", "error", "tool_calls must be a list, on an assistant message")
             return set()
@@ -479,12 +477,14 @@ class _Checker:
             if not isinstance(name, str) or not name:
                 add(f"{q}.function.name", "tool_call_invalid", "error", "the call names no function")
             elif tools and name not in tools:
-                add(f"{q}.function.name", "tool_call_invalid", "error",
-                    f"unknown tool {name!r}; the tools are {', '.join(sorted(tools))}")  # fmt: skip
-            if not isinstance(args, str):
                 add(
-                    f"{q}.function.arguments", "tool_call_invalid", "error", "arguments must be a JSON string"
+                    f"{q}.function.name",
+                    "tool_call_invalid",
+                    "error",
+                    f"unknown tool {name!r}; the tools are {', '.join(sorted(tools))}",
                 )
+            if not isinstance(args, str):
+                add(f"{q}.function.arguments", "tool_call_invalid", "error", "arguments must be a JSON string")
                 continue
             try:
                 parsed = json.loads(args)
@@ -497,9 +497,7 @@ class _Checker:
                 )
                 continue
             if not isinstance(parsed, dict):
-                add(
-                    f"{q}.function.arguments", "tool_call_invalid", "error", "arguments must be a JSON object"
-                )
+                add(f"{q}.function.arguments", "tool_call_invalid", "error", "arguments must be a JSON object")
                 continue
             params = self.spec_tools.get(name, {}).get("parameters") if isinstance(name, str) else None
             problem = _schema_problem(_compile(params), parsed) if params else None
@@ -512,15 +510,19 @@ class _Checker:
                 )
         return ids
 
-    # ---- example-level checks (every format) -----------------------------------------------------------------------
+    # ---- example-level checks (every format) -------------------------------------------------------------------------
     def _example(self, ex: Example, paths: list[str], checked: bool, add: Callable[..., None]) -> None:
         msgs = ex.messages
         if not checked:  # the OpenAI formats had these at record level
             for i, m in enumerate(msgs):
                 if isinstance(m.content, str) and not m.content.strip() and not m.tool_calls:
                     trained = m.role == "assistant" and m.weight != 0
-                    add(paths[i], "empty_content", "error" if trained else "warning",
-                        "an empty answer teaches the model to say nothing" if trained else "empty content")  # fmt: skip
+                    add(
+                        paths[i],
+                        "empty_content",
+                        "error" if trained else "warning",
+                        "an empty answer teaches the model to say nothing" if trained else "empty content",
+                    )
         assistant = [i for i, m in enumerate(msgs) if m.role == "assistant"]
         if not assistant:
             add(
@@ -536,19 +538,31 @@ class _Checker:
             prompted = prompted or m.role in ("user", "tool")
             learns = learns or (prompted and m.role == "assistant" and m.weight != 0)
         if not learns:
-            add("messages", "nothing_to_learn", "error",
-                "no assistant message with weight 1 follows a user or tool message; the example trains nothing")  # fmt: skip
+            add(
+                "messages",
+                "nothing_to_learn",
+                "error",
+                "no assistant message with weight 1 follows a user or tool message; the example trains nothing",
+            )
         elif msgs[-1].role != "assistant":
-            add(paths[-1], "last_not_assistant", "warning",
-                "the conversation continues after its last assistant message; those messages are never learned")  # fmt: skip
+            add(
+                paths[-1],
+                "last_not_assistant",
+                "warning",
+                "the conversation continues after its last assistant message; those messages are never learned",
+            )
         if self.counter is not None and self.limit is not None:
             n = self.counter.count_example(ex).total
             if n > self.limit:
                 about = "about " if self.counter.estimated else ""
                 how = " (estimated at ~4 characters per token)" if self.counter.estimated else ""
-                add("", "too_long", "error",
+                add(
+                    "",
+                    "too_long",
+                    "error",
                     f"{about}{n} tokens{how}, over the limit of {self.limit} ({self.limit_name}); "
-                    "shorten it or raise model.max_length")  # fmt: skip
+                    "shorten it or raise model.max_length",
+                )
         if self.schema is not None or self.labels is not None:
             for i in assistant:
                 m = msgs[i]
@@ -608,10 +622,7 @@ def _locate(kind: str, d: dict[str, Any], cols: dict[str, str], ex: Example) -> 
         return [f"messages[{i}].content" for i in range(n)]
     if kind == "preference":
         k = len(d["input"]["messages"])
-        return [
-            f"input.messages[{i}].content" if i < k else f"preferred_output[{i - k}].content"
-            for i in range(n)
-        ]
+        return [f"input.messages[{i}].content" if i < k else f"preferred_output[{i - k}].content" for i in range(n)]
     has_system = ex.messages[0].role == "system" if ex.messages else False
     if kind == "sharegpt":
         off = 1 if has_system and d.get("system") else 0
@@ -623,11 +634,11 @@ def _locate(kind: str, d: dict[str, Any], cols: dict[str, str], ex: Example) -> 
         off = 1 if has_system and d.get(cols["system"]) else 0
         k = len(prompt) + off
         return [
-            cols["system"] if i < off else f"{cols['prompt']}[{i - off}].content" if i < k
+            cols["system"]
+            if i < off
+            else f"{cols['prompt']}[{i - off}].content"
+            if i < k
             else f"{cols['completion']}[{i - k}].content"
             for i in range(n)
-        ]  # fmt: skip
-    return [
-        {"system": cols["system"], "user": cols["prompt"]}.get(m.role, cols["completion"])
-        for m in ex.messages
-    ]
+        ]
+    return [{"system": cols["system"], "user": cols["prompt"]}.get(m.role, cols["completion"]) for m in ex.messages]

@@ -1,6 +1,6 @@
 """Writing examples in every format instil reads (see ``formats.py`` for the formats).
 
-    write_examples(examples, "out.csv", format="csv")    # DataFormatError names the first example the format cannot hold
+write_examples(examples, "out.csv", format="csv")    # DataFormatError names the first example the format cannot hold
 """
 
 from __future__ import annotations
@@ -158,9 +158,7 @@ def _to_alpaca(ex: Example) -> dict[str, Any]:
 def _to_sharegpt(ex: Example) -> dict[str, Any]:
     _no_rejected(ex)
     _plain(ex, "sharegpt")
-    d: dict[str, Any] = {
-        "conversations": [{"from": _SHAREGPT_WRITE[m.role], "value": m.content} for m in ex.messages]
-    }
+    d: dict[str, Any] = {"conversations": [{"from": _SHAREGPT_WRITE[m.role], "value": m.content} for m in ex.messages]}
     if ex.tools:
         d["tools"] = ex.tools
     return _add_meta(d, ex)
@@ -201,9 +199,7 @@ def _write_hf(rows: list[dict[str, Any]], path: Path) -> int:
     try:
         import datasets
     except ImportError:  # pragma: no cover - datasets is a core dependency
-        raise DependencyError(
-            "writing a Hugging Face dataset needs `datasets`; pip install datasets"
-        ) from None
+        raise DependencyError("writing a Hugging Face dataset needs `datasets`; pip install datasets") from None
     try:
         # from_list takes its columns from the first row alone: give every row every key, or later keys are lost.
         keys = list(dict.fromkeys(k for row in rows for k in row))

@@ -78,7 +78,10 @@ def default_candidates(spec: JobSpec, store: Store) -> list[Candidate]:
     """The base model with the full prompt and with the short one, the latest trained model with the short prompt
     (when one exists), and every endpoint of ``eval.endpoints``."""
     short: PromptKind = "short" if spec.short_prompt is not None else "none"
-    out = [Candidate("base+full", "local", "full", "base"), Candidate(f"base+{short}", "local", short, "base")]
+    out = [
+        Candidate("base+full", "local", "full", "base"),
+        Candidate(f"base+{short}", "local", short, "base"),
+    ]
     models = store.list_models(spec.name)
     if models:
         latest = models[-1]
@@ -145,7 +148,7 @@ def run_candidate(
     if candidate.kind == "endpoint":
         assert candidate.endpoint is not None
         if max_new_tokens is None:
-            # No tokenizer here: about 2 characters per token over-counts every common tokenizer, which is the safe side.
+            # No tokenizer here: 2 characters per token over-counts every common tokenizer, which is the safe side.
             max_new_tokens = default_max_new_tokens(examples, lambda text: len(text) // 2 + 1)
         return _run_endpoint(candidate.endpoint, spec, shown, max_new_tokens)
     model, tokenizer, renderer = load_local(candidate, spec, store)
@@ -154,9 +157,15 @@ def run_candidate(
             examples, lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
         )
     return generate_local(
-        model, tokenizer, renderer, shown, system_prompt=None, tools=_tools(spec),
-        max_new_tokens=max_new_tokens, batch_size=batch_size or spec.eval.batch_size,
-    )  # fmt: skip
+        model,
+        tokenizer,
+        renderer,
+        shown,
+        system_prompt=None,
+        tools=_tools(spec),
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size or spec.eval.batch_size,
+    )
 
 
 def _tools(spec: JobSpec) -> list[dict[str, Any]] | None:
@@ -219,9 +228,7 @@ def load_local(candidate: Candidate, spec: JobSpec, store: Store) -> tuple[Any, 
     else:
         folder = Path(version.path)
         if not folder.is_dir():
-            raise ModelError(
-                f"model {version.ref}: its folder {folder} is gone", hint="retrain it (`instil train`)"
-            )
+            raise ModelError(f"model {version.ref}: its folder {folder} is gone", hint="retrain it (`instil train`)")
         from transformers import AutoTokenizer
 
         # Saved beside the weights with the template training rendered with (an adapter folder has no config.json,
@@ -235,9 +242,12 @@ def load_local(candidate: Candidate, spec: JobSpec, store: Store) -> tuple[Any, 
             # The base this version was trained on (export resolves it the same way), not the latest model's.
             base_path = trained_base(version, folder)
             base = load_model(
-                base_path, revision=version.revision if isinstance(base_path, str) else None,
-                trust_remote_code=spec.model.trust_remote_code, root=spec.root, dtype=dtype,
-            )  # fmt: skip
+                base_path,
+                revision=version.revision if isinstance(base_path, str) else None,
+                trust_remote_code=spec.model.trust_remote_code,
+                root=spec.root,
+                dtype=dtype,
+            )
             model = PeftModel.from_pretrained(base, folder)
         else:
             model = load_model(folder, dtype=dtype)
@@ -290,14 +300,16 @@ def _run_endpoint(
         text = (choice.message.content or "").strip()
         calls = [c.model_dump() for c in choice.message.tool_calls] if choice.message.tool_calls else None
         usage = response.usage
-        out.append(Generation(
-            text=text,
-            input_tokens=int(usage.prompt_tokens) if usage else 0,
-            output_tokens=int(usage.completion_tokens) if usage else 0,
-            latency_s=latency,
-            first_token_s=latency,  # a non-streamed request: the first token arrives with the last
-            finish_reason="length" if choice.finish_reason == "length" else "stop",
-            batch_size=1,
-            tool_calls=calls if calls is not None else parse_tool_calls(text),
-        ))  # fmt: skip
+        out.append(
+            Generation(
+                text=text,
+                input_tokens=int(usage.prompt_tokens) if usage else 0,
+                output_tokens=int(usage.completion_tokens) if usage else 0,
+                latency_s=latency,
+                first_token_s=latency,  # a non-streamed request: the first token arrives with the last
+                finish_reason="length" if choice.finish_reason == "length" else "stop",
+                batch_size=1,
+                tool_calls=calls if calls is not None else parse_tool_calls(text),
+            )
+        )
     return out

@@ -227,12 +227,18 @@ class EvalReport:
 
     def to_dict(self, *, with_examples: bool = False) -> dict[str, Any]:
         d: dict[str, Any] = {
-            "job": self.job, "run_id": self.run_id, "holdout": self.holdout, "primary": self.primary,
-            "n_examples": self.n_examples, "max_new_tokens": self.max_new_tokens,
-            "candidates": [c.to_dict() for c in self.candidates], "examples_path": str(self.examples_path),
-            "failure_modes": {n: m.to_dict() for n, m in self.failure_modes.items()}, "confusion": self.confusion,
+            "job": self.job,
+            "run_id": self.run_id,
+            "holdout": self.holdout,
+            "primary": self.primary,
+            "n_examples": self.n_examples,
+            "max_new_tokens": self.max_new_tokens,
+            "candidates": [c.to_dict() for c in self.candidates],
+            "examples_path": str(self.examples_path),
+            "failure_modes": {n: m.to_dict() for n, m in self.failure_modes.items()},
+            "confusion": self.confusion,
             "html_path": str(self.html_path) if self.html_path is not None else None,
-        }  # fmt: skip
+        }
         if with_examples:
             d["examples"] = [asdict(r) for r in self.examples]
             d["references"], d["inputs"] = self.references, self.inputs
@@ -292,24 +298,28 @@ def evaluate(
     if holdout is None:
         raise DataError(
             f"job '{spec.name}' has no frozen holdout ({dataset_name(spec, 'holdout')}): there is nothing to "
-            "evaluate on", hint="run `instil data split` first",
-        )  # fmt: skip
+            "evaluate on",
+            hint="run `instil data split` first",
+        )
     if limit is not None and limit < 1:
         raise InstilError(f"limit must be at least 1, got {limit}")
     examples = list(store.iter_examples(holdout))[:limit]
     if not examples:
-        raise DataError(
-            f"the holdout {holdout.ref} is empty", hint="re-split with `instil data split --refreeze`"
-        )
+        raise DataError(f"the holdout {holdout.ref} is empty", hint="re-split with `instil data split --refreeze`")
     candidates = list(candidates) if candidates is not None else default_candidates(spec, store)
     graders = build_graders(spec)
     primary = spec.primary_grader
 
-    config = {"candidates": [c.to_dict() for c in candidates], "limit": limit, "max_new_tokens": max_new_tokens,
-              "holdout": {"ref": holdout.ref, "sha256": holdout.sha256}, "n_examples": len(examples),
-              "inputs_sha256": eval_inputs_sha256(spec),
-              "identities": [candidate_identity(c, spec, store) for c in candidates],
-              "failure_modes": failure_settings(spec) if failure_modes else None}  # fmt: skip
+    config = {
+        "candidates": [c.to_dict() for c in candidates],
+        "limit": limit,
+        "max_new_tokens": max_new_tokens,
+        "holdout": {"ref": holdout.ref, "sha256": holdout.sha256},
+        "n_examples": len(examples),
+        "inputs_sha256": eval_inputs_sha256(spec),
+        "identities": [candidate_identity(c, spec, store) for c in candidates],
+        "failure_modes": failure_settings(spec) if failure_modes else None,
+    }
     earlier = _ReusableRuns(store, spec, config, examples) if reuse else None
     run_id = store.start_run(spec.name, "eval", config=config)
     try:
@@ -321,17 +331,13 @@ def evaluate(
             if found[-1] is not None:
                 rows_of.append(found[-1].rows)
             else:
-                gens = run_candidate(
-                    c, spec, store, examples, max_new_tokens=max_new_tokens, batch_size=batch_size
-                )
+                gens = run_candidate(c, spec, store, examples, max_new_tokens=max_new_tokens, batch_size=batch_size)
                 rows_of.append([_grade(c, spec, graders, e, g) for e, g in zip(examples, gens, strict=True)])
         # Head to head against the first candidate, where the spec has a pairwise judge.
         judge = next((g for g in graders if isinstance(g, PairwiseJudge)), None)
         win_rates: list[WinRate | None] = [None] * len(candidates)
         for i in range(len(candidates)):
-            if (
-                i == 0 or judge is None
-            ):  # reused rows may carry verdicts from a run that played them otherwise
+            if i == 0 or judge is None:  # reused rows may carry verdicts from a run that played them otherwise
                 rows_of[i] = [replace(r, win=None) for r in rows_of[i]]
                 continue
             pair = (config["identities"][0], config["identities"][i])
@@ -346,38 +352,61 @@ def evaluate(
             if failure_modes and c.model_version is not None and c.kind == "local":
                 recorded = earlier.failure_modes(f, c.name) if earlier is not None and f is not None else None
                 modes[c.name] = recorded or check_failure_modes(
-                    spec, store, c, examples, [r.output for r in rows], [r.scores[primary] for r in rows],
-                    graders, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                )  # fmt: skip
+                    spec,
+                    store,
+                    c,
+                    examples,
+                    [r.output for r in rows],
+                    [r.scores[primary] for r in rows],
+                    graders,
+                    max_new_tokens=max_new_tokens,
+                    batch_size=batch_size,
+                )
         results = [r for rows in rows_of for r in rows]
         path = _write_examples(store, spec, run_id, results)
         for c, summary in zip(candidates, summaries, strict=True):
             metrics = summary.to_dict()
             if c.name in modes:
                 metrics["failure_modes"] = modes[c.name].to_dict()
-            store.add_evaluation(run_id, candidate=c.name, dataset=holdout, metrics=metrics,
-                                 model=c.model_version.id if c.model_version is not None else None)  # fmt: skip
+            store.add_evaluation(
+                run_id,
+                candidate=c.name,
+                dataset=holdout,
+                metrics=metrics,
+                model=c.model_version.id if c.model_version is not None else None,
+            )
         store.add_artifact(run_id, "examples", path, sha256=sha256_hex(path.read_bytes()))
         report = EvalReport(
-            spec.name, run_id, holdout.ref, primary, len(examples), max_new_tokens, summaries, results, path,
-            failure_modes=modes, confusion=_confusion(spec, graders, examples, candidates, rows_of),
+            spec.name,
+            run_id,
+            holdout.ref,
+            primary,
+            len(examples),
+            max_new_tokens,
+            summaries,
+            results,
+            path,
+            failure_modes=modes,
+            confusion=_confusion(spec, graders, examples, candidates, rows_of),
             references={e.key(): e.output_text() for e in examples},
             inputs={e.key(): e.input_text() for e in examples},
-        )  # fmt: skip
+        )
         from instil.eval.report import write_html
 
-        report.html_path = write_html(report, path.with_name("report.html"), store=store,
-                                      title=f"{spec.name}: eval run {run_id}")  # fmt: skip
-        store.add_artifact(
-            run_id, "report_html", report.html_path, sha256=sha256_hex(report.html_path.read_bytes())
+        report.html_path = write_html(
+            report, path.with_name("report.html"), store=store, title=f"{spec.name}: eval run {run_id}"
         )
+        store.add_artifact(run_id, "report_html", report.html_path, sha256=sha256_hex(report.html_path.read_bytes()))
         report_path = path.with_name("report.json")
         report_path.write_text(json.dumps(report.to_dict(), indent=1), encoding="utf-8")
         store.add_artifact(run_id, "report", report_path)
         store.finish_run(run_id, "succeeded", metrics={s.name: s.graders[primary].mean for s in summaries})
     except BaseException as e:
-        store.finish_run(run_id, "cancelled" if isinstance(e, KeyboardInterrupt) else "failed",
-                         error=f"{type(e).__name__}: {e}")  # fmt: skip
+        store.finish_run(
+            run_id,
+            "cancelled" if isinstance(e, KeyboardInterrupt) else "failed",
+            error=f"{type(e).__name__}: {e}",
+        )
         raise
     return report
 
@@ -387,9 +416,11 @@ def eval_inputs_sha256(spec: JobSpec) -> str:
     contract and generation settings. Results recorded under another hash are stale."""
     parts = {
         "graders": [g.model_dump(mode="json") for g in spec.graders],
-        "system_prompt": spec.system_prompt, "short_prompt": spec.short_prompt,
-        "output": spec.output.model_dump(mode="json"), "max_new_tokens": spec.eval.max_new_tokens,
-    }  # fmt: skip
+        "system_prompt": spec.system_prompt,
+        "short_prompt": spec.short_prompt,
+        "output": spec.output.model_dump(mode="json"),
+        "max_new_tokens": spec.eval.max_new_tokens,
+    }
     return sha256_hex(json.dumps(parts, sort_keys=True).encode())
 
 
@@ -433,18 +464,18 @@ class _Found:
 class _ReusableRuns:
     """The earlier succeeded eval runs whose settings match this one's, newest first, read lazily."""
 
-    def __init__(
-        self, store: Store, spec: JobSpec, config: dict[str, Any], examples: Sequence[Example]
-    ) -> None:
+    def __init__(self, store: Store, spec: JobSpec, config: dict[str, Any], examples: Sequence[Example]) -> None:
         self.store = store
         self.config = config
         self.keys = [e.key() for e in examples]
         same = ("limit", "max_new_tokens", "inputs_sha256")
         self.runs = [
-            r for r in reversed(store.list_runs(spec.name, "eval"))
-            if r.status == "succeeded" and all(r.config.get(k) == config[k] for k in same)
+            r
+            for r in reversed(store.list_runs(spec.name, "eval"))
+            if r.status == "succeeded"
+            and all(r.config.get(k) == config[k] for k in same)
             and (r.config.get("holdout") or {}).get("sha256") == config["holdout"]["sha256"]
-        ]  # fmt: skip
+        ]
         self._rows: dict[int, list[ExampleResult] | None] = {}
 
     def find(self, identity: dict[str, Any]) -> _Found | None:
@@ -456,15 +487,19 @@ class _ReusableRuns:
             if [r.example_id for r in rows] != self.keys:
                 continue
             # Reused rows keep naming the run that generated them, however many times they are reused.
-            recorded = next((e.metrics for e in self.store.list_evaluations(run_id=run.id)
-                             if e.candidate == identity["name"]), {})  # fmt: skip
+            recorded = next(
+                (e.metrics for e in self.store.list_evaluations(run_id=run.id) if e.candidate == identity["name"]),
+                {},
+            )
             return _Found(recorded.get("reused_from") or run.id, run.id, rows)
         return None
 
     def verdicts(
-        self, identities: tuple[dict[str, Any], dict[str, Any]], first: Sequence[ExampleResult],
+        self,
+        identities: tuple[dict[str, Any], dict[str, Any]],
+        first: Sequence[ExampleResult],
         rows: Sequence[ExampleResult],
-    ) -> list[float] | None:  # fmt: skip
+    ) -> list[float] | None:
         """The pairwise verdicts of the newest run that played ``identities[1]`` against ``identities[0]`` as its
         first candidate, on the very answers given."""
         for run in self.runs:
@@ -479,7 +514,7 @@ class _ReusableRuns:
                 [r.output for r in then_first] == [r.output for r in first]
                 and [r.output for r in then] == [r.output for r in rows]
                 and all(r.win is not None for r in then)
-            ):  # fmt: skip
+            ):
                 return [r.win for r in then]  # type: ignore[misc]
         return None
 
@@ -488,8 +523,10 @@ class _ReusableRuns:
         run = next(r for r in self.runs if r.id == found.via)
         if run.config.get("failure_modes") != self.config["failure_modes"]:
             return None
-        recorded = next((e.metrics.get("failure_modes") for e in self.store.list_evaluations(run_id=run.id)
-                         if e.candidate == name), None)  # fmt: skip
+        recorded = next(
+            (e.metrics.get("failure_modes") for e in self.store.list_evaluations(run_id=run.id) if e.candidate == name),
+            None,
+        )
         return FailureModes.from_dict(recorded) if recorded else None
 
     def rows(self, run_id: int, name: str) -> list[ExampleResult]:
@@ -530,8 +567,17 @@ def _judge_pairs(
 def _win_rate(judge: str, against: str, rows: Sequence[ExampleResult]) -> WinRate:
     wins = [r.win for r in rows if r.win is not None]
     ci = bootstrap_ci(wins, confidence=CONFIDENCE)
-    return WinRate(judge, against, len(wins), ci.estimate, ci.low, ci.high, sum(w > 0.5 for w in wins),
-                   sum(w == 0.5 for w in wins), sum(w < 0.5 for w in wins))  # fmt: skip
+    return WinRate(
+        judge,
+        against,
+        len(wins),
+        ci.estimate,
+        ci.low,
+        ci.high,
+        sum(w > 0.5 for w in wins),
+        sum(w == 0.5 for w in wins),
+        sum(w < 0.5 for w in wins),
+    )
 
 
 def _confusion(
@@ -549,10 +595,12 @@ def _confusion(
         return {}
     try:
         return {
-            c.name: {"grader": grader.name, **grader.aggregate([grader.grade(e, Output(r.output))
-                                                                for e, r in zip(examples, rows, strict=True)])}
+            c.name: {
+                "grader": grader.name,
+                **grader.aggregate([grader.grade(e, Output(r.output)) for e, r in zip(examples, rows, strict=True)]),
+            }
             for c, rows in zip(candidates, rows_of, strict=True)
-        }  # fmt: skip
+        }
     except DataError:  # a reference without a readable label: no matrix (the label grader, if any, said so)
         return {}
 
@@ -561,20 +609,25 @@ def _grade(c: Candidate, spec: JobSpec, graders: list[Grader], e: Example, g: Ge
     output = Output(g.text, g.tool_calls)
     scores = {gr.name: gr.grade(e, output) for gr in graders}
     return ExampleResult(
-        example_id=e.key(), candidate=c.name, output=g.text,
-        scores={n: s.value for n, s in scores.items()}, passed={n: s.passed for n, s in scores.items()},
-        reasons={n: s.reason for n, s in scores.items() if s.reason}, tags=list(e.tags), latency_s=g.latency_s,
-        input_tokens=g.input_tokens, output_tokens=g.output_tokens, cost=_cost(c, spec, g),
+        example_id=e.key(),
+        candidate=c.name,
+        output=g.text,
+        scores={n: s.value for n, s in scores.items()},
+        passed={n: s.passed for n, s in scores.items()},
+        reasons={n: s.reason for n, s in scores.items() if s.reason},
+        tags=list(e.tags),
+        latency_s=g.latency_s,
+        input_tokens=g.input_tokens,
+        output_tokens=g.output_tokens,
+        cost=_cost(c, spec, g),
         finish_reason=g.finish_reason,
-    )  # fmt: skip
+    )
 
 
 def _cost(c: Candidate, spec: JobSpec, g: Generation) -> float:
     if c.endpoint is not None:
         e = c.endpoint
-        return (
-            g.input_tokens * e.input_price_per_million + g.output_tokens * e.output_price_per_million
-        ) / 1e6
+        return (g.input_tokens * e.input_price_per_million + g.output_tokens * e.output_price_per_million) / 1e6
     # A batch's requests share its time: each pays its share of the machine for that time.
     return g.latency_s / g.batch_size * spec.eval.machine_price_per_hour / 3600.0
 
@@ -598,9 +651,7 @@ def summarise(
         w = wilson_interval(passed, n, confidence=CONFIDENCE)
         # wilson_interval's bounds can miss 0 or 1 by float rounding (2.8e-17 at 0 of 6): the rate stays inside.
         rate = passed / n
-        per_grader[gr.name] = GraderSummary(
-            ci.estimate, ci.low, ci.high, rate, min(w.low, rate), max(w.high, rate)
-        )
+        per_grader[gr.name] = GraderSummary(ci.estimate, ci.low, ci.high, rate, min(w.low, rate), max(w.high, rate))
     successes = sum(r.passed[primary] for r in rows)
     latencies = np.array([r.latency_s for r in rows])
     total = sum(r.cost for r in rows)
@@ -611,14 +662,22 @@ def summarise(
         pass_rate = sum(r.passed[primary] for r in tagged) / len(tagged)
         slices[tag] = SliceSummary(len(tagged), ci.estimate, ci.low, ci.high, pass_rate)
     return CandidateSummary(
-        name=c.name, candidate=c.to_dict(), n=n, graders=per_grader, success_rate=successes / n,
-        latency_p50_s=float(np.percentile(latencies, 50)), latency_p95_s=float(np.percentile(latencies, 95)),
+        name=c.name,
+        candidate=c.to_dict(),
+        n=n,
+        graders=per_grader,
+        success_rate=successes / n,
+        latency_p50_s=float(np.percentile(latencies, 50)),
+        latency_p95_s=float(np.percentile(latencies, 95)),
         mean_input_tokens=float(np.mean([r.input_tokens for r in rows])),
         mean_output_tokens=float(np.mean([r.output_tokens for r in rows])),
-        cost_per_1k=total / n * 1000.0, cost_per_success=total / successes if successes else None,
-        truncated=sum(r.finish_reason == "length" for r in rows), slices=slices, reused_from=reused_from,
+        cost_per_1k=total / n * 1000.0,
+        cost_per_success=total / successes if successes else None,
+        truncated=sum(r.finish_reason == "length" for r in rows),
+        slices=slices,
+        reused_from=reused_from,
         win_rate=win_rate,
-    )  # fmt: skip
+    )
 
 
 def _write_examples(store: Store, spec: JobSpec, run_id: int, rows: Sequence[ExampleResult]) -> Path:

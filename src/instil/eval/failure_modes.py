@@ -170,8 +170,11 @@ class FailureModes:
     @property
     def flags(self) -> list[str]:
         """The names of the flagged checks."""
-        checks = {"overfitting": self.overfitting, "style_collapse": self.style_collapse,
-                  "forgetting": self.forgetting}  # fmt: skip
+        checks = {
+            "overfitting": self.overfitting,
+            "style_collapse": self.style_collapse,
+            "forgetting": self.forgetting,
+        }
         return [name for name, c in checks.items() if c is not None and c.flagged]
 
     def to_dict(self) -> dict[str, Any]:
@@ -182,10 +185,12 @@ class FailureModes:
         """Read what :meth:`to_dict` wrote."""
         over, forget = d.get("overfitting"), d.get("forgetting")
         return cls(
-            candidate=d["candidate"], style_collapse=StyleCollapse(**d["style_collapse"]),
-            overfitting=Overfitting(**over) if over else None, forgetting=Forgetting(**forget) if forget else None,
+            candidate=d["candidate"],
+            style_collapse=StyleCollapse(**d["style_collapse"]),
+            overfitting=Overfitting(**over) if over else None,
+            forgetting=Forgetting(**forget) if forget else None,
             notes=list(d.get("notes") or []),
-        )  # fmt: skip
+        )
 
 
 # ---- the pure checks -------------------------------------------------------------------------------------------------
@@ -236,18 +241,27 @@ def overfitting(
     gap = train - hold
     flagged = gap > threshold
     verdict = "overfitting" if flagged else "no overfitting"
-    explanation = (f"{verdict}: {train:.3f} on {len(train_scores)} training examples vs {hold:.3f} on the holdout "
-                   f"(gap {gap:+.3f}, threshold {threshold:g})")  # fmt: skip
-    return Overfitting(train_dataset, len(train_scores), len(holdout_scores), train, hold, gap, threshold, flagged,
-                       explanation)  # fmt: skip
+    explanation = (
+        f"{verdict}: {train:.3f} on {len(train_scores)} training examples vs {hold:.3f} on the holdout "
+        f"(gap {gap:+.3f}, threshold {threshold:g})"
+    )
+    return Overfitting(
+        train_dataset,
+        len(train_scores),
+        len(holdout_scores),
+        train,
+        hold,
+        gap,
+        threshold,
+        flagged,
+        explanation,
+    )
 
 
 def style_collapse(outputs: Sequence[str], references: Sequence[str]) -> StyleCollapse:
     """Length and diversity of ``outputs`` beside ``references`` (same examples, same order)."""
     if not outputs or len(outputs) != len(references):
-        raise DataError(
-            f"style_collapse: need as many outputs as references, got {len(outputs)} and {len(references)}"
-        )
+        raise DataError(f"style_collapse: need as many outputs as references, got {len(outputs)} and {len(references)}")
     lengths, ref_lengths = [len(o) for o in outputs], [len(r) for r in references]
     d2, ref_d2 = distinct_n(outputs), distinct_n(references)
     top, ref_top = _top_share(outputs), _top_share(references)
@@ -256,20 +270,30 @@ def style_collapse(outputs: Sequence[str], references: Sequence[str]) -> StyleCo
         reasons.append(f"distinct-2 {d2:.2f} is under half the references' {ref_d2:.2f}")
     if top > COLLAPSE_TOP_SHARE and top - ref_top > COLLAPSE_TOP_EXCESS:
         reasons.append(f"{top:.0%} of the answers are one same answer (references: {ref_top:.0%})")
-    lengths_line = (f"length {statistics.fmean(lengths):.0f}±{statistics.pstdev(lengths):.0f} chars vs "
-                    f"{statistics.fmean(ref_lengths):.0f}±{statistics.pstdev(ref_lengths):.0f}")  # fmt: skip
+    lengths_line = (
+        f"length {statistics.fmean(lengths):.0f}±{statistics.pstdev(lengths):.0f} chars vs "
+        f"{statistics.fmean(ref_lengths):.0f}±{statistics.pstdev(ref_lengths):.0f}"
+    )
     explanation = (
         "style collapse: " + "; ".join(reasons)
         if reasons
         else f"no style collapse: distinct-2 {d2:.2f} vs {ref_d2:.2f}, most common answer {top:.0%} vs {ref_top:.0%}"
     ) + f"; {lengths_line}"
     return StyleCollapse(
-        n=len(outputs), length_mean=statistics.fmean(lengths), length_sd=statistics.pstdev(lengths),
-        ref_length_mean=statistics.fmean(ref_lengths), ref_length_sd=statistics.pstdev(ref_lengths),
-        distinct2=d2, ref_distinct2=ref_d2, unique_ratio=len({o.strip() for o in outputs}) / len(outputs),
-        ref_unique_ratio=len({r.strip() for r in references}) / len(references), top_share=top, ref_top_share=ref_top,
-        flagged=bool(reasons), explanation=explanation,
-    )  # fmt: skip
+        n=len(outputs),
+        length_mean=statistics.fmean(lengths),
+        length_sd=statistics.pstdev(lengths),
+        ref_length_mean=statistics.fmean(ref_lengths),
+        ref_length_sd=statistics.pstdev(ref_lengths),
+        distinct2=d2,
+        ref_distinct2=ref_d2,
+        unique_ratio=len({o.strip() for o in outputs}) / len(outputs),
+        ref_unique_ratio=len({r.strip() for r in references}) / len(references),
+        top_share=top,
+        ref_top_share=ref_top,
+        flagged=bool(reasons),
+        explanation=explanation,
+    )
 
 
 def forgetting(
@@ -285,18 +309,29 @@ def forgetting(
     n = len(base_answers)
     if n == 0 or len(tuned_answers) != n or (references is not None and len(references) != n):
         raise DataError("forgetting: need one base answer, one tuned answer (and one reference) per prompt")
-    targets, against = (
-        (list(references), "references") if references is not None else (list(base_answers), "base")
-    )
+    targets, against = (list(references), "references") if references is not None else (list(base_answers), "base")
     base = statistics.fmean(token_f1(a, t) for a, t in zip(base_answers, targets, strict=True))
     tuned = statistics.fmean(token_f1(a, t) for a, t in zip(tuned_answers, targets, strict=True))
     drop = base - tuned
     flagged = drop > threshold
     what = "the references" if against == "references" else "the base model's answers"
-    explanation = (f"{'forgetting' if flagged else 'no forgetting'}: token F1 against {what} {tuned:.3f} (tuned) vs "
-                   f"{base:.3f} (base) on {n} out-of-domain prompts (drop {drop:+.3f}, threshold {threshold:g})")  # fmt: skip
-    return Forgetting(regression_set, n, against, base, tuned, drop, threshold, flagged, explanation,
-                      list(base_answers), list(tuned_answers))  # fmt: skip
+    explanation = (
+        f"{'forgetting' if flagged else 'no forgetting'}: token F1 against {what} {tuned:.3f} (tuned) vs "
+        f"{base:.3f} (base) on {n} out-of-domain prompts (drop {drop:+.3f}, threshold {threshold:g})"
+    )
+    return Forgetting(
+        regression_set,
+        n,
+        against,
+        base,
+        tuned,
+        drop,
+        threshold,
+        flagged,
+        explanation,
+        list(base_answers),
+        list(tuned_answers),
+    )
 
 
 # ---- running them on a tuned candidate -------------------------------------------------------------------------------
@@ -314,9 +349,7 @@ def read_regression_set(spec: JobSpec) -> tuple[list[Example], str] | None:
         )
     examples = list(read_examples(path, format="chat"))
     if not examples:
-        raise DataError(
-            f"eval.regression_set {path} holds no examples", hint="add out-of-domain prompts to it"
-        )
+        raise DataError(f"eval.regression_set {path} holds no examples", hint="add out-of-domain prompts to it")
     return examples, sha256_hex(path.read_bytes())
 
 
@@ -324,10 +357,12 @@ def failure_settings(spec: JobSpec) -> dict[str, Any]:
     """What the checks' results depend on besides the model: recorded with an eval run so they can be reused."""
     regression = read_regression_set(spec)
     return {
-        "overfit_sample": spec.eval.overfit_sample, "overfit_threshold": spec.eval.overfit_threshold,
-        "seed": spec.eval.seed, "forgetting_threshold": spec.eval.forgetting_threshold,
+        "overfit_sample": spec.eval.overfit_sample,
+        "overfit_threshold": spec.eval.overfit_threshold,
+        "seed": spec.eval.seed,
+        "forgetting_threshold": spec.eval.forgetting_threshold,
         "regression_set_sha256": regression[1] if regression is not None else None,
-    }  # fmt: skip
+    }
 
 
 def check_failure_modes(
@@ -347,9 +382,7 @@ def check_failure_modes(
     Generates the candidate's answers to the training sample and, with a regression set, both models' answers to it.
     """
     if candidate.model_version is None or candidate.kind != "local":
-        raise InstilError(
-            f"candidate {candidate.name} is not a tuned model: failure modes are checked on tuned models"
-        )
+        raise InstilError(f"candidate {candidate.name} is not a tuned model: failure modes are checked on tuned models")
     collapse = style_collapse(outputs, [e.output_text() for e in holdout])
     notes: list[str] = []
     train = _train_sample(spec, store, candidate, notes)
@@ -369,12 +402,18 @@ def check_failure_modes(
         shown = prompt_examples(candidate, spec, sample)
         tools = [t.model_dump() for t in spec.output.tools] if spec.output.tools else None
         limit = max_new_tokens or spec.eval.max_new_tokens or default_max_new_tokens(sample, count)
-        gens = generate_local(model, tokenizer, renderer, shown, system_prompt=None, tools=tools,
-                              max_new_tokens=limit, batch_size=batch_size)  # fmt: skip
+        gens = generate_local(
+            model,
+            tokenizer,
+            renderer,
+            shown,
+            system_prompt=None,
+            tools=tools,
+            max_new_tokens=limit,
+            batch_size=batch_size,
+        )
         primary = next(g for g in graders if g.name == spec.primary_grader)
-        train_scores = [
-            primary.grade(e, Output(g.text, g.tool_calls)).value for e, g in zip(sample, gens, strict=True)
-        ]
+        train_scores = [primary.grade(e, Output(g.text, g.tool_calls)).value for e, g in zip(sample, gens, strict=True)]
         over = overfitting(train_scores, scores, threshold=spec.eval.overfit_threshold, train_dataset=version)
     forget = None
     if regression is not None:
@@ -386,8 +425,9 @@ def check_failure_modes(
 
         def answers(m: Any, tok: Any, rend: Any) -> list[str]:
             # The set's own messages, system prompt included: no job prompt is swapped in.
-            gens = generate_local(m, tok, rend, examples, system_prompt=None, max_new_tokens=limit,
-                                  batch_size=batch_size)  # fmt: skip
+            gens = generate_local(
+                m, tok, rend, examples, system_prompt=None, max_new_tokens=limit, batch_size=batch_size
+            )
             return [g.text for g in gens]
 
         tuned = answers(model, tokenizer, renderer)
@@ -398,9 +438,7 @@ def check_failure_modes(
             base = answers(*load_local(Candidate("base", "local", "none", "base"), spec, store))
         references = [e.output_text() for e in examples] if with_refs else None
         where = str(spec.resolve(spec.eval.regression_set or ""))
-        forget = forgetting(
-            base, tuned, references, threshold=spec.eval.forgetting_threshold, regression_set=where
-        )
+        forget = forgetting(base, tuned, references, threshold=spec.eval.forgetting_threshold, regression_set=where)
     return FailureModes(candidate.name, collapse, over, forget, notes)
 
 
@@ -413,18 +451,12 @@ def _train_sample(
     if spec.eval.overfit_sample == 0:
         notes.append("overfitting not checked: eval.overfit_sample is 0")
         return None
-    ids = (
-        [d for d, role in store.get_run(version.run_id).datasets if role == "train"] if version.run_id else []
-    )
+    ids = [d for d, role in store.get_run(version.run_id).datasets if role == "train"] if version.run_id else []
     if not ids:
-        notes.append(
-            f"overfitting not checked: {version.ref} has no training run with a recorded training split"
-        )
+        notes.append(f"overfitting not checked: {version.ref} has no training run with a recorded training split")
         return None
     dataset = store.get_version(ids[0])
-    if (
-        dataset.frozen
-    ):  # never happens through train_sft, which refuses a frozen version; never score one as "train"
+    if dataset.frozen:  # never happens through train_sft, which refuses a frozen version; never score one as "train"
         raise DataError(f"{version.ref} lists the frozen version {dataset.ref} as its training split")
     examples = list(store.iter_examples(dataset))
     if not examples:

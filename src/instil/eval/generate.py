@@ -117,13 +117,9 @@ def generate_local(
     from transformers import GenerationConfig
 
     if batch_size < 1 or max_new_tokens < 1:
-        raise ValueError(
-            f"batch_size ({batch_size}) and max_new_tokens ({max_new_tokens}) must be at least 1"
-        )
+        raise ValueError(f"batch_size ({batch_size}) and max_new_tokens ({max_new_tokens}) must be at least 1")
     prompts = [renderer.prompt(ex, tools=tools, system_prompt_override=system_prompt) for ex in examples]
-    encoded = (
-        [list(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]] if prompts else []
-    )
+    encoded = [list(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]] if prompts else []
     _check_context(model, examples, encoded, max_new_tokens)
 
     stops = stop_token_ids(tokenizer, renderer, model)
@@ -147,8 +143,18 @@ def generate_local(
     was_training = bool(getattr(model, "training", False))
     model.eval()
     try:
-        return _run(model, tokenizer, renderer, encoded, config, stop_set, device, batch_size, max_batch_tokens,
-                    progress)
+        return _run(
+            model,
+            tokenizer,
+            renderer,
+            encoded,
+            config,
+            stop_set,
+            device,
+            batch_size,
+            max_batch_tokens,
+            progress,
+        )
     finally:
         model.train(was_training)
 
@@ -243,9 +249,7 @@ class _FirstToken:
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
-def _finish(
-    tokenizer: Any, renderer: Any, new_ids: list[int], stops: set[int]
-) -> tuple[str, int, FinishReason]:
+def _finish(tokenizer: Any, renderer: Any, new_ids: list[int], stops: set[int]) -> tuple[str, int, FinishReason]:
     """One request's (text, output tokens, finish reason) from its generated ids, which run on with padding after
     its own stop token while its batch-mates go on."""
     end = next((k for k, tid in enumerate(new_ids) if tid in stops), None)
@@ -291,9 +295,7 @@ def _device(model: Any) -> Any:
     return device
 
 
-def _check_context(
-    model: Any, examples: Sequence[Example], encoded: list[list[int]], max_new_tokens: int
-) -> None:
+def _check_context(model: Any, examples: Sequence[Example], encoded: list[list[int]], max_new_tokens: int) -> None:
     """Raise when a prompt and its answer would run past the model's positions: RoPE models do not refuse longer
     inputs, they silently answer worse."""
     limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)

@@ -66,9 +66,16 @@ def write_html(
     path = Path(path)
     title = title or f"{report.job}: evaluation on {report.holdout}"
     sections = [
-        _comparison(report), _score_bars(report), _confusion(report), _latency(report), _loss_curves(report, store),
-        _failure_modes(report), _decisions(decisions), _slices(report), _worst(report),
-    ]  # fmt: skip
+        _comparison(report),
+        _score_bars(report),
+        _confusion(report),
+        _latency(report),
+        _loss_curves(report, store),
+        _failure_modes(report),
+        _decisions(decisions),
+        _slices(report),
+        _worst(report),
+    ]
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     body = "\n".join(s for s in sections if s)
     page = (
@@ -109,9 +116,7 @@ def _passed(passed: bool) -> str:
     return '<span class="ok">passed</span>' if passed else '<span class="flag">failed</span>'
 
 
-def _table(
-    head: Sequence[str], rows: Sequence[Sequence[str]], *, left: int = 1, text: Sequence[int] = ()
-) -> str:
+def _table(head: Sequence[str], rows: Sequence[Sequence[str]], *, left: int = 1, text: Sequence[int] = ()) -> str:
     """Cells are HTML already (escaped by the caller); the first ``left`` columns are left-aligned, the ``text`` ones
     are wrapped text."""
 
@@ -128,9 +133,7 @@ def _figure(width: float = 7.0, height: float = 3.6) -> Any:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
-        raise DependencyError(
-            "the HTML report's plots need matplotlib", hint="pip install matplotlib"
-        ) from None
+        raise DependencyError("the HTML report's plots need matplotlib", hint="pip install matplotlib") from None
     figure = Figure(figsize=(width, height), dpi=100, layout="constrained")
     FigureCanvasAgg(figure)
     return figure
@@ -149,29 +152,42 @@ def _img(figure_or_png: Any, alt: str) -> str:
 # ---- sections --------------------------------------------------------------------------------------------------------
 def _comparison(report: EvalReport) -> str:
     graders = list(report.candidates[0].graders) if report.candidates else []
-    head = ["candidate", *(f"{escape(g)}{' (primary)' if g == report.primary else ''}<br>mean · pass" for g in graders),
-            "latency p50 / p95 (s)", "tokens in / out", "cost / 1k", "cost / success", "win rate", "note"]  # fmt: skip
+    head = [
+        "candidate",
+        *(f"{escape(g)}{' (primary)' if g == report.primary else ''}<br>mean · pass" for g in graders),
+        "latency p50 / p95 (s)",
+        "tokens in / out",
+        "cost / 1k",
+        "cost / success",
+        "win rate",
+        "note",
+    ]
     rows = []
     for c in report.candidates:
         cells = [f"<b>{escape(c.name)}</b>"]
         for g in graders:
             s = c.graders[g]
-            cells.append(
-                f"{s.mean:.3f}{_ci(s.low, s.high)}<br>{s.pass_rate:.1%}{_ci(s.pass_low, s.pass_high)}"
-            )
+            cells.append(f"{s.mean:.3f}{_ci(s.low, s.high)}<br>{s.pass_rate:.1%}{_ci(s.pass_low, s.pass_high)}")
         w = c.win_rate
-        win = (f"{w.win_rate:.3f}{_ci(w.low, w.high)}<br><span class=\"ci\">{w.wins}W {w.ties}T {w.losses}L vs "
-               f"{escape(w.against)}</span>" if w is not None else '<span class="none">—</span>')  # fmt: skip
+        win = (
+            f'{w.win_rate:.3f}{_ci(w.low, w.high)}<br><span class="ci">{w.wins}W {w.ties}T {w.losses}L vs '
+            f"{escape(w.against)}</span>"
+            if w is not None
+            else '<span class="none">—</span>'
+        )
         notes = []
         if c.reused_from is not None:
             notes.append(f"reused from eval run {c.reused_from}")
         if c.truncated:
             notes.append(f"{c.truncated} cut off at max_new_tokens")
         cells += [
-            f"{c.latency_p50_s:.3f} / {c.latency_p95_s:.3f}", f"{c.mean_input_tokens:.1f} / {c.mean_output_tokens:.1f}",
-            f"{c.cost_per_1k:.4g}", _num(c.cost_per_success, 4) if c.cost_per_success is not None else _num(None),
-            win, escape("; ".join(notes)),
-        ]  # fmt: skip
+            f"{c.latency_p50_s:.3f} / {c.latency_p95_s:.3f}",
+            f"{c.mean_input_tokens:.1f} / {c.mean_output_tokens:.1f}",
+            f"{c.cost_per_1k:.4g}",
+            _num(c.cost_per_success, 4) if c.cost_per_success is not None else _num(None),
+            win,
+            escape("; ".join(notes)),
+        ]
         rows.append(cells)
     return (
         '<h2 id="comparison">Comparison</h2><p class="meta">Means with 95% bootstrap intervals; pass rates with 95% '
@@ -190,8 +206,10 @@ def _score_bars(report: EvalReport) -> str:
     for i, c in enumerate(report.candidates):
         xs = [g + (i - (len(report.candidates) - 1) / 2) * width for g in range(len(graders))]
         means = [c.graders[g].mean for g in graders]
-        errors = [[m - c.graders[g].low for m, g in zip(means, graders, strict=True)],
-                  [c.graders[g].high - m for m, g in zip(means, graders, strict=True)]]  # fmt: skip
+        errors = [
+            [m - c.graders[g].low for m, g in zip(means, graders, strict=True)],
+            [c.graders[g].high - m for m, g in zip(means, graders, strict=True)],
+        ]
         ax.bar(xs, means, width, yerr=errors, capsize=3, label=c.name)
     ax.set_xticks(range(len(graders)), graders)
     ax.set_ylim(0, 1.05)
@@ -205,8 +223,10 @@ def _score_bars(report: EvalReport) -> str:
 def _confusion(report: EvalReport) -> str:
     if not report.confusion:
         return ""
-    parts = ['<h2 id="confusion">Confusion matrices</h2><p class="meta">Rows: reference label; columns: predicted '
-             "label (<code>&lt;invalid&gt;</code>: not one of the labels).</p>"]  # fmt: skip
+    parts = [
+        '<h2 id="confusion">Confusion matrices</h2><p class="meta">Rows: reference label; columns: predicted '
+        "label (<code>&lt;invalid&gt;</code>: not one of the labels).</p>"
+    ]
     for name, agg in report.confusion.items():
         conf = agg["confusion"]
         most = max((v for row in conf["matrix"] for v in row), default=0) or 1
@@ -261,12 +281,12 @@ def _loss_curves(report: EvalReport, store: Store | None) -> str:
         if "loss_curve" in artifacts and Path(artifacts["loss_curve"].path).is_file():
             image = _img(Path(artifacts["loss_curve"].path).read_bytes(), f"loss curve of {c.name}")
         elif "history" in artifacts and Path(artifacts["history"].path).is_file():
-            image = _history_plot(
-                json.loads(Path(artifacts["history"].path).read_text(encoding="utf-8")), c.name
-            )
+            image = _history_plot(json.loads(Path(artifacts["history"].path).read_text(encoding="utf-8")), c.name)
         run = f"train run {model.run_id}" if model and model.run_id else "no training run recorded"
-        parts.append(f"<h3>{escape(c.name)} <span class=\"ci\">({run})</span></h3>"
-                     + (image or '<p class="none">no loss history recorded</p>'))  # fmt: skip
+        parts.append(
+            f'<h3>{escape(c.name)} <span class="ci">({run})</span></h3>'
+            + (image or '<p class="none">no loss history recorded</p>')
+        )
     return "".join(parts)
 
 
@@ -296,19 +316,38 @@ def _failure_modes(report: EvalReport) -> str:
     for name, m in report.failure_modes.items():
         o, s, f = m.overfitting, m.style_collapse, m.forgetting
         if o is not None:
-            rows.append([escape(name), "overfitting", _flag(o.flagged),
-                         f"train {o.train_score:.3f} (n={o.n_train}, {escape(o.train_dataset)}) vs holdout "
-                         f"{o.holdout_score:.3f}: gap {o.gap:+.3f} (threshold {o.threshold:g})",
-                         escape(o.explanation)])  # fmt: skip
-        rows.append([escape(name), "style collapse", _flag(s.flagged),
-                     f"length {s.length_mean:.1f}±{s.length_sd:.1f} vs {s.ref_length_mean:.1f}±{s.ref_length_sd:.1f} "
-                     f"chars; distinct-2 {s.distinct2:.3f} vs {s.ref_distinct2:.3f}; unique {s.unique_ratio:.2f} vs "
-                     f"{s.ref_unique_ratio:.2f}; most common {s.top_share:.0%} vs {s.ref_top_share:.0%}",
-                     escape(s.explanation)])  # fmt: skip
+            rows.append(
+                [
+                    escape(name),
+                    "overfitting",
+                    _flag(o.flagged),
+                    f"train {o.train_score:.3f} (n={o.n_train}, {escape(o.train_dataset)}) vs holdout "
+                    f"{o.holdout_score:.3f}: gap {o.gap:+.3f} (threshold {o.threshold:g})",
+                    escape(o.explanation),
+                ]
+            )
+        rows.append(
+            [
+                escape(name),
+                "style collapse",
+                _flag(s.flagged),
+                f"length {s.length_mean:.1f}±{s.length_sd:.1f} vs {s.ref_length_mean:.1f}±{s.ref_length_sd:.1f} "
+                f"chars; distinct-2 {s.distinct2:.3f} vs {s.ref_distinct2:.3f}; unique {s.unique_ratio:.2f} vs "
+                f"{s.ref_unique_ratio:.2f}; most common {s.top_share:.0%} vs {s.ref_top_share:.0%}",
+                escape(s.explanation),
+            ]
+        )
         if f is not None:
-            rows.append([escape(name), "forgetting", _flag(f.flagged),
-                         f"token F1 vs {escape(f.against)}: tuned {f.tuned_score:.3f}, base {f.base_score:.3f}, drop "
-                         f"{f.drop:+.3f} (threshold {f.threshold:g}, n={f.n})", escape(f.explanation)])  # fmt: skip
+            rows.append(
+                [
+                    escape(name),
+                    "forgetting",
+                    _flag(f.flagged),
+                    f"token F1 vs {escape(f.against)}: tuned {f.tuned_score:.3f}, base {f.base_score:.3f}, drop "
+                    f"{f.drop:+.3f} (threshold {f.threshold:g}, n={f.n})",
+                    escape(f.explanation),
+                ]
+            )
         for note in m.notes:
             rows.append([escape(name), "note", "", "", escape(note)])
     return '<h2 id="failure-modes">Failure modes</h2>' + _table(
@@ -321,9 +360,7 @@ def _decisions(decisions: Sequence[Mapping[str, Any]]) -> str:
         return ""
     parts = ['<h2 id="gate">Gate decisions</h2>']
     for d in decisions:
-        verdict = (
-            '<span class="ok">PROMOTED</span>' if d.get("promoted") else '<span class="flag">REFUSED</span>'
-        )
+        verdict = '<span class="ok">PROMOTED</span>' if d.get("promoted") else '<span class="flag">REFUSED</span>'
         parts.append(
             f"<h3>{escape(str(d.get('candidate', '?')))} vs {escape(str(d.get('reference', '?')))}: {verdict}</h3>"
             f'<p class="meta">n={d.get("n")} · alpha {d.get("alpha")} · margin {d.get("margin")} · power '
@@ -331,13 +368,25 @@ def _decisions(decisions: Sequence[Mapping[str, Any]]) -> str:
             f"{_num(d.get('min_detectable_effect'))}</p>"
         )
         rows = [
-            [escape(str(c.get("name"))), escape(str(c.get("hypothesis"))), escape(str(c.get("test"))),
-             f"{c.get('estimate', 0):+.3f}{_ci(c.get('low', 0), c.get('high', 0))}", f"{c.get('threshold', 0):+.3f}",
-             f"{c.get('p_value', 1):.4g}", f"{c.get('p_adjusted', 1):.4g}", _passed(bool(c.get("passed")))]
+            [
+                escape(str(c.get("name"))),
+                escape(str(c.get("hypothesis"))),
+                escape(str(c.get("test"))),
+                f"{c.get('estimate', 0):+.3f}{_ci(c.get('low', 0), c.get('high', 0))}",
+                f"{c.get('threshold', 0):+.3f}",
+                f"{c.get('p_value', 1):.4g}",
+                f"{c.get('p_adjusted', 1):.4g}",
+                _passed(bool(c.get("passed"))),
+            ]
             for c in d.get("comparisons", [])
-        ]  # fmt: skip
-        parts.append(_table(["grader", "hypothesis", "test", "B − A [interval]", "threshold", "p", "p (Holm)",
-                             "result"], rows, left=3))  # fmt: skip
+        ]
+        parts.append(
+            _table(
+                ["grader", "hypothesis", "test", "B − A [interval]", "threshold", "p", "p (Holm)", "result"],
+                rows,
+                left=3,
+            )
+        )
         for line in d.get("reasons", []):
             parts.append(f'<p class="flag">{escape(str(line))}</p>')
         for line in d.get("warnings", []):
@@ -354,35 +403,47 @@ def _slices(report: EvalReport) -> str:
         cells = [escape(tag)]
         for c in report.candidates:
             s = c.slices.get(tag)
-            cells.append(f"{s.mean:.3f}{_ci(s.low, s.high)}<br><span class=\"ci\">n={s.n}, pass {s.pass_rate:.0%}"
-                         "</span>" if s else '<span class="none">—</span>')  # fmt: skip
+            cells.append(
+                f'{s.mean:.3f}{_ci(s.low, s.high)}<br><span class="ci">n={s.n}, pass {s.pass_rate:.0%}</span>'
+                if s
+                else '<span class="none">—</span>'
+            )
         rows.append(cells)
     head = ["tag", *(escape(c.name) for c in report.candidates)]
     return f'<h2 id="slices">{escape(report.primary)} by tag</h2>' + _table(head, rows)
 
 
 def _worst(report: EvalReport) -> str:
-    parts = ['<h2 id="failures">Worst failures</h2><p class="meta">Per candidate, the examples that fail the primary '
-             f"grader, lowest score first (at most {WORST_PER_CANDIDATE}), beside the reference.</p>"]  # fmt: skip
+    parts = [
+        '<h2 id="failures">Worst failures</h2><p class="meta">Per candidate, the examples that fail the primary '
+        f"grader, lowest score first (at most {WORST_PER_CANDIDATE}), beside the reference.</p>"
+    ]
     shown = False
     for c in report.candidates:
-        failed = [
-            r for r in report.examples if r.candidate == c.name and not r.passed.get(report.primary, True)
-        ]
+        failed = [r for r in report.examples if r.candidate == c.name and not r.passed.get(report.primary, True)]
         failed.sort(key=lambda r: (r.scores.get(report.primary, 0.0), sum(r.scores.values())))
         if not failed:
             continue
         shown = True
         rows = [
-            [escape(r.example_id), f"<pre>{escape(report.inputs.get(r.example_id, ''))}</pre>",
-             f"<pre>{escape(report.references.get(r.example_id, ''))}</pre>", _answer(r.output),
-             f"{r.scores.get(report.primary, 0.0):.3f}",
-             "<br>".join(f"{escape(g)}: {escape(why)}" for g, why in r.reasons.items())]
+            [
+                escape(r.example_id),
+                f"<pre>{escape(report.inputs.get(r.example_id, ''))}</pre>",
+                f"<pre>{escape(report.references.get(r.example_id, ''))}</pre>",
+                _answer(r.output),
+                f"{r.scores.get(report.primary, 0.0):.3f}",
+                "<br>".join(f"{escape(g)}: {escape(why)}" for g, why in r.reasons.items()),
+            ]
             for r in failed[:WORST_PER_CANDIDATE]
-        ]  # fmt: skip
+        ]
         parts.append(f'<h3>{escape(c.name)} <span class="ci">({len(failed)} of {c.n} fail)</span></h3>')
-        parts.append(_table(["example", "input", "reference", "output", escape(report.primary), "why"], rows,
-                            text=(1, 2, 3, 5)))  # fmt: skip
+        parts.append(
+            _table(
+                ["example", "input", "reference", "output", escape(report.primary), "why"],
+                rows,
+                text=(1, 2, 3, 5),
+            )
+        )
     if not shown:
         parts.append('<p class="none">every answer passes the primary grader</p>')
     return "".join(parts)

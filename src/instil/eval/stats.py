@@ -201,9 +201,7 @@ class GateDecision:
 def _scores(values: ArrayLike, what: str) -> np.ndarray:
     arr = np.asarray(values, dtype=float)
     if arr.ndim != 1:
-        raise DataError(
-            f"{what}: expected a flat list of per-example scores, got an array of shape {arr.shape}."
-        )
+        raise DataError(f"{what}: expected a flat list of per-example scores, got an array of shape {arr.shape}.")
     if arr.size == 0:
         raise DataError(f"{what}: no scores; score the holdout before computing statistics.")
     bad = np.flatnonzero(~np.isfinite(arr))
@@ -299,9 +297,7 @@ def bootstrap_ci(
     return Interval(estimate, _lower_quantile(boot, q_low), _upper_quantile(boot, q_high), confidence, method)
 
 
-def _bca_levels(
-    x: np.ndarray, boot: np.ndarray, estimate: float, q_low: float, q_high: float
-) -> tuple[float, float]:
+def _bca_levels(x: np.ndarray, boot: np.ndarray, estimate: float, q_low: float, q_high: float) -> tuple[float, float]:
     # Bias: where the estimate falls among the resampled means (ties count half, as scipy does).
     share = (np.count_nonzero(boot < estimate) + np.count_nonzero(boot <= estimate)) / (2.0 * boot.size)
     if share <= 0.0 or share >= 1.0:
@@ -482,9 +478,7 @@ def min_detectable_effect(
     the effect), or ``sd_diff`` for continuous scores (closed form of the normal approximation).
     """
     if (p_discordant is None) == (sd_diff is None):
-        raise ValueError(
-            "give exactly one of p_discordant (pass/fail scores) or sd_diff (continuous scores)."
-        )
+        raise ValueError("give exactly one of p_discordant (pass/fail scores) or sd_diff (continuous scores).")
     if not 0.0 < power < 1.0:
         raise ValueError(f"power must be between 0 and 1, got {power}.")
     if sd_diff is not None:
@@ -528,9 +522,7 @@ def gate_decision(
     if not 0.0 < alpha < 0.5:
         raise ValueError(f"alpha must be between 0 and 0.5, got {alpha}.")
     if margin < 0 or min_effect <= 0:
-        raise ValueError(
-            f"need margin >= 0 and min_effect > 0, got margin={margin}, min_effect={min_effect}."
-        )
+        raise ValueError(f"need margin >= 0 and min_effect > 0, got margin={margin}, min_effect={min_effect}.")
     a_primary, b_primary, kind = primary
     if kind not in ("binary", "continuous"):
         raise ValueError(f"primary kind must be 'binary' or 'continuous', got {kind!r}.")
@@ -623,7 +615,10 @@ def _reason(c: Comparison, alpha: float) -> str:
     if c.hypothesis == "superiority":
         what = f"no significant gain: difference {c.estimate:+.4f}, {bound} is not above 0"
     else:
-        what = f"possible regression beyond the margin: difference {c.estimate:+.4f}, {bound} is not above {c.threshold:+.4f}"
+        what = (
+            f"possible regression beyond the margin: difference {c.estimate:+.4f}, {bound} is not above "
+            f"{c.threshold:+.4f}"
+        )
     return f"{c.name}: {what}; p={c.p_adjusted:.4g} >= alpha {alpha:g} (Holm-adjusted; raw p={c.p_value:.4g}, {c.test})"
 
 

@@ -56,7 +56,8 @@ def copy_example(name: str, dest: str | Path, *, overwrite: bool = False, seed: 
     if dest.is_dir() and any(dest.iterdir()) and not overwrite:
         raise InstilError(
             f"{dest}: folder is not empty; refusing to copy example {name!r} over what is there",
-            hint="Choose an empty or new folder, or pass overwrite=True (--force) to write the example's files over it.",
+            hint="Choose an empty or new folder, or pass overwrite=True (--force) to write the example's files "
+            "over it.",
         )
     dest.mkdir(parents=True, exist_ok=True)
     for filename in _COPIED:

@@ -123,8 +123,15 @@ class _ChatRequest(BaseModel):
 class _ApiError(Exception):
     """An error answered in OpenAI's shape."""
 
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
-                 type: str = "invalid_request_error") -> None:  # fmt: skip
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        type: str = "invalid_request_error",
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
 
@@ -215,10 +222,15 @@ class _Worker:
             job.max_tokens = room
         if room < 1 or job.max_tokens > room:
             limit = f"the model's {self.context} positions" if self.context else "the context"
-            job.future.set_exception(_ApiError(
-                400, f"the prompt is {job.prompt_tokens} tokens; with {job.max_tokens} new tokens it runs past {limit} "
-                "(lower max_tokens or shorten the messages)", param="messages", code="context_length_exceeded",
-            ))  # fmt: skip
+            job.future.set_exception(
+                _ApiError(
+                    400,
+                    f"the prompt is {job.prompt_tokens} tokens; with {job.max_tokens} new tokens it runs past {limit} "
+                    "(lower max_tokens or shorten the messages)",
+                    param="messages",
+                    code="context_length_exceeded",
+                )
+            )
             return False
         return True
 
@@ -234,10 +246,17 @@ class _Worker:
                     torch.manual_seed(seed)
                 sample = temperature > 0
                 gens = generate_local(
-                    self.model, self.tokenizer, self.renderer, [j.example for j in group], system_prompt=None,
-                    max_new_tokens=max_tokens, batch_size=len(group), do_sample=sample,
-                    temperature=temperature if sample else 1.0, top_p=top_p if sample else 1.0,
-                )  # fmt: skip
+                    self.model,
+                    self.tokenizer,
+                    self.renderer,
+                    [j.example for j in group],
+                    system_prompt=None,
+                    max_new_tokens=max_tokens,
+                    batch_size=len(group),
+                    do_sample=sample,
+                    temperature=temperature if sample else 1.0,
+                    top_p=top_p if sample else 1.0,
+                )
             except BaseException as e:  # answered as a 500 to each request of the group; the worker lives on
                 log.exception("generation failed for a batch of %d request(s)", len(group))
                 for j in group:
@@ -277,13 +296,9 @@ def create_app(
         from starlette.concurrency import run_in_threadpool
         from starlette.exceptions import HTTPException
     except ImportError:
-        raise DependencyError(
-            "serving needs fastapi and uvicorn", hint="pip install fastapi uvicorn"
-        ) from None
+        raise DependencyError("serving needs fastapi and uvicorn", hint="pip install fastapi uvicorn") from None
     if max_new_tokens_cap < 1 or batch_size < 1:
-        raise ValueError(
-            f"max_new_tokens_cap ({max_new_tokens_cap}) and batch_size ({batch_size}) must be at least 1"
-        )
+        raise ValueError(f"max_new_tokens_cap ({max_new_tokens_cap}) and batch_size ({batch_size}) must be at least 1")
 
     worker = _Worker(model, tokenizer, renderer, max_new_tokens_cap, batch_size)
     started = int(time.time())
@@ -306,15 +321,22 @@ def create_app(
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, e: HTTPException) -> Any:
         code = "not_found" if e.status_code == 404 else None
-        message = (
-            f"no route {request.method} {request.url.path}" if e.status_code in (404, 405) else str(e.detail)
-        )
+        message = f"no route {request.method} {request.url.path}" if e.status_code in (404, 405) else str(e.detail)
         return _ApiError(e.status_code, message, code=code).response()
 
     @app.exception_handler(Exception)
     async def server_error(request: Request, e: Exception) -> Any:
-        return JSONResponse({"error": {"message": f"the server failed: {type(e).__name__}: {e}",
-                                       "type": "server_error", "param": None, "code": None}}, status_code=500)  # fmt: skip
+        return JSONResponse(
+            {
+                "error": {
+                    "message": f"the server failed: {type(e).__name__}: {e}",
+                    "type": "server_error",
+                    "param": None,
+                    "code": None,
+                }
+            },
+            status_code=500,
+        )
 
     # A middleware, not a route dependency: it runs before the body is read, so a client without the key learns
     # nothing about its request (not even that its JSON is malformed).
@@ -324,8 +346,9 @@ def create_app(
             return await call_next(request)
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not given.strip():
-            return _ApiError(401, "no API key given: send it as 'Authorization: Bearer <key>'",
-                             code="invalid_api_key").response()  # fmt: skip
+            return _ApiError(
+                401, "no API key given: send it as 'Authorization: Bearer <key>'", code="invalid_api_key"
+            ).response()
         # Constant time, so the time to refuse a key does not tell how much of it was right.
         if not hmac.compare_digest(given.strip().encode(), api_key.encode()):
             return _ApiError(401, "incorrect API key", code="invalid_api_key").response()
@@ -353,9 +376,7 @@ def create_app(
         began = time.perf_counter()
         if body.model != model_name:
             raise _unknown_model(body.model, model_name)
-        job, stops, want_tools, messages, tools = _job(
-            body, default_system_prompt, default_tools, max_new_tokens_cap
-        )
+        job, stops, want_tools, messages, tools = _job(body, default_system_prompt, default_tools, max_new_tokens_cap)
         worker.submit(job)
         try:
             gen: Generation = await asyncio.wrap_future(job.future)
@@ -373,26 +394,42 @@ def create_app(
             content = _TOOL_BLOCK.sub("", text).strip() or None
             if finish == "stop":
                 finish = "tool_calls"
-        usage = {"prompt_tokens": gen.input_tokens, "completion_tokens": gen.output_tokens,
-                 "total_tokens": gen.input_tokens + gen.output_tokens}  # fmt: skip
+        usage = {
+            "prompt_tokens": gen.input_tokens,
+            "completion_tokens": gen.output_tokens,
+            "total_tokens": gen.input_tokens + gen.output_tokens,
+        }
         message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
         if calls:
             message["tool_calls"] = calls
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if on_request is not None:
-            record = ServedRequest(messages=messages, text=text, usage=usage, latency_s=time.perf_counter() - began,
-                                   id=rid, model=model_name, finish_reason=finish, tool_calls=calls, tools=tools,
-                                   batch_size=gen.batch_size)  # fmt: skip
+            record = ServedRequest(
+                messages=messages,
+                text=text,
+                usage=usage,
+                latency_s=time.perf_counter() - began,
+                id=rid,
+                model=model_name,
+                finish_reason=finish,
+                tool_calls=calls,
+                tools=tools,
+                batch_size=gen.batch_size,
+            )
             await run_in_threadpool(_call_hook, on_request, record)
         if body.stream:
             include_usage = bool((body.stream_options or {}).get("include_usage"))
             chunks = _chunks(rid, created, model_name, message, finish, usage if include_usage else None)
             return StreamingResponse(chunks, media_type="text/event-stream")
         return {
-            "id": rid, "object": "chat.completion", "created": created, "model": model_name,
+            "id": rid,
+            "object": "chat.completion",
+            "created": created,
+            "model": model_name,
             "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
-            "usage": usage, "system_fingerprint": None,
-        }  # fmt: skip
+            "usage": usage,
+            "system_fingerprint": None,
+        }
 
     return app
 
@@ -404,9 +441,7 @@ def _job(
     max_tokens = body.max_completion_tokens or body.max_tokens
     if max_tokens is not None and max_tokens > cap:
         field = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
-        raise _ApiError(
-            400, f"{field} is {max_tokens}; this server generates at most {cap} tokens", param=field
-        )
+        raise _ApiError(400, f"{field} is {max_tokens}; this server generates at most {cap} tokens", param=field)
     if body.n not in (None, 1):
         raise _ApiError(400, f"n is {body.n}; this server answers one choice per request (n=1)", param="n")
     if body.logprobs:
@@ -416,12 +451,18 @@ def _job(
             raise _ApiError(400, f"{name} is not supported (leave it out or 0)", param=name)
     fmt = (body.response_format or {}).get("type", "text")
     if fmt not in ("text", "json_object", "json_schema"):
-        raise _ApiError(400, f"response_format.type {fmt!r}: use text, json_object or json_schema",
-                        param="response_format.type")  # fmt: skip
+        raise _ApiError(
+            400,
+            f"response_format.type {fmt!r}: use text, json_object or json_schema",
+            param="response_format.type",
+        )
     choice = body.tool_choice
     if choice not in (None, "auto", "none"):
-        raise _ApiError(400, f"tool_choice {choice!r} cannot be enforced on a local model; use 'auto' or 'none'",
-                        param="tool_choice")  # fmt: skip
+        raise _ApiError(
+            400,
+            f"tool_choice {choice!r} cannot be enforced on a local model; use 'auto' or 'none'",
+            param="tool_choice",
+        )
     stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     if len(stops) > 4 or not all(stops):
         raise _ApiError(400, "stop takes up to 4 non-empty strings", param="stop")
@@ -429,8 +470,11 @@ def _job(
     for k, tool in enumerate(body.tools or []):
         fn = tool.get("function")
         if tool.get("type") != "function" or not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-            raise _ApiError(400, "a tool is {'type': 'function', 'function': {'name': ..., 'parameters': ...}}",
-                            param=f"tools[{k}]")  # fmt: skip
+            raise _ApiError(
+                400,
+                "a tool is {'type': 'function', 'function': {'name': ..., 'parameters': ...}}",
+                param=f"tools[{k}]",
+            )
 
     messages: list[Message] = []
     for k, m in enumerate(body.messages):
@@ -438,23 +482,20 @@ def _job(
         if isinstance(content, list):
             for p, part in enumerate(content):
                 if part.get("type") != "text" or not isinstance(part.get("text"), str):
-                    raise _ApiError(
-                        400, "only text content parts are supported", param=f"messages[{k}].content[{p}]"
-                    )
+                    raise _ApiError(400, "only text content parts are supported", param=f"messages[{k}].content[{p}]")
         if m.role == "assistant" and content is None and not m.tool_calls:
-            raise _ApiError(
-                400, "an assistant message needs content or tool_calls", param=f"messages[{k}].content"
-            )
+            raise _ApiError(400, "an assistant message needs content or tool_calls", param=f"messages[{k}].content")
         if m.role != "assistant" and content is None:
             raise _ApiError(400, f"a {m.role} message needs content", param=f"messages[{k}].content")
         # "developer" is OpenAI's newer name for the system role; chat templates know only "system".
         role = "system" if m.role == "developer" else m.role
-        messages.append(
-            Message(role, content, name=m.name, tool_calls=m.tool_calls, tool_call_id=m.tool_call_id)
-        )
+        messages.append(Message(role, content, name=m.name, tool_calls=m.tool_calls, tool_call_id=m.tool_call_id))
     if messages[-1].role == "assistant":
-        raise _ApiError(400, "the last message is the assistant's; continuing a partial answer is not supported",
-                        param=f"messages[{len(messages) - 1}].role")  # fmt: skip
+        raise _ApiError(
+            400,
+            "the last message is the assistant's; continuing a partial answer is not supported",
+            param=f"messages[{len(messages) - 1}].role",
+        )
     if default_system is not None and not any(m.role == "system" for m in messages):
         messages.insert(0, Message("system", default_system))
     # A placeholder answer closes the conversation: the renderer treats an example's last assistant turn as the
@@ -480,8 +521,12 @@ def _validation_error(errors: Any) -> _ApiError:
 
 
 def _unknown_model(name: str, served: str) -> _ApiError:
-    return _ApiError(404, f"the model {name!r} does not exist; this server serves {served!r}", param="model",
-                     code="model_not_found")  # fmt: skip
+    return _ApiError(
+        404,
+        f"the model {name!r} does not exist; this server serves {served!r}",
+        param="model",
+        code="model_not_found",
+    )
 
 
 _TOOL_BLOCK = re.compile(r"<tool_call>.*?</tool_call>", re.DOTALL)
@@ -509,13 +554,14 @@ async def _chunks(
 
     def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> str:
         body: dict[str, Any] = {
-            "id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
+            "id": rid,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}],
-        }  # fmt: skip
+        }
         if usage is not None:
-            body["usage"] = (
-                None  # with include_usage, every chunk carries the field; only the last one fills it
-            )
+            body["usage"] = None  # with include_usage, every chunk carries the field; only the last one fills it
         return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
     yield chunk({"role": "assistant", "content": ""})
@@ -525,7 +571,13 @@ async def _chunks(
         yield chunk({"tool_calls": [{"index": k, **call}]})
     yield chunk({}, finish)
     if usage is not None:
-        last = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [],
-                "usage": usage}  # fmt: skip
+        last = {
+            "id": rid,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [],
+            "usage": usage,
+        }
         yield f"data: {json.dumps(last)}\n\n"
     yield "data: [DONE]\n\n"

@@ -47,18 +47,14 @@ class ServedModel:
     """The model version served; None for the base."""
 
 
-def load_served(
-    spec: JobSpec, store: Store, *, version: int | str | None = None, base: bool = False
-) -> ServedModel:
+def load_served(spec: JobSpec, store: Store, *, version: int | str | None = None, base: bool = False) -> ServedModel:
     """Load what to serve: model ``version`` of the job, or the base model with ``base=True``.
 
     ``version`` is anything :func:`instil.registry.resolve` reads: ``3``, ``"3"``, ``"<job>@3"``, ``"production"``,
     ``"latest"`` or a pin name. The default is the production version, or the latest before the first promotion.
     Raises :class:`NotFoundError` when the job has no such model."""
     if base and version is not None:
-        raise InstilError(
-            "serve either a model version or the base, not both", hint="drop --version or --base"
-        )
+        raise InstilError("serve either a model version or the base, not both", hint="drop --version or --base")
     tools = [t.model_dump() for t in spec.output.tools] if spec.output.tools else None
     if base:
         candidate = Candidate("base+full", "local", "full", "base")
@@ -72,14 +68,11 @@ def load_served(
         try:
             model_version = resolve(store, spec.name, ref)
         except NotFoundError as e:
-            hint = (
-                e.hint
-                if version is not None
-                else "train one first (`instil train`), or serve the base (--base)"
-            )
+            hint = e.hint if version is not None else "train one first (`instil train`), or serve the base (--base)"
             raise NotFoundError(str(e), hint=hint) from None
-        candidate = Candidate(model_version.ref, "local", "short", f"model:{model_version.ref}",
-                              model_version=model_version)  # fmt: skip
+        candidate = Candidate(
+            model_version.ref, "local", "short", f"model:{model_version.ref}", model_version=model_version
+        )
         name, prompt = model_version.ref, spec.short_prompt
     model, tokenizer, renderer = load_local(candidate, spec, store)
     return ServedModel(name, model, tokenizer, renderer, prompt, tools, model_version)
@@ -99,10 +92,17 @@ def job_app(
     """The FastAPI app serving the job's model (see :func:`load_served`); ``served`` skips the loading."""
     served = served or load_served(spec, store, version=version, base=base)
     return create_app(
-        served.model, served.tokenizer, served.renderer, model_name=served.name, api_key=api_key,
-        max_new_tokens_cap=max_new_tokens_cap, default_system_prompt=served.system_prompt,
-        default_tools=served.tools, batch_size=spec.eval.batch_size, on_request=on_request,
-    )  # fmt: skip
+        served.model,
+        served.tokenizer,
+        served.renderer,
+        model_name=served.name,
+        api_key=api_key,
+        max_new_tokens_cap=max_new_tokens_cap,
+        default_system_prompt=served.system_prompt,
+        default_tools=served.tools,
+        batch_size=spec.eval.batch_size,
+        on_request=on_request,
+    )
 
 
 def api_key_from_env(api_key_env: str | None) -> str | None:
@@ -139,13 +139,17 @@ def serve_job(
     try:
         import uvicorn
     except ImportError:
-        raise DependencyError(
-            "serving needs fastapi and uvicorn", hint="pip install fastapi uvicorn"
-        ) from None
+        raise DependencyError("serving needs fastapi and uvicorn", hint="pip install fastapi uvicorn") from None
     api_key = api_key_from_env(api_key_env)
     served = load_served(spec, store, version=version, base=base)
-    app = job_app(spec, store, api_key=api_key, max_new_tokens_cap=max_new_tokens_cap, on_request=on_request,
-                  served=served)  # fmt: skip
+    app = job_app(
+        spec,
+        store,
+        api_key=api_key,
+        max_new_tokens_cap=max_new_tokens_cap,
+        on_request=on_request,
+        served=served,
+    )
     if ready is not None:
         shown = f"[{host}]" if ":" in host else host
         ready(served, f"http://{shown}:{port}/v1")

@@ -39,7 +39,8 @@ def check_sha256(value: str) -> str:
     if not isinstance(value, str) or not _SHA256.fullmatch(value):
         raise StoreError(
             f"not a sha256 digest: {value!r}",
-            hint="A blob is named by the 64 lowercase hex digits of its sha256; use the sha256 of a DatasetVersion the store returned.",
+            hint="A blob is named by the 64 lowercase hex digits of its sha256; use the sha256 of a DatasetVersion "
+            "the store returned.",
         )
     return value
 

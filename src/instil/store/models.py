@@ -91,9 +91,7 @@ class DatasetParent(Base):
 
     __tablename__ = "dataset_parents"
 
-    child_id: Mapped[int] = mapped_column(
-        ForeignKey("dataset_versions.id", ondelete="CASCADE"), primary_key=True
-    )
+    child_id: Mapped[int] = mapped_column(ForeignKey("dataset_versions.id", ondelete="CASCADE"), primary_key=True)
     parent_id: Mapped[int] = mapped_column(
         ForeignKey("dataset_versions.id", ondelete="CASCADE"), primary_key=True, index=True
     )
@@ -160,9 +158,7 @@ class Evaluation(Base):
     candidate: Mapped[str] = mapped_column(String(256))
     """What was evaluated: ``prompt``, ``base``, ``model:<job>@<version>``..."""
     model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id", ondelete="SET NULL"), index=True)
-    dataset_version_id: Mapped[int] = mapped_column(
-        ForeignKey("dataset_versions.id", ondelete="CASCADE"), index=True
-    )
+    dataset_version_id: Mapped[int] = mapped_column(ForeignKey("dataset_versions.id", ondelete="CASCADE"), index=True)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(_TS)
 
@@ -198,9 +194,7 @@ class Decision(Base):
     """Whether ``model_id`` became production through this decision."""
     reference: Mapped[str | None] = mapped_column(String(256))
     """What the gate compared against (a candidate name such as ``base+full`` or ``support@2+short``)."""
-    reference_model_id: Mapped[int | None] = mapped_column(
-        ForeignKey("models.id", ondelete="SET NULL"), index=True
-    )
+    reference_model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id", ondelete="SET NULL"), index=True)
     """The reference's model version when it is one; for a rollback, the version rolled back from."""
     dataset_version_id: Mapped[int | None] = mapped_column(
         ForeignKey("dataset_versions.id", ondelete="SET NULL"), index=True

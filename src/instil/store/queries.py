@@ -38,9 +38,7 @@ def dataset_version(s: Session, row: m.DatasetVersionRow, name: str | None = Non
     if name is None:
         name = s.get_one(m.Dataset, row.dataset_id).name
     parents = s.scalars(
-        select(m.DatasetParent.parent_id)
-        .where(m.DatasetParent.child_id == row.id)
-        .order_by(m.DatasetParent.parent_id)
+        select(m.DatasetParent.parent_id).where(m.DatasetParent.child_id == row.id).order_by(m.DatasetParent.parent_id)
     )
     return DatasetVersion(
         id=row.id,
@@ -67,9 +65,7 @@ def version_listing(s: Session, dataset_id: int) -> str:
             .limit(10)
         )
     )
-    return ", ".join(
-        f"{r.version} ({r.sha256[:12]}, {r.kind}, {r.n_examples} examples)" for r in reversed(rows)
-    )
+    return ", ".join(f"{r.version} ({r.sha256[:12]}, {r.kind}, {r.n_examples} examples)" for r in reversed(rows))
 
 
 def run_info(s: Session, run: m.Run) -> RunInfo:

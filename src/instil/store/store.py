@@ -81,7 +81,7 @@ class Store:
         self._read = sessionmaker(engine, expire_on_commit=False)
         self._write = sessionmaker(engine.execution_options(**WRITE), expire_on_commit=False)
 
-    # ---- opening and closing -------------------------------------------------------------------------------------
+    # ---- opening and closing -----------------------------------------------------------------------------------------
     @classmethod
     def open(cls, url: str | None = None, *, home: Path | str | None = None) -> Store:
         """Open (creating and migrating as needed) the store.
@@ -117,7 +117,7 @@ class Store:
     def __repr__(self) -> str:
         return f"Store({safe_url(self.engine.url)!r}, home={str(self.home)!r})"
 
-    # ---- transactions ---------------------------------------------------------------------------------------------
+    # ---- transactions ------------------------------------------------------------------------------------------------
     @contextmanager
     def _errors(self) -> Iterator[None]:
         try:
@@ -157,7 +157,7 @@ class Store:
         with self._errors(), self._read() as session:
             return fn(session)
 
-    # ---- blobs ----------------------------------------------------------------------------------------------------
+    # ---- blobs -------------------------------------------------------------------------------------------------------
     def put_examples(self, examples: Iterable[Example]) -> BlobInfo:
         """Stream ``examples`` into a content-addressed blob; returns its hash, count, path and size."""
         return self.blobs.put_examples(examples)
@@ -170,7 +170,7 @@ class Store:
     def blob_path(self, sha256: str) -> Path:
         return self.blobs.path(sha256)
 
-    # ---- datasets -------------------------------------------------------------------------------------------------
+    # ---- datasets ----------------------------------------------------------------------------------------------------
     def put_dataset(
         self,
         name: str,
@@ -206,9 +206,7 @@ class Store:
             )
             if same is not None:
                 return dataset_version(s, same, name)
-            known = set(
-                s.scalars(select(m.DatasetVersionRow.id).where(m.DatasetVersionRow.id.in_(parent_ids)))
-            )
+            known = set(s.scalars(select(m.DatasetVersionRow.id).where(m.DatasetVersionRow.id.in_(parent_ids))))
             missing = [p for p in parent_ids if p not in known]
             if missing:
                 raise NotFoundError(
@@ -216,9 +214,7 @@ class Store:
                     hint="Pass parents as DatasetVersion values returned by this store (put_dataset/get_dataset).",
                 )
             latest = s.scalar(
-                select(func.max(m.DatasetVersionRow.version)).where(
-                    m.DatasetVersionRow.dataset_id == dataset.id
-                )
+                select(func.max(m.DatasetVersionRow.version)).where(m.DatasetVersionRow.dataset_id == dataset.id)
             )
             row = m.DatasetVersionRow(
                 dataset_id=dataset.id,
@@ -258,9 +254,7 @@ class Store:
             elif isinstance(version, int) and not isinstance(version, bool):
                 rows = list(s.scalars(q.where(m.DatasetVersionRow.version == version)))
             elif isinstance(version, str) and _HEX_PREFIX.fullmatch(version):
-                rows = list(
-                    s.scalars(q.where(m.DatasetVersionRow.sha256.startswith(version, autoescape=True)))
-                )
+                rows = list(s.scalars(q.where(m.DatasetVersionRow.sha256.startswith(version, autoescape=True))))
             else:
                 raise StoreError(
                     f"invalid version {version!r} of dataset {name!r}",
@@ -333,7 +327,7 @@ class Store:
         """Every ancestor of a dataset version (parents, their parents...), nearest first, each once."""
         return self._query(lambda s: ancestors(s, [as_id(version, "version")]))
 
-    # ---- runs -----------------------------------------------------------------------------------------------------
+    # ---- runs --------------------------------------------------------------------------------------------------------
     def start_run(self, job: str, kind: str, config: dict[str, Any] | None = None) -> int:
         """Record that a run of ``kind`` (curate, split, train, eval...) of ``job`` started; returns its id."""
         check_name(job, "job name")
@@ -412,7 +406,7 @@ class Store:
             raise NotFoundError(f"no run with id {run_id} in the store {safe_url(self.engine.url)}")
         return run
 
-    # ---- models ---------------------------------------------------------------------------------------------------
+    # ---- models ------------------------------------------------------------------------------------------------------
     def register_model(
         self,
         job: str,
@@ -456,16 +450,10 @@ class Store:
 
         def read(s: Session) -> ModelVersion:
             q = select(m.Model).where(m.Model.job == job)
-            q = (
-                q.where(m.Model.version == version)
-                if version is not None
-                else q.order_by(m.Model.version.desc())
-            )
+            q = q.where(m.Model.version == version) if version is not None else q.order_by(m.Model.version.desc())
             row = s.scalars(q.limit(1)).first()
             if row is None:
-                versions = list(
-                    s.scalars(select(m.Model.version).where(m.Model.job == job).order_by(m.Model.version))
-                )
+                versions = list(s.scalars(select(m.Model.version).where(m.Model.job == job).order_by(m.Model.version)))
                 raise NotFoundError(
                     f"job {job!r} has no model" + (f" version {version}" if version is not None else ""),
                     hint=f"Model versions of {job!r}: {versions}."
@@ -510,7 +498,7 @@ class Store:
 
         return self._query(read)
 
-    # ---- the registry: decisions, production, pins -----------------------------------------------------------------
+    # ---- the registry: decisions, production, pins -------------------------------------------------------------------
     def record_decision(
         self,
         job: str,
@@ -535,9 +523,7 @@ class Store:
         """
         check_name(job, "job name")
         if kind not in DECISION_KINDS:
-            raise StoreError(
-                f"invalid decision kind {kind!r}", hint=f"Use one of: {', '.join(DECISION_KINDS)}."
-            )
+            raise StoreError(f"invalid decision kind {kind!r}", hint=f"Use one of: {', '.join(DECISION_KINDS)}.")
         if kind == "rollback" and not promoted:
             raise StoreError("a rollback always makes its model production: record it with promoted=True")
         model_id = as_id(model, "model")
@@ -549,9 +535,7 @@ class Store:
         def write(s: Session) -> DecisionInfo:
             self._serialize(s, f"registry:{job}")
             row = self._job_model(s, job, model_id)
-            current = s.scalars(
-                select(m.Model).where(m.Model.job == job, m.Model.status == "production")
-            ).all()
+            current = s.scalars(select(m.Model).where(m.Model.job == job, m.Model.status == "production")).all()
             current_id = current[0].id if current else None
             if current_id != before_id:
                 now = f"{job}@{current[0].version}" if current else "none"
@@ -574,19 +558,24 @@ class Store:
             else:
                 row.status = "refused"
             decision = m.Decision(
-                job=job, kind=kind, model_id=model_id, promoted=promoted, reference=reference,
-                reference_model_id=reference_id, dataset_version_id=dataset_id, run_id=run_id, numbers=numbers,
+                job=job,
+                kind=kind,
+                model_id=model_id,
+                promoted=promoted,
+                reference=reference,
+                reference_model_id=reference_id,
+                dataset_version_id=dataset_id,
+                run_id=run_id,
+                numbers=numbers,
                 created_at=_now(),
-            )  # fmt: skip
+            )
             s.add(decision)
             s.flush()
             return self._decision(s, decision)
 
         return self._tx(write)
 
-    def list_decisions(
-        self, job: str | None = None, *, model: ModelVersion | int | None = None
-    ) -> list[DecisionInfo]:
+    def list_decisions(self, job: str | None = None, *, model: ModelVersion | int | None = None) -> list[DecisionInfo]:
         """Registry decisions, oldest first; only ``job``'s and/or those on ``model`` when given."""
 
         def read(s: Session) -> list[DecisionInfo]:
@@ -642,9 +631,7 @@ class Store:
             if name not in current:
                 raise NotFoundError(
                     f"job {job!r} has no pin named {name!r}",
-                    hint=f"Pins of {job!r}: {', '.join(sorted(current))}."
-                    if current
-                    else f"{job!r} has no pins.",
+                    hint=f"Pins of {job!r}: {', '.join(sorted(current))}." if current else f"{job!r} has no pins.",
                 )
             s.add(m.Pin(job=job, name=name, model_id=None, created_at=_now()))
             return current[name]
@@ -669,12 +656,8 @@ class Store:
         return self._query(read)
 
     def _current_pins(self, s: Session, job: str) -> list[PinInfo]:
-        latest = (
-            select(func.max(m.Pin.id).label("id")).where(m.Pin.job == job).group_by(m.Pin.name).subquery()
-        )
-        rows = list(
-            s.scalars(select(m.Pin).join(latest, latest.c.id == m.Pin.id).where(m.Pin.model_id.is_not(None)))
-        )
+        latest = select(func.max(m.Pin.id).label("id")).where(m.Pin.job == job).group_by(m.Pin.name).subquery()
+        rows = list(s.scalars(select(m.Pin).join(latest, latest.c.id == m.Pin.id).where(m.Pin.model_id.is_not(None))))
         versions = self._versions(s, [r.model_id for r in rows])
         return [pin_info(r, versions[r.model_id]) for r in rows]
 
@@ -696,7 +679,7 @@ class Store:
         versions = self._versions(s, [row.model_id, row.reference_model_id])
         return decision_info(row, versions[row.model_id], versions.get(row.reference_model_id))
 
-    # ---- evaluations and artifacts --------------------------------------------------------------------------------
+    # ---- evaluations and artifacts -----------------------------------------------------------------------------------
     def add_evaluation(
         self,
         run_id: int,
@@ -752,9 +735,7 @@ class Store:
 
         return self._query(read)
 
-    def add_artifact(
-        self, run_id: int, kind: str, path: str | Path, sha256: str | None = None
-    ) -> ArtifactInfo:
+    def add_artifact(self, run_id: int, kind: str, path: str | Path, sha256: str | None = None) -> ArtifactInfo:
         """Record a file a run produced (checkpoint, report...)."""
         check_word(kind, "artifact kind")
 
@@ -771,8 +752,6 @@ class Store:
         return self._query(
             lambda s: [
                 artifact_info(r)
-                for r in s.scalars(
-                    select(m.Artifact).where(m.Artifact.run_id == run_id).order_by(m.Artifact.id)
-                )
+                for r in s.scalars(select(m.Artifact).where(m.Artifact.run_id == run_id).order_by(m.Artifact.id))
             ]
         )

@@ -205,7 +205,7 @@ class PinInfo:
         return f"{self.job}@{self.version}" if self.version is not None else None
 
 
-# ---- from rows --------------------------------------------------------------------------------------------------
+# ---- from rows -------------------------------------------------------------------------------------------------------
 def utc(dt: datetime) -> datetime:
     """``dt`` as an aware UTC datetime: SQLite hands back naive ones, and every timestamp the store writes is UTC."""
     return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)

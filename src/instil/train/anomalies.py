@@ -110,12 +110,15 @@ class LossWatch:
 
     def _nan(self, step: int, name: str, value: float) -> Anomaly:
         return Anomaly(
-            step, "nan",
-            f"step {step}: the {name} is {value}; nothing good trains after that, since the weights are broken from here on. "
+            step,
+            "nan",
+            f"step {step}: the {name} is {value}; nothing good trains after that, since the weights are broken "
+            "from here on. "
             "Try a lower learning rate (training.learning_rate), or float32 instead of bf16/fp16 "
             "(training.trl: {bf16: false}).",
-            float(value), "error",
-        )  # fmt: skip
+            float(value),
+            "error",
+        )
 
     def _spike(self, step: int, loss: float) -> Anomaly | None:
         recent = [v for _, v in self.losses[-self.spike_window :]]
@@ -124,12 +127,13 @@ class LossWatch:
         median = statistics.median(recent)
         if loss > self.spike_factor * median and loss - median >= self.spike_min_delta:
             return Anomaly(
-                step, "spike",
+                step,
+                "spike",
                 f"step {step}: the loss jumped to {loss:.4g}, {loss / median:.1f}x the median {median:.4g} of the "
                 f"last {len(recent)} logged losses. One spike is often harmless; repeated spikes suggest a lower "
                 "learning rate or more warmup (training.trl: {warmup_ratio: 0.1}).",
                 loss,
-            )  # fmt: skip
+            )
         return None
 
     def _early(self, step: int) -> bool:
@@ -147,20 +151,16 @@ class LossWatch:
         self._flat_warned = True  # once a run: it stays flat for a while, and one warning says it
         first = self.losses[-self.flat_window][0]
         return Anomaly(
-            step, "flat",
+            step,
+            "flat",
             f"step {step}: the loss has not fallen over the last {self.flat_window} logged steps (from step "
             f"{first}: median {before:.4g}, then {after:.4g}). Check that the labels train the assistant turns, or try "
             "a higher learning rate.",
             window[-1],
-        )  # fmt: skip
+        )
 
     def _chance(self, step: int) -> Anomaly | None:
-        if (
-            self._chance_warned
-            or not self.vocab_size
-            or self.vocab_size < 2
-            or len(self.losses) < self.flat_window
-        ):
+        if self._chance_warned or not self.vocab_size or self.vocab_size < 2 or len(self.losses) < self.flat_window:
             return None
         chance = math.log(self.vocab_size)
         window = [v for _, v in self.losses[-self.flat_window :]]
@@ -168,12 +168,13 @@ class LossWatch:
             return None
         self._chance_warned = True
         return Anomaly(
-            step, "flat",
+            step,
+            "flat",
             f"step {step}: the loss has stayed at {window[-1]:.4g} for {self.flat_window} logged steps, about "
             f"ln({self.vocab_size}) = {chance:.4g}: the model still guesses uniformly over its vocabulary. Check that "
             "the learning rate is not 0 and that the trained weights are not frozen.",
             window[-1],
-        )  # fmt: skip
+        )
 
 
 class AnomalyCallback(TrainerCallback):
@@ -185,9 +186,12 @@ class AnomalyCallback(TrainerCallback):
     """
 
     def __init__(
-        self, on_anomaly: Callable[[Anomaly], Any] | None = None, *, stop_on_nan: bool = True,
+        self,
+        on_anomaly: Callable[[Anomaly], Any] | None = None,
+        *,
+        stop_on_nan: bool = True,
         watch: LossWatch | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.on_anomaly = on_anomaly
         """Called with each anomaly as it is found (the CLI prints it; None collects only)."""
         self.stop_on_nan = stop_on_nan
@@ -209,9 +213,11 @@ class AnomalyCallback(TrainerCallback):
         if self.watch is None:
             self.watch = LossWatch(max_steps=state.max_steps)
         found = self.watch.observe(
-            state.global_step, loss=_number(logs.get("loss")), grad_norm=_number(logs.get("grad_norm")),
+            state.global_step,
+            loss=_number(logs.get("loss")),
+            grad_norm=_number(logs.get("grad_norm")),
             eval_loss=_number(logs.get("eval_loss")),
-        )  # fmt: skip
+        )
         for anomaly in found:
             self.anomalies.append(anomaly)
             if self.on_anomaly is not None:
@@ -243,7 +249,7 @@ def _number(value: Any) -> float | None:
         return None
 
 
-# ---- report_to ---------------------------------------------------------------------------------------------------------
+# ---- report_to -------------------------------------------------------------------------------------------------------
 REPORTERS: dict[str, tuple[tuple[str, ...], str]] = {
     "tensorboard": (("tensorboard", "tensorboardX"), "pip install tensorboard"),
     "mlflow": (("mlflow",), "pip install mlflow"),
@@ -260,9 +266,7 @@ def resolve_report_to(value: str | Iterable[str] | None) -> list[str]:
     """
     if value is None:
         return []
-    names = (
-        [n.strip() for n in value.split(",")] if isinstance(value, str) else [str(n).strip() for n in value]
-    )
+    names = [n.strip() for n in value.split(",")] if isinstance(value, str) else [str(n).strip() for n in value]
     names = [n for n in names if n]
     if names in ([], ["none"]):
         return []

@@ -1,4 +1,4 @@
-"""How training batches are laid out, measured: the padding they carry, and forwards that prove no sequence sees another.
+"""How training batches are laid out, measured: the padding they carry, forwards that prove no sequence sees another.
 
     padding_fraction([12, 400, 35, 390], batch_size=2, strategy="buckets")  # from the sampler's real batches
     LengthBucketSampler(16, lengths, seed=0)  # what instil's trainer draws batches with where TRL would group by length
@@ -102,9 +102,7 @@ class LengthBucketSampler(Sampler):
         return iter([i for batch in self.batches() for i in batch])
 
 
-def sampler_batches(
-    lengths: Sequence[int], batch_size: int, strategy: Strategy, *, seed: int = 0
-) -> list[list[int]]:
+def sampler_batches(lengths: Sequence[int], batch_size: int, strategy: Strategy, *, seed: int = 0) -> list[list[int]]:
     """The row indexes of each batch of one epoch, drawn by the sampler the Trainer uses for ``strategy``."""
     import torch
     from transformers.trainer_pt_utils import LengthGroupedSampler
@@ -149,7 +147,7 @@ def padding_fraction(lengths: Sequence[int], batch_size: int, strategy: Strategy
     return pad / total if total else 0.0
 
 
-# ---- forwards for the equality test --------------------------------------------------------------------------------
+# ---- forwards for the equality test ----------------------------------------------------------------------------------
 def per_sequence_logits(model: Any, sequences: Sequence[Sequence[int]]) -> list[Any]:
     """Each sequence run alone (no padding, no cache): the reference logits, ``[len, vocab]`` per sequence."""
     import torch
@@ -163,13 +161,9 @@ def padded_logits(model: Any, sequences: Sequence[Sequence[int]], *, pad_token_i
     import torch
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    batch = DataCollatorForLanguageModeling(pad_token_id=pad_token_id)(
-        [{"input_ids": list(s)} for s in sequences]
-    )
+    batch = DataCollatorForLanguageModeling(pad_token_id=pad_token_id)([{"input_ids": list(s)} for s in sequences])
     with torch.no_grad():
-        logits = model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
-        ).logits
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
     return [logits[i, : len(s)] for i, s in enumerate(sequences)]
 
 
@@ -200,7 +194,8 @@ def packed_logits(
     model: Any, sequences: Sequence[Sequence[int]], *, seq_length: int, pad_token_id: int = 0
 ) -> list[Any]:
     """TRL's bfd packing (``packing=True``) into rows of at most ``seq_length`` tokens, each row through the
-    padding-free collator; the logits of every input sequence, found back through an index column packed beside the tokens.
+    padding-free collator; the logits of every input sequence, found back through an index column packed beside
+    the tokens.
 
     Sequences must be no longer than ``seq_length``: bfd truncates longer ones.
     """

@@ -112,14 +112,11 @@ def resolve_template(chat_template: str) -> tuple[str, str | None]:
         except OSError as e:
             raise ChatTemplateError(
                 f"chat_template: cannot read the template file {path}: {e.strerror or e}",
-                hint="fix the path, paste the Jinja text, or pick a built-in: "
-                + ", ".join(BUILTIN_TEMPLATES),
+                hint="fix the path, paste the Jinja text, or pick a built-in: " + ", ".join(BUILTIN_TEMPLATES),
             ) from None
     raise ChatTemplateError(
         f"chat_template: {name!r} is neither a built-in template, Jinja text, nor an existing .jinja file",
-        hint="use one of the built-ins ("
-        + ", ".join(BUILTIN_TEMPLATES)
-        + "), a path to a .jinja file, or Jinja text",
+        hint="use one of the built-ins (" + ", ".join(BUILTIN_TEMPLATES) + "), a path to a .jinja file, or Jinja text",
     )
 
 
@@ -171,9 +168,7 @@ class ChatRenderer:
         marker: str | None = None
         if chat_template is not None:
             self.template, marker = resolve_template(chat_template)
-            self.template_name = (
-                chat_template.strip() if chat_template.strip() in BUILTIN_TEMPLATES else "given"
-            )
+            self.template_name = chat_template.strip() if chat_template.strip() in BUILTIN_TEMPLATES else "given"
         elif getattr(tokenizer, "chat_template", None):
             self.template = tokenizer.chat_template
             self.template_name = "tokenizer"
@@ -198,7 +193,7 @@ class ChatRenderer:
         self.end_of_turn: str = marker if marker is not None else self._probe_end_of_turn()
         """The text that ends an assistant turn (trained with it, so the model learns to stop)."""
 
-    # ---- rendering -----------------------------------------------------------------------------------------------
+    # ---- rendering ---------------------------------------------------------------------------------------------------
     def render(
         self,
         example_or_messages: Example | list[Message] | list[dict[str, Any]],
@@ -211,9 +206,7 @@ class ChatRenderer:
             tools = example_or_messages.tools
         return self._apply(messages, tools, add_generation_prompt, where=_where(example_or_messages))
 
-    def _apply(
-        self, messages: list[Message], tools: list[dict[str, Any]] | None, gen: bool, *, where: str = ""
-    ) -> str:
+    def _apply(self, messages: list[Message], tools: list[dict[str, Any]] | None, gen: bool, *, where: str = "") -> str:
         try:
             return self.tokenizer.apply_chat_template(
                 [_template_dict(m) for m in messages],
@@ -245,7 +238,7 @@ class ChatRenderer:
             )
         return ids, offsets
 
-    # ---- the end-of-turn marker ----------------------------------------------------------------------------------
+    # ---- the end-of-turn marker --------------------------------------------------------------------------------------
     def _probe_end_of_turn(self) -> str:
         """The special token the template writes right after an assistant's content."""
         probe = [Message("user", "Hello"), Message("assistant", _SENTINEL), Message("user", "Thanks")]
@@ -276,7 +269,7 @@ class ChatRenderer:
         eos = getattr(self.tokenizer, "eos_token", None)
         return [self.end_of_turn] + ([eos] if eos and eos != self.end_of_turn else [])
 
-    # ---- finding the trained turns -------------------------------------------------------------------------------
+    # ---- finding the trained turns -----------------------------------------------------------------------------------
     def locate(
         self,
         example_or_messages: Example | list[Message] | list[dict[str, Any]],
@@ -343,9 +336,7 @@ class ChatRenderer:
         if content:
             # Content followed by the marker (or by tool calls): anchoring on the marker keeps a short reply such
             # as "user" from matching inside a role header.
-            pattern = (
-                re.escape(content) + (r"(?=[\s\S]*?" if m.tool_calls else r"(?=\s*") + re.escape(marker) + ")"
-            )
+            pattern = re.escape(content) + (r"(?=[\s\S]*?" if m.tool_calls else r"(?=\s*") + re.escape(marker) + ")"
             found = re.compile(pattern).search(text, cursor)
             if found is None:
                 if content in text[cursor:]:
@@ -381,7 +372,7 @@ class ChatRenderer:
                 return None  # the template dropped the tool call (Llama 3's does)
         return TurnSpan(message_index=i, start=start, end=end + len(marker))
 
-    # ---- prompts for evaluation and serving ----------------------------------------------------------------------
+    # ---- prompts for evaluation and serving --------------------------------------------------------------------------
     def prompt(
         self,
         example_or_messages: Example | list[Message] | list[dict[str, Any]],

@@ -92,33 +92,27 @@ class TrainingInterrupted(KeyboardInterrupt):
     A :class:`KeyboardInterrupt`, so the run is recorded as ``cancelled`` and callers that stop on Ctrl-C still stop.
     """
 
-    hint = (
-        "run `instil train --resume` (or train_sft(..., resume=True)) to continue from the saved checkpoint"
-    )
+    hint = "run `instil train --resume` (or train_sft(..., resume=True)) to continue from the saved checkpoint"
 
     def __init__(self, checkpoint: Path | None) -> None:
         self.checkpoint = checkpoint
         """The checkpoint saved on the way out (None when the interrupt came before any step finished)."""
-        where = (
-            f"a checkpoint was saved at {checkpoint}"
-            if checkpoint
-            else "no step had finished: nothing to save"
-        )
+        where = f"a checkpoint was saved at {checkpoint}" if checkpoint else "no step had finished: nothing to save"
         super().__init__(f"training interrupted: {where}")
 
 
-# ---- where checkpoints live ---------------------------------------------------------------------------------------------
+# ---- where checkpoints live ------------------------------------------------------------------------------------------
 def config_key(config: dict[str, Any]) -> str:
     """A short stable hash of a run configuration (resolved settings, dataset hash, base model weights)."""
     return sha256_hex(canonical_json(config))[:16]
 
 
 def checkpoint_folder(home: Path | str, job: str, key: str) -> Path:
-    """``<home>/checkpoints/<job>/<key>``: the same folder for every run of the same configuration, so a rerun finds it."""
+    """``<home>/checkpoints/<job>/<key>``: one folder for every run of the same configuration, so a rerun finds it."""
     return Path(home) / "checkpoints" / job / key
 
 
-# ---- writing ------------------------------------------------------------------------------------------------------------
+# ---- writing ---------------------------------------------------------------------------------------------------------
 def _sha256_file(path: Path) -> str:
     import hashlib
 
@@ -142,9 +136,11 @@ def _pickles(folder: Path) -> list[str]:
     return sorted(
         p.relative_to(folder).as_posix()
         for p in folder.rglob("*")
-        if p.is_file() and p.name.endswith(_PICKLE_SUFFIXES) and not _WEIGHTS_ONLY.match(p.name)
+        if p.is_file()
+        and p.name.endswith(_PICKLE_SUFFIXES)
+        and not _WEIGHTS_ONLY.match(p.name)
         and p.name != NEVER_LOADED
-    )  # fmt: skip
+    )
 
 
 def mark_checkpoint(folder: Path, *, step: int, run_id: int | None = None) -> Checkpoint:
@@ -176,7 +172,7 @@ def mark_checkpoint(folder: Path, *, step: int, run_id: int | None = None) -> Ch
     return Checkpoint(folder, step, files, sha256_hex(body), run_id)
 
 
-# ---- reading ------------------------------------------------------------------------------------------------------------
+# ---- reading ---------------------------------------------------------------------------------------------------------
 def read_checkpoint(folder: Path) -> Checkpoint | None:
     """The marked checkpoint in ``folder``; None when it has no marker (cut off before it was complete)."""
     marker = Path(folder) / MARKER
@@ -199,9 +195,7 @@ def _problems(checkpoint: Checkpoint, recorded: set[str]) -> list[str]:
     """Why ``checkpoint`` cannot be trusted; empty when it can."""
     folder, problems = checkpoint.path, []
     if checkpoint.marker_sha256 not in recorded:
-        problems.append(
-            f"its marker {MARKER} (sha256 {checkpoint.marker_sha256[:12]}) is not one instil recorded"
-        )
+        problems.append(f"its marker {MARKER} (sha256 {checkpoint.marker_sha256[:12]}) is not one instil recorded")
     for name, digest in checkpoint.files.items():
         path = folder / name
         if not path.is_file():
@@ -209,9 +203,10 @@ def _problems(checkpoint: Checkpoint, recorded: set[str]) -> list[str]:
         elif _sha256_file(path) != digest:
             problems.append(f"{name} does not match its recorded sha256")
     present = {
-        p.relative_to(folder).as_posix() for p in folder.rglob("*")
+        p.relative_to(folder).as_posix()
+        for p in folder.rglob("*")
         if p.is_file() and p.name not in (MARKER, NEVER_LOADED) and not p.name.startswith(f".{MARKER}")
-    }  # fmt: skip
+    }
     for name in sorted(present - set(checkpoint.files)):
         problems.append(f"{name} was added after the checkpoint was written")
     return problems
@@ -269,7 +264,7 @@ def recorded_hashes(store: Store, job: str) -> set[str]:
     }
 
 
-# ---- a data order that can be resumed -------------------------------------------------------------------------------
+# ---- a data order that can be resumed --------------------------------------------------------------------------------
 def make_resumable(trainer: Any, seed: int) -> None:
     """Make ``trainer``'s training order resumable mid-epoch: ``group_by_length`` becomes instil's
     :class:`~instil.train.batching.LengthBucketSampler`, seeded by epoch.
@@ -290,7 +285,7 @@ def make_resumable(trainer: Any, seed: int) -> None:
     trainer._get_train_sampler = sampler  # on this instance only: no Trainer subclass for one method
 
 
-# ---- the callbacks ------------------------------------------------------------------------------------------------------
+# ---- the callbacks ---------------------------------------------------------------------------------------------------
 class CheckpointRecorder(TrainerCallback):
     """After each checkpoint the Trainer writes: mark it, record it in the store, delete the older ones.
 

@@ -95,9 +95,7 @@ def base_source(model: ModelVersion, folder: Path) -> str | Path:
     return model.base_model
 
 
-def export_model(
-    store: Store, job: str, *, version: int | None = None, dest: Path, merge: bool = True
-) -> Path:
+def export_model(store: Store, job: str, *, version: int | None = None, dest: Path, merge: bool = True) -> Path:
     """Write model version ``version`` of ``job`` (the latest when None) to the new folder ``dest``; returns it.
 
     With ``merge`` (the default) a LoRA or QLoRA adapter is merged into its base; without it, or for a full
@@ -114,9 +112,7 @@ def export_model(
         )
     dest = Path(dest)
     if dest.exists():
-        raise InstilError(
-            f"export folder {dest} exists already", hint="pick a new --out folder or remove this one"
-        )
+        raise InstilError(f"export folder {dest} exists already", hint="pick a new --out folder or remove this one")
     kind = model_kind(source)
     if kind == "lora" and model.meta.get("adapter") == "qlora":
         kind = "qlora"  # the same files on disk; the model version records which one trained it
@@ -133,10 +129,16 @@ def export_model(
         shutil.rmtree(staging)
     try:
         record: dict[str, Any] = {
-            "source": {"job": model.job, "version": model.version, "ref": model.ref, "path": str(source),
-                       "run_id": model.run_id, "kind": kind},
+            "source": {
+                "job": model.job,
+                "version": model.version,
+                "ref": model.ref,
+                "path": str(source),
+                "run_id": model.run_id,
+                "kind": kind,
+            },
             "base": {"base_model": model.base_model, "revision": model.revision},
-        }  # fmt: skip
+        }
         if kind in ("lora", "qlora") and merge:
             base = base_source(model, source)
             record["base"]["path"] = str(base)
@@ -153,12 +155,8 @@ def export_model(
             merged = False
         pickles = sorted(p.name for p in staging.iterdir() if p.suffix in _PICKLE_SUFFIXES)
         if pickles:
-            raise ModelError(
-                f"the export of {model.ref} holds pickle files {pickles}; instil ships safetensors only"
-            )
-        record.update(
-            merged=merged, weights_sha256=weights_sha256(staging), library_versions=library_versions()
-        )
+            raise ModelError(f"the export of {model.ref} holds pickle files {pickles}; instil ships safetensors only")
+        record.update(merged=merged, weights_sha256=weights_sha256(staging), library_versions=library_versions())
         (staging / EXPORT_FILE).write_text(json.dumps(record, indent=1, default=str), encoding="utf-8")
         os.replace(staging, dest)
     finally:
@@ -177,13 +175,13 @@ def _merge(adapter: Path, base: str | Path, out: Path, *, revision: str | None, 
     from transformers import AutoTokenizer
 
     base_model = load_model(
-        base, revision=revision if isinstance(base, str) else None, dtype="float32",
+        base,
+        revision=revision if isinstance(base, str) else None,
+        dtype="float32",
         quantization="4bit" if qlora else None,
-    )  # fmt: skip
+    )
     if qlora:
-        base_model = base_model.dequantize(
-            dtype=torch.float32
-        )  # the NF4 weights the adapter was trained against
+        base_model = base_model.dequantize(dtype=torch.float32)  # the NF4 weights the adapter was trained against
     saved_dtype = _config_dtype(base_model.config)
     try:
         wrapped = PeftModel.from_pretrained(base_model, adapter, is_trainable=False)

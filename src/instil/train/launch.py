@@ -66,7 +66,7 @@ LAUNCH_ID_ENV = "INSTIL_LAUNCH_ID"
 """Set by :func:`launch` to one id shared by all its workers: they name their shared checkpoint folder with it."""
 
 
-# ---- inside a worker ---------------------------------------------------------------------------------------------------
+# ---- inside a worker -------------------------------------------------------------------------------------------------
 def world() -> tuple[int, int]:
     """(rank, world size) of this process, from the variables torchrun and accelerate set; (0, 1) when not launched."""
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
@@ -127,7 +127,7 @@ def all_sum(*values: int) -> tuple[int, ...]:
     return tuple(int(v) for v in t.cpu().tolist())
 
 
-# ---- starting the workers ----------------------------------------------------------------------------------------------
+# ---- starting the workers --------------------------------------------------------------------------------------------
 def config_path(config: str) -> Path:
     """The accelerate YAML for ``config``: a shipped name (:data:`CONFIGS`) or a path to a file."""
     if config in CONFIGS:
@@ -146,15 +146,27 @@ def launch_command(
 ) -> list[str]:
     """The command line that starts ``processes`` workers; ``extra_args`` go to the worker (see :func:`main`)."""
     if processes < 1:
-        raise InstilError(
-            f"--processes is {processes}; it must be 1 or more", hint="pass --processes 2 or more"
-        )
+        raise InstilError(f"--processes is {processes}; it must be 1 or more", hint="pass --processes 2 or more")
     worker = ["-m", "instil.train.launch", str(Path(spec_path).resolve()), *extra_args]
     if config is None:
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
-                *worker]  # fmt: skip
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_path(config)),
-           "--num_processes", str(processes)]  # fmt: skip
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            str(processes),
+            *worker,
+        ]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(config_path(config)),
+        "--num_processes",
+        str(processes),
+    ]
     if config in DEEPSPEED_JSON:  # absolute, so the YAML's relative name works from any folder
         cmd += ["--deepspeed_config_file", str(CONFIGS_DIR / DEEPSPEED_JSON[config])]
     return [*cmd, *worker]
@@ -170,8 +182,8 @@ def launch(
 ) -> int:
     """Train the spec with ``processes`` workers and wait for them; returns their exit code (0 on success).
 
-    ``extra_args`` are worker options (``--max-steps N``, ``--output-dir D``, ``--no-progress``, ``--resume``); ``env`` adds
-    environment variables for the workers.
+    ``extra_args`` are worker options (``--max-steps N``, ``--output-dir D``, ``--no-progress``, ``--resume``);
+    ``env`` adds environment variables for the workers.
     """
     cmd = launch_command(spec_path, processes=processes, config=config, extra_args=extra_args)
     child_env = {**os.environ, **(env or {}), LAUNCH_ID_ENV: uuid.uuid4().hex[:12]}
@@ -186,12 +198,11 @@ def _cuda() -> bool:
     return bool(torch.cuda.is_available())
 
 
-# ---- the worker entry --------------------------------------------------------------------------------------------------
+# ---- the worker entry ------------------------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
-    """One worker: ``python -m instil.train.launch SPEC [--max-steps N] [--output-dir D] [--no-progress] [--resume]``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m instil.train.launch", description=__doc__.splitlines()[0]
-    )
+    """One worker: ``python -m instil.train.launch SPEC [--max-steps N] [--output-dir D] [--no-progress]
+    [--resume]``."""
+    parser = argparse.ArgumentParser(prog="python -m instil.train.launch", description=__doc__.splitlines()[0])
     parser.add_argument("spec", type=Path)
     parser.add_argument("--max-steps", type=int, default=None)
     parser.add_argument("--output-dir", type=Path, default=None)
@@ -227,9 +238,7 @@ def _work(args: argparse.Namespace) -> int:
         spec = load_spec(args.spec)
         with Store.open(home=home_dir(spec.root)) as store:
             if not is_main_process():
-                follow_sft(
-                    spec, store, output_dir=args.output_dir, max_steps=args.max_steps, resume=args.resume
-                )
+                follow_sft(spec, store, output_dir=args.output_dir, max_steps=args.max_steps, resume=args.resume)
                 return 0
             result = train_sft(
                 spec,

@@ -44,9 +44,7 @@ class TokenizedExample:
     """True when the conversation was longer than ``max_length`` and its end was cut."""
 
 
-def _token_mask(
-    renderer: ChatRenderer, example: Example
-) -> tuple[str, list[int], list[tuple[int, int]], list[bool]]:
+def _token_mask(renderer: ChatRenderer, example: Example) -> tuple[str, list[int], list[tuple[int, int]], list[bool]]:
     """The rendered text, its token ids and offsets, and whether each token is trained."""
     rendering = renderer.locate(example)
     ids, offsets = renderer.encode(rendering.text)
@@ -54,9 +52,7 @@ def _token_mask(
     return rendering.text, ids, offsets, trained
 
 
-def tokenize_example(
-    renderer: ChatRenderer, example: Example, *, max_length: int | None = None
-) -> TokenizedExample:
+def tokenize_example(renderer: ChatRenderer, example: Example, *, max_length: int | None = None) -> TokenizedExample:
     """Token ids and labels of one example; the end is cut at ``max_length`` tokens."""
     _, ids, _, trained = _token_mask(renderer, example)
     labels = [tid if t else IGNORE_INDEX for tid, t in zip(ids, trained, strict=True)]

@@ -87,7 +87,7 @@ class ModelInfo:
         return TINY_NOTICE if self.is_tiny else None
 
 
-# ---- resolving ---------------------------------------------------------------------------------------------------
+# ---- resolving -------------------------------------------------------------------------------------------------------
 def is_tiny_base(base: str) -> bool:
     """Whether ``model.base`` names the built-in tiny preset."""
     return base in TINY_BASES
@@ -113,9 +113,7 @@ def resolve_base(
                 f"model.base is {base!r}, whose tokenizer is trained on the job's data, but no examples were given",
                 hint="pass the training examples: resolve_base(spec.model, root=..., examples=train_examples)",
             )
-        return _build_tiny_cached(
-            list(examples), TINY_BASES[base], cache_dir or home_dir(root) / "models" / "tiny"
-        )
+        return _build_tiny_cached(list(examples), TINY_BASES[base], cache_dir or home_dir(root) / "models" / "tiny")
     local = _local_path(base, root)
     if local is not None:
         _check_local_dir(local, base)
@@ -190,9 +188,7 @@ def _offline() -> bool:
     )
 
 
-def _source(
-    spec_or_path: ModelSpec | str | Path, revision: str | None, root: Path | None
-) -> tuple[str | Path, str]:
+def _source(spec_or_path: ModelSpec | str | Path, revision: str | None, root: Path | None) -> tuple[str | Path, str]:
     """(what from_pretrained reads: a local folder or a hub id, the base as the user wrote it)."""
     if isinstance(spec_or_path, ModelSpec):
         base = spec_or_path.base
@@ -267,9 +263,7 @@ def _cached_snapshot(repo_id: str, revision: str | None) -> Path | None:
     from huggingface_hub.errors import HFValidationError
 
     try:
-        folder = Path(
-            snapshot_download(repo_id, revision=revision, cache_dir=_hub_cache_dir(), local_files_only=True)
-        )
+        folder = Path(snapshot_download(repo_id, revision=revision, cache_dir=_hub_cache_dir(), local_files_only=True))
     except HFValidationError as e:
         raise ModelError(
             f"model.base {repo_id!r} is neither an existing folder nor a valid hub id: {e}",
@@ -280,7 +274,7 @@ def _cached_snapshot(repo_id: str, revision: str | None) -> Path | None:
     return folder if (folder / "config.json").is_file() else None
 
 
-# ---- loading -----------------------------------------------------------------------------------------------------
+# ---- loading ---------------------------------------------------------------------------------------------------------
 def load_tokenizer(
     spec_or_path: ModelSpec | str | Path,
     *,
@@ -447,7 +441,10 @@ def _load_error(
             hint="copy the tokenizer files from the model this checkpoint was trained from, then run again",
         )
     if isinstance(source, Path):
-        hint = "check the folder is complete (config.json, tokenizer files, *.safetensors) and was written by save_pretrained"
+        hint = (
+            "check the folder is complete (config.json, tokenizer files, *.safetensors) and was written by "
+            "save_pretrained"
+        )
     else:
         hint = (
             f"check the id on huggingface.co; download it first with `hf download {base}`, or set HF_HOME to the "
@@ -464,20 +461,13 @@ def _chat_template(value: str, root: Path | None) -> str:
     from instil.train.chat import resolve_template
 
     relative = Path(value.strip()).expanduser()
-    if (
-        root is not None
-        and "{" not in value
-        and not relative.is_absolute()
-        and (Path(root) / relative).is_file()
-    ):
+    if root is not None and "{" not in value and not relative.is_absolute() and (Path(root) / relative).is_file():
         value = str(Path(root) / relative)
     return resolve_template(value)[0]
 
 
-# ---- describing --------------------------------------------------------------------------------------------------
-def model_info(
-    path_or_model: str | Path | Any, *, base: str | None = None, revision: str | None = None
-) -> ModelInfo:
+# ---- describing ------------------------------------------------------------------------------------------------------
+def model_info(path_or_model: str | Path | Any, *, base: str | None = None, revision: str | None = None) -> ModelInfo:
     """Describe a loaded model, a local folder, or a hub id already in the local cache (this never downloads)."""
     if hasattr(path_or_model, "config") and hasattr(path_or_model, "num_parameters"):
         model = path_or_model
@@ -501,7 +491,8 @@ def model_info(
         folder = _cached_snapshot(name, revision)
         if folder is None:
             raise ModelError(
-                f"model {name!r}{_at(revision)} is not in the local Hugging Face cache; model_info reads local files only",
+                f"model {name!r}{_at(revision)} is not in the local Hugging Face cache; model_info reads local "
+                "files only",
                 hint=f"download it first with `hf download {name}`, or load it with load_model and pass the model",
             )
     _check_local_dir(folder, name)

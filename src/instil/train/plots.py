@@ -65,8 +65,14 @@ def plot_loss(history: Sequence[dict[str, Any]], path: Path, *, title: str | Non
     ax = figure.add_subplot()
     if train:
         # A single logged point draws no line: show a marker so the figure is never blank.
-        ax.plot(train_steps, train, label="train loss", color="#1f77b4", linewidth=1.5,
-                marker="o" if len(train) == 1 else None)  # fmt: skip
+        ax.plot(
+            train_steps,
+            train,
+            label="train loss",
+            color="#1f77b4",
+            linewidth=1.5,
+            marker="o" if len(train) == 1 else None,
+        )
     if evals:
         ax.plot(
             eval_steps,
@@ -78,8 +84,14 @@ def plot_loss(history: Sequence[dict[str, Any]], path: Path, *, title: str | Non
             markersize=4,
         )
         best = min(range(len(evals)), key=evals.__getitem__)
-        ax.annotate(f"best {evals[best]:.3f}", (eval_steps[best], evals[best]), textcoords="offset points",
-                    xytext=(6, 8), fontsize=8, color="#d62728")  # fmt: skip
+        ax.annotate(
+            f"best {evals[best]:.3f}",
+            (eval_steps[best], evals[best]),
+            textcoords="offset points",
+            xytext=(6, 8),
+            fontsize=8,
+            color="#d62728",
+        )
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_title(title or "loss")

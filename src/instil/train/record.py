@@ -148,10 +148,14 @@ def record_run(
     """Register the saved folder ``target`` as a model version, add it as artifacts and finish the run succeeded."""
     spec = plan.spec
     meta = {
-        "model_info": plan.info.to_dict(), "library_versions": library_versions(), "seed": spec.training.seed,
-        "dataset": {"ref": plan.dataset.ref, "sha256": plan.dataset.sha256}, "adapter": spec.training.adapter,
-        "method": "sft", "loss_history": history,
-    }  # fmt: skip
+        "model_info": plan.info.to_dict(),
+        "library_versions": library_versions(),
+        "seed": spec.training.seed,
+        "dataset": {"ref": plan.dataset.ref, "sha256": plan.dataset.sha256},
+        "adapter": spec.training.adapter,
+        "method": "sft",
+        "loss_history": history,
+    }
     model = store.register_model(
         spec.name,
         base_model=spec.model.base,

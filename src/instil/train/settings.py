@@ -92,9 +92,7 @@ def resolve_settings(
     if t.learning_rate is not None:
         s["learning_rate"] = Setting(t.learning_rate, "spec")
     elif tiny and t.adapter == "full":
-        s["learning_rate"] = Setting(
-            TINY_LEARNING_RATE, "default", "the random tiny model learns from scratch"
-        )
+        s["learning_rate"] = Setting(TINY_LEARNING_RATE, "default", "the random tiny model learns from scratch")
     else:
         s["learning_rate"] = Setting(LEARNING_RATES[t.adapter], "default", f"for adapter {t.adapter}")
     s["batch_size"] = Setting(t.batch_size, "spec")
@@ -105,15 +103,20 @@ def resolve_settings(
     if t.adapter == "prompt_tuning":
         s["num_virtual_tokens"] = Setting(t.num_virtual_tokens, "spec")
     s["system_prompt"] = Setting(
-        "short_prompt" if spec.short_prompt is not None else "none", "spec",
-        "the tuned model runs with the spec's short_prompt" if spec.short_prompt is not None
+        "short_prompt" if spec.short_prompt is not None else "none",
+        "spec",
+        "the tuned model runs with the spec's short_prompt"
+        if spec.short_prompt is not None
         else "no short_prompt: system messages are dropped",
-    )  # fmt: skip
+    )
     s["train_rows"] = Setting(n_train, "data")
     s["validation_rows"] = Setting(
-        n_val, "default", f"{VALIDATION_FRACTION:.0%} of the training split, at most {MAX_VALIDATION}"
-        if n_val else f"fewer than {MIN_FOR_VALIDATION} examples: no validation, no early stopping",
-    )  # fmt: skip
+        n_val,
+        "default",
+        f"{VALIDATION_FRACTION:.0%} of the training split, at most {MAX_VALIDATION}"
+        if n_val
+        else f"fewer than {MIN_FOR_VALIDATION} examples: no validation, no early stopping",
+    )
     s["dtype"] = Setting(dtype, "default", "the checkpoint's own dtype on GPU, float32 on CPU")
 
     def pick(name: str, value: Any, why: str) -> None:
@@ -127,26 +130,26 @@ def resolve_settings(
     per_epoch = math.ceil(n_train / (t.batch_size * accumulation))
     planned = s["max_steps"].value if s["max_steps"].value > 0 else math.ceil(per_epoch * s["epochs"].value)
     pick("gradient_accumulation_steps", 1, "")
-    pick(
-        "logging_steps", max(1, planned // LOG_POINTS), f"about {LOG_POINTS} loss points over {planned} steps"
-    )
+    pick("logging_steps", max(1, planned // LOG_POINTS), f"about {LOG_POINTS} loss points over {planned} steps")
     if n_val:
         pick(
             "eval_steps",
             max(1, math.ceil(planned / EVALUATIONS_PER_RUN)),
             f"{EVALUATIONS_PER_RUN} evaluations a run",
         )
-        s["early_stopping_patience"] = Setting(
-            EARLY_STOPPING_PATIENCE, "default", "evaluations without improvement"
-        )
+        s["early_stopping_patience"] = Setting(EARLY_STOPPING_PATIENCE, "default", "evaluations without improvement")
     pick(
         "save_steps",
         s["eval_steps"].value if n_val else max(1, math.ceil(planned / CHECKPOINTS_PER_RUN)),
-        "at every evaluation (the best model is loaded from a saved step)" if n_val
+        "at every evaluation (the best model is loaded from a saved step)"
+        if n_val
         else f"{CHECKPOINTS_PER_RUN} checkpoints a run, to resume from",
-    )  # fmt: skip
-    pick("train_sampling_strategy", "random" if cuda else "group_by_length",
-         "length buckets (instil's sampler) cut padding on CPU" if not cuda else "random order on GPU")  # fmt: skip
+    )
+    pick(
+        "train_sampling_strategy",
+        "random" if cuda else "group_by_length",
+        "length buckets (instil's sampler) cut padding on CPU" if not cuda else "random order on GPU",
+    )
     pick("bf16", cuda and _bf16_ok(), "bf16 mixed precision where the GPU supports it")
     pick("gradient_checkpointing", cuda, "saves GPU memory; off on CPU, where it only costs time")
     return s

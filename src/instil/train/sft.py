@@ -113,9 +113,7 @@ class SftPlan:
     def config(self) -> dict[str, Any]:
         """The resolved settings as JSON, recorded as the run's config."""
         return {
-            "settings": {
-                k: {"value": s.value, "source": s.source, "why": s.why} for k, s in self.settings.items()
-            },
+            "settings": {k: {"value": s.value, "source": s.source, "why": s.why} for k, s in self.settings.items()},
             "dataset": {"ref": self.dataset.ref, "sha256": self.dataset.sha256},
             "base_model": self.info.to_dict(),
         }
@@ -127,12 +125,18 @@ def with_short_prompt(example: Example, short_prompt: str | None) -> Example:
     rest = [m for m in example.messages if m.role != "system"]
     messages = ([Message("system", short_prompt)] if short_prompt is not None else []) + rest
     return Example(
-        messages=messages, tools=example.tools, rejected=example.rejected, id=example.key(), tags=list(example.tags),
-        group=example.group, meta=dict(example.meta), source=example.source,
-    )  # fmt: skip
+        messages=messages,
+        tools=example.tools,
+        rejected=example.rejected,
+        id=example.key(),
+        tags=list(example.tags),
+        group=example.group,
+        meta=dict(example.meta),
+        source=example.source,
+    )
 
 
-# ---- 2 and 3. model, tokens, settings ----------------------------------------------------------------------------------
+# ---- 2 and 3. model, tokens, settings --------------------------------------------------------------------------------
 def prepare_sft(
     spec: JobSpec, store: Store, *, max_steps: int | None = None, dataset: DatasetVersion | None = None
 ) -> SftPlan:
@@ -148,9 +152,7 @@ def prepare_sft(
         dataset = store.get_dataset(dataset_name(spec, "train"))
     stored = list(store.iter_examples(dataset))
     if not stored:
-        raise DataError(
-            f"dataset {dataset.ref} is empty: nothing to train on", hint="add examples, then re-split"
-        )
+        raise DataError(f"dataset {dataset.ref} is empty: nothing to train on", hint="add examples, then re-split")
     assert_no_holdout_leak(spec, store, stored)
     examples = [with_short_prompt(e, spec.short_prompt) for e in stored]
 
@@ -161,9 +163,7 @@ def prepare_sft(
     local_spec = spec.model.model_copy(update={"base": str(source)})
     tokenizer = load_tokenizer(local_spec, root=spec.root)
     dtype = "auto" if cuda else "float32"  # half precision on CPU is slow or unsupported for many kernels
-    model = load_model(
-        local_spec, root=spec.root, dtype=dtype, quantization="4bit" if t.adapter == "qlora" else None
-    )
+    model = load_model(local_spec, root=spec.root, dtype=dtype, quantization="4bit" if t.adapter == "qlora" else None)
     info = model_info(model, base=spec.model.base, revision=spec.model.revision)
     if is_tiny_base(spec.model.base):
         info = ModelInfo(**{**info.to_dict(), "is_tiny": True})
@@ -191,8 +191,17 @@ def prepare_sft(
     train_idx, val_idx = validation_split(len(rows), t.seed)
     train_rows, eval_rows = [rows[i] for i in train_idx], [rows[i] for i in val_idx]
 
-    s.update(resolve_settings(spec, n_train=len(train_rows), n_val=len(eval_rows), tiny=info.is_tiny, cuda=cuda,
-                              max_steps=max_steps, dtype=dtype))  # fmt: skip
+    s.update(
+        resolve_settings(
+            spec,
+            n_train=len(train_rows),
+            n_val=len(eval_rows),
+            tiny=info.is_tiny,
+            cuda=cuda,
+            max_steps=max_steps,
+            dtype=dtype,
+        )
+    )
     s.update(distributed_settings(t.batch_size, cuda=cuda))  # launched on N processes: batch_size / N each
     s["examples"] = Setting(len(stored), "data", f"{dataset.ref} ({dataset.short_hash})")
     s["truncated_examples"] = Setting(truncated, "data", f"longer than max_length={max_length}")
@@ -214,15 +223,18 @@ def _peft_config(spec: JobSpec) -> Any:
         from peft import LoraConfig
 
         return LoraConfig(
-            r=t.lora.r, lora_alpha=t.lora.alpha, lora_dropout=t.lora.dropout, target_modules=t.lora.target_modules,
+            r=t.lora.r,
+            lora_alpha=t.lora.alpha,
+            lora_dropout=t.lora.dropout,
+            target_modules=t.lora.target_modules,
             task_type="CAUSAL_LM",
-        )  # fmt: skip
+        )
     from peft import PromptTuningConfig
 
     return PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=t.num_virtual_tokens)
 
 
-# ---- 4. train ----------------------------------------------------------------------------------------------------------
+# ---- 4. train --------------------------------------------------------------------------------------------------------
 def build_trainer(plan: SftPlan, checkpoint_dir: Path, *, callbacks: list[Any] = ()) -> Any:
     """TRL's ``SFTTrainer`` for the plan: our rows and labels as they are, the PEFT config, early stopping."""
     from datasets import Dataset
@@ -247,7 +259,8 @@ def build_trainer(plan: SftPlan, checkpoint_dir: Path, *, callbacks: list[Any] =
         "disable_tqdm": True,  # our own progress bar, or none
         "logging_first_step": True,
         # Optimizer, scheduler and RNG state too, so a run resumes exactly; the Trainer loads them weights_only, and
-        # CheckpointRecorder rotates (the Trainer's own rotation deletes the last good one before the new one is marked).
+        # CheckpointRecorder rotates (the Trainer's own rotation deletes the last good one before the new one is
+        # marked).
         "save_only_model": False,
         "save_total_limit": None,
         "dataloader_pin_memory": _cuda(),
@@ -263,7 +276,8 @@ def build_trainer(plan: SftPlan, checkpoint_dir: Path, *, callbacks: list[Any] =
     except (ValueError, TypeError) as e:
         given = ", ".join(sorted(plan.spec.training.trl)) or "none"
         raise InstilError(
-            f"{plan.spec.file or 'the spec'}: SFTConfig refused the resolved settings (training.trl fields: {given}): {e}",
+            f"{plan.spec.file or 'the spec'}: SFTConfig refused the resolved settings (training.trl fields: "
+            f"{given}): {e}",
             hint="fix or remove the training.trl field it names (see TRL's SFTConfig for the allowed values)",
         ) from None
     trainer = SFTTrainer(
@@ -286,9 +300,18 @@ def build_trainer(plan: SftPlan, checkpoint_dir: Path, *, callbacks: list[Any] =
 
 
 _CONFIG_FIELDS = {
-    "max_length", "max_steps", "gradient_accumulation_steps", "logging_steps", "eval_steps", "train_sampling_strategy",
-    "bf16", "gradient_checkpointing", "save_steps", "use_cpu", "ddp_backend",
-}  # fmt: skip
+    "max_length",
+    "max_steps",
+    "gradient_accumulation_steps",
+    "logging_steps",
+    "eval_steps",
+    "train_sampling_strategy",
+    "bf16",
+    "gradient_checkpointing",
+    "save_steps",
+    "use_cpu",
+    "ddp_backend",
+}
 """Resolved settings that are ``SFTConfig`` fields of the same name."""
 
 
@@ -326,24 +349,29 @@ def train_sft(
     resume_from = find_resumable(checkpoints, recorded_hashes(store, spec.name)) if resume else None
     config = plan.config()
     if resume_from is not None:
-        config["resumed_from"] = {"path": str(resume_from.path), "step": resume_from.step,
-                                  "run_id": resume_from.run_id, "marker_sha256": resume_from.marker_sha256}  # fmt: skip
+        config["resumed_from"] = {
+            "path": str(resume_from.path),
+            "step": resume_from.step,
+            "run_id": resume_from.run_id,
+            "marker_sha256": resume_from.marker_sha256,
+        }
     run_id = store.start_run(spec.name, "train", config=config)
     try:
         store.link_run_dataset(run_id, plan.dataset, "train")
         target = (
-            Path(output_dir)
-            if output_dir is not None
-            else Path(store.home) / "models" / spec.name / f"run-{run_id}"
+            Path(output_dir) if output_dir is not None else Path(store.home) / "models" / spec.name / f"run-{run_id}"
         )
         if target.exists():
-            raise InstilError(
-                f"output folder {target} exists already", hint="remove it, or pass another output_dir"
-            )
+            raise InstilError(f"output folder {target} exists already", hint="remove it, or pass another output_dir")
         metrics, history = _train_and_save(
-            plan, target, progress=progress, store=store, run_id=run_id, checkpoints=checkpoints,
+            plan,
+            target,
+            progress=progress,
+            store=store,
+            run_id=run_id,
+            checkpoints=checkpoints,
             resume_from=resume_from.path if resume_from is not None else None,
-        )  # fmt: skip
+        )
         model = record_run(store, run_id, plan, target, metrics, history)  # 6. register; run succeeded
     except BaseException as e:
         status = "cancelled" if isinstance(e, KeyboardInterrupt) else "failed"
@@ -370,8 +398,15 @@ def follow_sft(
     plan = prepare_sft(spec, store, max_steps=max_steps)
     checkpoints = checkpoint_folder(store.home, spec.name, config_key(_checkpoint_identity(plan)))
     resume_from = find_resumable(checkpoints, recorded_hashes(store, spec.name)) if resume else None
-    _train_and_save(plan, None, progress=False, store=None, run_id=None, checkpoints=checkpoints,
-                    resume_from=resume_from.path if resume_from is not None else None)  # fmt: skip
+    _train_and_save(
+        plan,
+        None,
+        progress=False,
+        store=None,
+        run_id=None,
+        checkpoints=checkpoints,
+        resume_from=resume_from.path if resume_from is not None else None,
+    )
 
 
 def _checkpoint_identity(plan: SftPlan) -> dict[str, Any]:
@@ -384,9 +419,15 @@ def _checkpoint_identity(plan: SftPlan) -> dict[str, Any]:
 
 
 def _train_and_save(
-    plan: SftPlan, target: Path | None, *, progress: bool, store: Store | None, run_id: int | None, checkpoints: Path,
+    plan: SftPlan,
+    target: Path | None,
+    *,
+    progress: bool,
+    store: Store | None,
+    run_id: int | None,
+    checkpoints: Path,
     resume_from: Path | None,
-) -> tuple[TrainMetrics, list[dict[str, Any]]]:  # fmt: skip
+) -> tuple[TrainMetrics, list[dict[str, Any]]]:
     """Train, then save into ``target``; with ``target`` None (a follower rank, see :func:`follow_sft`) train only."""
     staging = None if target is None else target.parent / f".{target.name}.partial-{os.getpid()}"
     if target is not None:
@@ -419,8 +460,15 @@ def _train_and_save(
             seen, trained, positions = all_sum(tally.seen, tally.trained, tally.positions)
             state_dict = gathered_state(trainer)
             history = loss_history(trainer.state.log_history)
-            metrics = measure(trainer.state, history, seconds=seconds, seen=seen, trained=trained,
-                              positions=positions, anomalies=anomalies.to_list())  # fmt: skip
+            metrics = measure(
+                trainer.state,
+                history,
+                seconds=seconds,
+                seen=seen,
+                trained=trained,
+                positions=positions,
+                anomalies=anomalies.to_list(),
+            )
             if target is None:
                 return metrics, history  # a follower: rank 0 saves, records and cleans up
             save_model(plan, trainer.model, staging, metrics, history, state_dict=state_dict)
@@ -451,7 +499,9 @@ def _quiet() -> Iterator[None]:
     hf_logging.set_verbosity_error()
     try:
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r".*gradient_checkpointing.* is deprecated", category=FutureWarning)
+            warnings.filterwarnings(
+                "ignore", message=r".*gradient_checkpointing.* is deprecated", category=FutureWarning
+            )
             yield
     finally:
         hf_logging.set_verbosity(verbosity)

@@ -52,12 +52,19 @@ TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"
 
 # Text the chat template adds around messages; the tokenizer learns it too, so a rendered chat tokenizes compactly.
 _TEMPLATE_TEXTS = (
-    "system\n", "user\n", "assistant\n", "tool\n", "# Tools\n\nYou may call these functions.\n<tools>\n</tools>\n",
+    "system\n",
+    "user\n",
+    "assistant\n",
+    "tool\n",
+    "# Tools\n\nYou may call these functions.\n<tools>\n</tools>\n",
     '<tool_call>{"name": "", "arguments": {}}</tool_call>',
-)  # fmt: skip
+)
 
 # transformers.models.qwen2.tokenization_qwen2.PRETOKENIZE_REGEX, copied: a private detail of transformers may move.
-_PRETOKENIZE_REGEX = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+_PRETOKENIZE_REGEX = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+    r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
 
 _BUILD_VERSION = 2
 """Bumped whenever the build changes its output for the same inputs, so caches keyed on settings rebuild."""
@@ -87,9 +94,7 @@ class TinySettings:
         if self.arch not in ("llama", "qwen2"):
             problems.append(f"arch is {self.arch!r}; use 'llama' or 'qwen2'")
         if self.vocab_size < 300:
-            problems.append(
-                f"vocab_size is {self.vocab_size}; it must be at least 300 (256 bytes + special tokens)"
-            )
+            problems.append(f"vocab_size is {self.vocab_size}; it must be at least 300 (256 bytes + special tokens)")
         if self.hidden_size % self.num_heads or (self.hidden_size // self.num_heads) % 2:
             problems.append(
                 f"hidden_size {self.hidden_size} must split into {self.num_heads} heads of an even size (RoPE)"
@@ -116,9 +121,7 @@ def build_tiny(
 
     Returns ``out_dir``. Raises :class:`DataError` when the examples hold no text to train a tokenizer on.
     """
-    settings = TinySettings(
-        arch, vocab_size, hidden_size, num_layers, num_heads, max_position_embeddings, seed
-    )
+    settings = TinySettings(arch, vocab_size, hidden_size, num_layers, num_heads, max_position_embeddings, seed)
     settings.validate()
     examples = list(examples)
     texts = list(_texts(examples))

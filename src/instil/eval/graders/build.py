@@ -35,8 +35,11 @@ def _api_key(endpoint: s.EndpointSpec, name: str) -> str | None:
         return None
     key = os.environ.get(endpoint.api_key_env)
     if not key:
-        raise GraderError(f"the environment variable {endpoint.api_key_env} (endpoint.api_key_env) is not set",
-                          grader=name, hint=f"export {endpoint.api_key_env}=<the judge's API key>")  # fmt: skip
+        raise GraderError(
+            f"the environment variable {endpoint.api_key_env} (endpoint.api_key_env) is not set",
+            grader=name,
+            hint=f"export {endpoint.api_key_env}=<the judge's API key>",
+        )
     return key
 
 
@@ -57,8 +60,12 @@ def from_spec(g: s.GraderSpec, job: s.JobSpec) -> Grader:
         case s.ExactMatchGrader():
             return ExactMatch(**common, normalize=tuple(g.normalize))
         case s.ContainsGrader():
-            return Contains(**common, values=tuple(g.values), case_sensitive=g.case_sensitive,
-                            negate=g.type == "not_contains")  # fmt: skip
+            return Contains(
+                **common,
+                values=tuple(g.values),
+                case_sensitive=g.case_sensitive,
+                negate=g.type == "not_contains",
+            )
         case s.RegexGrader():
             return Regex(**common, pattern=g.pattern, full_match=g.full_match)
         case s.JsonValidGrader():
@@ -68,31 +75,39 @@ def from_spec(g: s.GraderSpec, job: s.JobSpec) -> Grader:
             assert schema is not None  # JobSpec validation guarantees one of the two
             return JsonSchema(**common, schema=schema)
         case s.FieldF1Grader():
-            return FieldF1(
-                **common, fields=tuple(g.fields) if g.fields is not None else None, metric=g.metric
-            )
+            return FieldF1(**common, fields=tuple(g.fields) if g.fields is not None else None, metric=g.metric)
         case s.LabelAccuracyGrader():
             assert job.output.labels  # JobSpec validation guarantees labels
-            return LabelAccuracy(
-                **common, labels=tuple(job.output.labels), field=g.field or job.output.label_field
-            )
+            return LabelAccuracy(**common, labels=tuple(job.output.labels), field=g.field or job.output.label_field)
         case s.NumericGrader():
             return Numeric(**common, field=g.field, tolerance=g.tolerance, relative=g.relative)
         case s.LengthGrader():
-            return Length(**common, min_chars=g.min_chars, max_chars=g.max_chars, min_words=g.min_words,
-                          max_words=g.max_words)  # fmt: skip
+            return Length(
+                **common,
+                min_chars=g.min_chars,
+                max_chars=g.max_chars,
+                min_words=g.min_words,
+                max_words=g.max_words,
+            )
         case s.ToolCallMatchGrader():
             return ToolCallMatch(**common, check_arguments=g.check_arguments, order_matters=g.order_matters)
         case s.EmbeddingSimilarityGrader():
             return EmbeddingSimilarity(**common, model=_model_path(g.model, job.root))
         case s.LlmJudgeGrader():
             e = g.endpoint
-            return LlmJudge(**common, rubric=g.rubric, base_url=e.base_url, model=e.model,
-                            api_key=_api_key(e, g.name), scale=g.scale)  # fmt: skip
+            return LlmJudge(
+                **common,
+                rubric=g.rubric,
+                base_url=e.base_url,
+                model=e.model,
+                api_key=_api_key(e, g.name),
+                scale=g.scale,
+            )
         case s.PairwiseJudgeGrader():
             e = g.endpoint
-            return PairwiseJudge(**common, rubric=g.rubric, base_url=e.base_url, model=e.model,
-                                 api_key=_api_key(e, g.name))  # fmt: skip
+            return PairwiseJudge(
+                **common, rubric=g.rubric, base_url=e.base_url, model=e.model, api_key=_api_key(e, g.name)
+            )
         case s.PythonGrader():
             return PythonFunction(**common, function=load_function(g.function, job.root, g.name))
     # Reached only when spec.py gains a grader type without a case here.
@@ -104,8 +119,9 @@ def build_graders(job: s.JobSpec) -> list[Grader]:
     return [from_spec(g, job) for g in job.graders]
 
 
-def reward(graders: Sequence[Grader], example: Example, output: Any,
-           weights: Mapping[str, float] | None = None) -> float:  # fmt: skip
+def reward(
+    graders: Sequence[Grader], example: Example, output: Any, weights: Mapping[str, float] | None = None
+) -> float:
     """The RL reward of one output: the same grade() that evaluation runs, so training optimises what is measured.
 
     Without ``weights`` it is the primary grader's value (the one grader when there is only one). With ``weights``
@@ -116,8 +132,9 @@ def reward(graders: Sequence[Grader], example: Example, output: Any,
     if weights is None:
         primary = [g for g in graders if g.primary] or (list(graders) if len(graders) == 1 else [])
         if len(primary) != 1:
-            raise ValueError(f"reward() needs exactly one primary grader (found {len(primary)} among "
-                             f"{list(by_name)}), or weights")  # fmt: skip
+            raise ValueError(
+                f"reward() needs exactly one primary grader (found {len(primary)} among {list(by_name)}), or weights"
+            )
         return primary[0].grade(example, output).value
     unknown = sorted(set(weights) - set(by_name))
     if unknown:

@@ -63,9 +63,12 @@ class EmbeddingSimilarity:
             with _LOCK:  # one load per model, even when evaluation grades from several threads
                 encoder = _load(self.model)
         except Exception as e:
-            raise GraderError(f"cannot load the embedding model '{self.model}': {type(e).__name__}: {e}",
-                              grader=self.name, hint="Give a sentence-transformers model id or local folder; "
-                              "offline, the model must be in the Hugging Face cache or a folder.") from e  # fmt: skip
+            raise GraderError(
+                f"cannot load the embedding model '{self.model}': {type(e).__name__}: {e}",
+                grader=self.name,
+                hint="Give a sentence-transformers model id or local folder; "
+                "offline, the model must be in the Hugging Face cache or a folder.",
+            ) from e
         a, b = encoder.encode([out.text, example.output_text()], normalize_embeddings=True)
         similarity = float((a * b).sum())
         return scored(similarity, self.threshold, f"similarity {similarity:.3f}", {"similarity": similarity})

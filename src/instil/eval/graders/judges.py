@@ -52,9 +52,7 @@ def _client(base_url: str, api_key: str | None, max_retries: int, timeout: float
     import openai
 
     # Local OpenAI-compatible servers need no key, but the client refuses to start without one.
-    return openai.OpenAI(
-        base_url=base_url, api_key=api_key or "no-key", max_retries=max_retries, timeout=timeout
-    )
+    return openai.OpenAI(base_url=base_url, api_key=api_key or "no-key", max_retries=max_retries, timeout=timeout)
 
 
 def _section(tag: str, text: str) -> str:
@@ -74,19 +72,28 @@ def _ask(grader: Any, system: str, user: str, example: Example) -> dict[str, Any
         )
     except openai.APIStatusError as e:
         detail = re.sub(r"^Error code: \d+ - ", "", str(e.message))[:300]
-        raise GraderError(f"the judge at {grader.base_url} answered HTTP {e.status_code}: {detail}",
-                          grader=grader.name, example_id=example.key(),
-                          hint="Check the endpoint's model name and API key (api_key_env).") from e  # fmt: skip
+        raise GraderError(
+            f"the judge at {grader.base_url} answered HTTP {e.status_code}: {detail}",
+            grader=grader.name,
+            example_id=example.key(),
+            hint="Check the endpoint's model name and API key (api_key_env).",
+        ) from e
     except openai.APIError as e:  # connection refused, timeout: after the client's retries
-        raise GraderError(f"cannot reach the judge at {grader.base_url} after {grader.max_retries} retries: "
-                          f"{type(e).__name__}: {e}", grader=grader.name, example_id=example.key(),
-                          hint="Start the judge's server, or fix endpoint.base_url in the spec.") from e  # fmt: skip
+        raise GraderError(
+            f"cannot reach the judge at {grader.base_url} after {grader.max_retries} retries: {type(e).__name__}: {e}",
+            grader=grader.name,
+            example_id=example.key(),
+            hint="Start the judge's server, or fix endpoint.base_url in the spec.",
+        ) from e
     content = response.choices[0].message.content if response.choices else None
     verdict = _parse_verdict(content or "")
     if verdict is None:
-        raise GraderError(f"the judge at {grader.base_url} did not answer a JSON verdict: {content!r:.200}",
-                          grader=grader.name, example_id=example.key(),
-                          hint="Use a model that follows JSON instructions, or reword the rubric.")  # fmt: skip
+        raise GraderError(
+            f"the judge at {grader.base_url} did not answer a JSON verdict: {content!r:.200}",
+            grader=grader.name,
+            example_id=example.key(),
+            hint="Use a model that follows JSON instructions, or reword the rubric.",
+        )
     return verdict
 
 
@@ -141,19 +148,30 @@ class LlmJudge:
             return failed(NO_OUTPUT)
         if not out.text.strip():
             return failed("the output is empty")
-        user = "\n\n".join([
-            _section("rubric", self.rubric), _section("input", example.input_text()),
-            _section("reference", example.output_text()), _section("candidate", out.text),
-        ])  # fmt: skip
+        user = "\n\n".join(
+            [
+                _section("rubric", self.rubric),
+                _section("input", example.input_text()),
+                _section("reference", example.output_text()),
+                _section("candidate", out.text),
+            ]
+        )
         verdict = _ask(self, JUDGE_SYSTEM.format(scale=self.scale), user, example)
         raw = verdict.get("score")
         if isinstance(raw, bool) or not isinstance(raw, int | float) or not 1 <= raw <= self.scale:
-            raise GraderError(f"the judge's verdict has no score from 1 to {self.scale}: {verdict!r:.200}",
-                              grader=self.name, example_id=example.key())  # fmt: skip
+            raise GraderError(
+                f"the judge's verdict has no score from 1 to {self.scale}: {verdict!r:.200}",
+                grader=self.name,
+                example_id=example.key(),
+            )
         reason = verdict.get("reason")
         value = (float(raw) - 1) / (self.scale - 1)
-        return scored(value, self.threshold, str(reason) if reason else f"judged {raw:g}/{self.scale}",
-                      {"judge_score": raw, "judge_reason": reason})  # fmt: skip
+        return scored(
+            value,
+            self.threshold,
+            str(reason) if reason else f"judged {raw:g}/{self.scale}",
+            {"judge_score": raw, "judge_reason": reason},
+        )
 
 
 @dataclass(frozen=True)
@@ -182,9 +200,7 @@ class PairwiseJudge:
     def __post_init__(self) -> None:
         _require_openai()
 
-    def _winner(
-        self, example: Example, first: str, second: str, reference: str | None
-    ) -> tuple[str, str | None]:
+    def _winner(self, example: Example, first: str, second: str, reference: str | None) -> tuple[str, str | None]:
         parts = [_section("rubric", self.rubric), _section("input", example.input_text())]
         if reference is not None:
             parts.append(_section("reference", reference))
@@ -192,8 +208,11 @@ class PairwiseJudge:
         verdict = _ask(self, PAIRWISE_SYSTEM, "\n\n".join(parts), example)
         winner = str(verdict.get("winner", "")).strip().upper()
         if winner not in ("A", "B", "TIE"):
-            raise GraderError(f"the judge's verdict names no winner A, B or tie: {verdict!r:.200}",
-                              grader=self.name, example_id=example.key())  # fmt: skip
+            raise GraderError(
+                f"the judge's verdict names no winner A, B or tie: {verdict!r:.200}",
+                grader=self.name,
+                example_id=example.key(),
+            )
         reason = verdict.get("reason")
         return winner, str(reason) if reason else None
 

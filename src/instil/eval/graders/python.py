@@ -35,14 +35,16 @@ def load_function(target: str, root: Path, grader: str) -> Callable[..., Any]:
     """Import ``file.py:function`` (relative to ``root``) or ``module:function``; GraderError when it cannot be."""
     where, _, attr = target.rpartition(":")
     if not where or not attr:
-        raise GraderError(f"function '{target}' must be written 'file.py:function' or 'module:function'",
-                          grader=grader)  # fmt: skip
+        raise GraderError(f"function '{target}' must be written 'file.py:function' or 'module:function'", grader=grader)
     if where.endswith(".py") or "/" in where or "\\" in where:
         path = Path(where).expanduser()
         path = path if path.is_absolute() else root / path
         if not path.is_file():
-            raise GraderError(f"file {path} not found (function '{target}', resolved against {root})", grader=grader,
-                              hint="Paths in the spec are relative to the spec file's folder.")  # fmt: skip
+            raise GraderError(
+                f"file {path} not found (function '{target}', resolved against {root})",
+                grader=grader,
+                hint="Paths in the spec are relative to the spec file's folder.",
+            )
         # A private module name per file, so two specs' graders.py never overwrite each other in sys.modules.
         name = f"instil_user_grader_{sha256_hex(str(path.resolve()))[:16]}"
         spec = importlib.util.spec_from_file_location(name, path)
@@ -59,13 +61,14 @@ def load_function(target: str, root: Path, grader: str) -> Callable[..., Any]:
         try:
             module = importlib.import_module(where)
         except Exception as e:
-            raise GraderError(f"cannot import module '{where}': {type(e).__name__}: {e}", grader=grader,
-                              hint="For a file beside the spec, write 'file.py:function'.") from e  # fmt: skip
+            raise GraderError(
+                f"cannot import module '{where}': {type(e).__name__}: {e}",
+                grader=grader,
+                hint="For a file beside the spec, write 'file.py:function'.",
+            ) from e
     fn = getattr(module, attr, None)
     if not callable(fn):
-        raise GraderError(
-            f"'{attr}' in {where} is {'missing' if fn is None else 'not a function'}", grader=grader
-        )
+        raise GraderError(f"'{attr}' in {where} is {'missing' if fn is None else 'not a function'}", grader=grader)
     return fn
 
 
@@ -90,15 +93,21 @@ class PythonFunction:
         try:
             result = self.function(example, out)
         except Exception as e:
-            raise GraderError(f"function {fn_name} raised {type(e).__name__}: {e}", grader=self.name,
-                              example_id=example.key(),
-                              hint="Fix the function; a grader must return a score for any output, "
-                                   "even None or malformed text.") from e  # fmt: skip
+            raise GraderError(
+                f"function {fn_name} raised {type(e).__name__}: {e}",
+                grader=self.name,
+                example_id=example.key(),
+                hint="Fix the function; a grader must return a score for any output, even None or malformed text.",
+            ) from e
         if isinstance(result, Score) and 0.0 <= result.value <= 1.0:
             return Score(result.value, result.value >= self.threshold, result.reason, dict(result.details))
         if isinstance(result, bool):
             return scored(float(result), self.threshold, None if result else f"{fn_name} returned False")
         if isinstance(result, int | float) and math.isfinite(result) and 0.0 <= result <= 1.0:
             return scored(float(result), self.threshold, f"{fn_name} returned {result:g}")
-        raise GraderError(f"function {fn_name} returned {result!r:.80}; it must return a bool, a float in 0..1 "
-                          "or an instil.eval.Score", grader=self.name, example_id=example.key())  # fmt: skip
+        raise GraderError(
+            f"function {fn_name} returned {result!r:.80}; it must return a bool, a float in 0..1 "
+            "or an instil.eval.Score",
+            grader=self.name,
+            example_id=example.key(),
+        )

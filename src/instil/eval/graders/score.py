@@ -48,9 +48,7 @@ class Score:
     """Grader-specific facts (per-field tp/fp/fn, the predicted and reference label); aggregates read these."""
 
 
-def scored(
-    value: float, threshold: float, reason: str | None = None, details: dict[str, Any] | None = None
-) -> Score:
+def scored(value: float, threshold: float, reason: str | None = None, details: dict[str, Any] | None = None) -> Score:
     """A score whose pass rule is ``value >= threshold``; ``reason`` is kept only when points were lost."""
     if math.isnan(value):
         raise ValueError("a score cannot be NaN")
@@ -87,9 +85,7 @@ def as_output(output: Output | Message | dict | str | None) -> Output | None:
     if isinstance(output, Message):
         return Output(output.text(), output.tool_calls)
     # Passing an int or a list is a bug in the caller, not something a model produced.
-    raise TypeError(
-        f"a model output is a str, an Output or an assistant Message, not {type(output).__name__}"
-    )
+    raise TypeError(f"a model output is a str, an Output or an assistant Message, not {type(output).__name__}")
 
 
 NO_OUTPUT = "no output (the model returned None)"
@@ -106,7 +102,7 @@ class Grader(Protocol):
     def grade(self, example: Example, output: Output | Message | str | None) -> Score: ...
 
 
-# ---- JSON helpers shared by the structured graders ------------------------------------------------------------------
+# ---- JSON helpers shared by the structured graders -------------------------------------------------------------------
 def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 

@@ -74,12 +74,10 @@ class JsonSchema:
             return scored(1.0, self.threshold)
         listed = [f"at {_json_path(e.absolute_path)}: {e.message[:200]}" for e in errors[:10]]
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        return failed(
-            f"does not fit the schema: {listed[0]}{more}", {"errors": listed, "error_count": len(errors)}
-        )
+        return failed(f"does not fit the schema: {listed[0]}{more}", {"errors": listed, "error_count": len(errors)})
 
 
-# ---- field F1 ------------------------------------------------------------------------------------------------------
+# ---- field F1 --------------------------------------------------------------------------------------------------------
 def _leaf(value: Any) -> tuple[str, Any]:
     # Tagged so that Python's True == 1 == 1.0 does not make a boolean match a number.
     if isinstance(value, bool):
@@ -149,9 +147,7 @@ class FieldF1:
             return failed(reason)
         predicted = flatten_json(value)
         groups = (
-            self.fields
-            if self.fields is not None
-            else sorted({p for p, _ in reference} | {p for p, _ in predicted})
+            self.fields if self.fields is not None else sorted({p for p, _ in reference} | {p for p, _ in predicted})
         )
         per_field: dict[str, dict[str, int]] = {}
         for group in groups:
@@ -166,6 +162,13 @@ class FieldF1:
         score = {"f1": f1, "precision": precision, "recall": recall}[self.metric]
         wrong = [g for g, c in per_field.items() if c["fp"] or c["fn"]]
         reason = f"fields that differ from the reference: {wrong[:10]}" if wrong else None
-        details = {"precision": precision, "recall": recall, "f1": f1, "tp": tp, "fp": fp, "fn": fn,
-                   "fields": per_field}  # fmt: skip
+        details = {
+            "precision": precision,
+            "recall": recall,
+            "f1": f1,
+            "tp": tp,
+            "fp": fp,
+            "fn": fn,
+            "fields": per_field,
+        }
         return scored(score, self.threshold, reason, details)

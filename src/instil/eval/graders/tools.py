@@ -114,13 +114,15 @@ class ToolCallMatch:
             matched = sum((Counter(map(key, reference)) & Counter(map(key, predicted))).values())
         total = max(len(reference), len(predicted))
         value = matched / total if total else 1.0
-        details = {"matched": matched, "reference_calls": [n for n, _ in reference],
-                   "output_calls": [n for n, _ in predicted], "problems": problems}  # fmt: skip
+        details = {
+            "matched": matched,
+            "reference_calls": [n for n, _ in reference],
+            "output_calls": [n for n, _ in predicted],
+            "problems": problems,
+        }
         reason = None
         if value < 1.0:
-            reason = (
-                f"{matched} of {len(reference)} reference call(s) matched by {len(predicted)} output call(s)"
-            )
+            reason = f"{matched} of {len(reference)} reference call(s) matched by {len(predicted)} output call(s)"
             if problems:
                 reason += f"; {problems[0]}"
         return scored(value, self.threshold, reason, details)

@@ -128,7 +128,7 @@ def edge_counts(n_distinct: int) -> dict[str, int]:
     return {tag: max(1, round(n_distinct * frac)) for tag, frac in EDGE_FRACTIONS.items()}
 
 
-# ---- one ticket --------------------------------------------------------------------------------------------------------
+# ---- one ticket ------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class _Ticket:
     text: str
@@ -231,9 +231,7 @@ class _Composer:
                 (after if i % 3 == 2 else before).append(sentence)
                 length += len(sentence) + 1
             body = before + body + after
-        text = self._frame(
-            body, s, phrases.GREETINGS, phrases.CLOSINGS, lowercase=not filler and r.random() < 0.1
-        )
+        text = self._frame(body, s, phrases.GREETINGS, phrases.CLOSINGS, lowercase=not filler and r.random() < 0.1)
         return _Ticket(text, issue.category, urgency, issue.summary)
 
     def injection(self, issue: Issue) -> _Ticket:
@@ -296,7 +294,7 @@ def _capitalize(sentence: str) -> str:
     return sentence[:1].upper() + sentence[1:]
 
 
-# ---- one split ---------------------------------------------------------------------------------------------------------
+# ---- one split -------------------------------------------------------------------------------------------------------
 def _fresh(seen: _Seen, make: Callable[[], _Ticket]) -> _Ticket:
     for _ in range(_MAX_TRIES):
         ticket = make()
@@ -305,9 +303,7 @@ def _fresh(seen: _Seen, make: Callable[[], _Ticket]) -> _Ticket:
             seen.add(ticket.text, sh)
             return ticket
     # Only sizes far above the defaults exhaust the phrase tables' supply of tickets unlike the others.
-    raise ValueError(
-        f"could not compose a ticket unlike the others in {_MAX_TRIES} tries; use smaller split sizes"
-    )
+    raise ValueError(f"could not compose a ticket unlike the others in {_MAX_TRIES} tries; use smaller split sizes")
 
 
 def _split(rng: random.Random, seen: _Seen, name: str, n: int, system_prompt: str) -> list[Example]:
@@ -388,7 +384,7 @@ def _mislabelled(rng: random.Random, t: _Ticket) -> _Ticket:
     return _Ticket(t.text, wrong, t.urgency, summary, t.tags)
 
 
-# ---- the files ---------------------------------------------------------------------------------------------------------
+# ---- the files -------------------------------------------------------------------------------------------------------
 def generate(
     out_dir: str | Path, *, seed: int = 0, n_golden: int = 120, n_traffic: int = 400, n_holdout: int = 120
 ) -> dict[str, Path]:
@@ -422,9 +418,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m instil.examples.triage.generate",
         description="Generate the triage example's golden, traffic and holdout JSONL files.",
     )
-    parser.add_argument(
-        "out_dir", type=Path, help="folder to write golden.jsonl, traffic.jsonl, holdout.jsonl into"
-    )
+    parser.add_argument("out_dir", type=Path, help="folder to write golden.jsonl, traffic.jsonl, holdout.jsonl into")
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes)")
     parser.add_argument("--n-golden", type=int, default=120, help="lines in golden.jsonl")
     parser.add_argument("--n-traffic", type=int, default=400, help="lines in traffic.jsonl")

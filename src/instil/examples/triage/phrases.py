@@ -71,7 +71,7 @@ def _issue(key: str, name: str, common: list[str], rare: list[str]) -> Issue:
 
 
 ISSUES: tuple[Issue, ...] = (
-    # ---- billing: charges, invoices, payment methods, prices, plans (never money going back) ----
+    # ---- billing: charges, invoices, payment methods, prices, plans (never money going back) -------------------------
     _issue(
         "billing/charged_twice",
         "charged twice for one order",
@@ -136,7 +136,7 @@ ISSUES: tuple[Issue, ...] = (
             "Can we change our subscription tier before the next billing cycle?",
         ],
     ),
-    # ---- technical: the product misbehaves ----
+    # ---- technical: the product misbehaves ---------------------------------------------------------------------------
     _issue(
         "technical/crash",
         "app crashes on startup",
@@ -202,7 +202,7 @@ ISSUES: tuple[Issue, ...] = (
             "Our integration gets 'connection reset' from your API.",
         ],
     ),
-    # ---- account: signing in, passwords, codes, profile, closing the account ----
+    # ---- account: signing in, passwords, codes, profile, closing the account -----------------------------------------
     _issue(
         "account/cannot_login",
         "cannot log in",
@@ -265,7 +265,7 @@ ISSUES: tuple[Issue, ...] = (
             "My one-time login codes keep saying 'invalid'.",
         ],
     ),
-    # ---- shipping: where a parcel is, tracking, addresses, delivery options ----
+    # ---- shipping: where a parcel is, tracking, addresses, delivery options ------------------------------------------
     _issue(
         "shipping/not_delivered",
         "package not delivered",
@@ -315,7 +315,7 @@ ISSUES: tuple[Issue, ...] = (
             "Is it possible to get {item} delivered abroad, to {city}?",
         ],
     ),
-    # ---- refund: the customer wants money back ----
+    # ---- refund: the customer wants money back -----------------------------------------------------------------------
     _issue(
         "refund/return_not_refunded",
         "refund for returned item not received",
@@ -364,7 +364,7 @@ ISSUES: tuple[Issue, ...] = (
             "The parcel contents ({item}) were smashed; reimburse me please.",
         ],
     ),
-    # ---- other: feedback, suggestions, partnerships, questions about the company ----
+    # ---- other: feedback, suggestions, partnerships, questions about the company -------------------------------------
     _issue(
         "other/feature_request",
         "feature request",
@@ -448,10 +448,28 @@ CUES: dict[str, tuple[str, ...]] = {
     ),
 }
 
-GREETINGS = ("Hi,", "Hello,", "Hello team,", "Hi there,", "Dear support,", "Good morning,", "Hey,",
-             "Dear Acme team,", "Good afternoon,", "Hi support team,")  # fmt: skip
-CLOSINGS = ("Thanks,", "Thank you!", "Best regards,", "Cheers,", "Kind regards,", "Thanks in advance,", "Best,",
-            "Many thanks,")  # fmt: skip
+GREETINGS = (
+    "Hi,",
+    "Hello,",
+    "Hello team,",
+    "Hi there,",
+    "Dear support,",
+    "Good morning,",
+    "Hey,",
+    "Dear Acme team,",
+    "Good afternoon,",
+    "Hi support team,",
+)
+CLOSINGS = (
+    "Thanks,",
+    "Thank you!",
+    "Best regards,",
+    "Cheers,",
+    "Kind regards,",
+    "Thanks in advance,",
+    "Best,",
+    "Many thanks,",
+)
 CONTEXTS = (
     "I've been a customer for {years} years.",
     "My account email is {email}.",
@@ -541,17 +559,98 @@ FILLER = (
 )
 """Irrelevant sentences that pad ``edge:long`` tickets to 1.5-3k characters (no category or urgency words)."""
 
-FIRST_NAMES = ("Anna", "Ben", "Carla", "David", "Emma", "Farid", "Greta", "Hugo", "Ines", "Jonas", "Kira", "Luca",
-               "Maria", "Noah", "Olga", "Pablo", "Quinn", "Rosa", "Sami", "Tara", "Umar", "Vera", "Wei", "Yara",
-               "Zoe", "Lucía", "Matthieu", "Jürgen", "Chloé", "Álvaro", "Priya", "Kenji", "Amara", "Leif")  # fmt: skip
-LAST_NAMES = ("Kowalski", "Smith", "García", "Dubois", "Müller", "Rossi", "Nguyen", "Okafor", "Johansson", "Silva",
-              "Novak", "Haddad", "Tanaka", "Brown", "Fischer", "Moreau", "López", "Schmidt", "Patel", "Kim",
-              "Ivanova", "Costa", "Weber", "Lefèvre", "Ortega", "Walsh", "Berg", "Yilmaz")  # fmt: skip
-COMPANIES = ("Northwind", "Bluefin Labs", "Orchard & Co", "Kestrel Media", "Helios Retail", "Pinecrest Studio",
-             "Vantage Logistics", "Maple Dental", "Quarry Works", "Lumen Foods", "Silverline Travel")  # fmt: skip
+FIRST_NAMES = (
+    "Anna",
+    "Ben",
+    "Carla",
+    "David",
+    "Emma",
+    "Farid",
+    "Greta",
+    "Hugo",
+    "Ines",
+    "Jonas",
+    "Kira",
+    "Luca",
+    "Maria",
+    "Noah",
+    "Olga",
+    "Pablo",
+    "Quinn",
+    "Rosa",
+    "Sami",
+    "Tara",
+    "Umar",
+    "Vera",
+    "Wei",
+    "Yara",
+    "Zoe",
+    "Lucía",
+    "Matthieu",
+    "Jürgen",
+    "Chloé",
+    "Álvaro",
+    "Priya",
+    "Kenji",
+    "Amara",
+    "Leif",
+)
+LAST_NAMES = (
+    "Kowalski",
+    "Smith",
+    "García",
+    "Dubois",
+    "Müller",
+    "Rossi",
+    "Nguyen",
+    "Okafor",
+    "Johansson",
+    "Silva",
+    "Novak",
+    "Haddad",
+    "Tanaka",
+    "Brown",
+    "Fischer",
+    "Moreau",
+    "López",
+    "Schmidt",
+    "Patel",
+    "Kim",
+    "Ivanova",
+    "Costa",
+    "Weber",
+    "Lefèvre",
+    "Ortega",
+    "Walsh",
+    "Berg",
+    "Yilmaz",
+)
+COMPANIES = (
+    "Northwind",
+    "Bluefin Labs",
+    "Orchard & Co",
+    "Kestrel Media",
+    "Helios Retail",
+    "Pinecrest Studio",
+    "Vantage Logistics",
+    "Maple Dental",
+    "Quarry Works",
+    "Lumen Foods",
+    "Silverline Travel",
+)
 APPS = ("Acme Notes", "Acme Drive", "Acme Books", "Acme Chat", "PixelBoard", "Taskly", "Acme Sheets")
-ITEMS = ("the wireless headphones", "the coffee grinder", "the standing desk", "the blue backpack", "the smart watch",
-         "the air fryer", "the phone case", "the desk lamp", "the hiking boots", "the robot vacuum")  # fmt: skip
+ITEMS = (
+    "the wireless headphones",
+    "the coffee grinder",
+    "the standing desk",
+    "the blue backpack",
+    "the smart watch",
+    "the air fryer",
+    "the phone case",
+    "the desk lamp",
+    "the hiking boots",
+    "the robot vacuum",
+)
 DEVICES = (
     "iPhone 13",
     "Pixel 7",
@@ -563,12 +662,24 @@ DEVICES = (
     "Android tablet",
 )
 PLANS = ("Pro plan", "Team plan", "Premium plan", "Business plan", "Family plan")
-CITIES = ("Lisbon", "Toronto", "Nairobi", "Oslo", "Melbourne", "Dublin", "Seoul", "Santiago", "Warsaw", "Lyon",
-          "Austin", "Cape Town")  # fmt: skip
+CITIES = (
+    "Lisbon",
+    "Toronto",
+    "Nairobi",
+    "Oslo",
+    "Melbourne",
+    "Dublin",
+    "Seoul",
+    "Santiago",
+    "Warsaw",
+    "Lyon",
+    "Austin",
+    "Cape Town",
+)
 CARRIERS = ("DHL", "UPS", "FedEx", "the postal service", "DPD", "GLS")
 
 
-# ---- other languages: the same rules, translated; summaries stay in English -------------------------------------------
+# ---- other languages: the same rules, translated; summaries stay in English ------------------------------------------
 @dataclass(frozen=True)
 class Language:
     """The translated pieces of one language (a subset of the issues, one per category)."""
@@ -586,73 +697,117 @@ LANGUAGES: dict[str, Language] = {
         greetings=("Hola,", "Buenos días,", "Estimado equipo de soporte,"),
         closings=("Gracias,", "Saludos,", "Un saludo,"),
         cues={
-            "critical": ("Es una emergencia: toda nuestra empresa está parada.", "Estamos perdiendo dinero cada minuto."),
+            "critical": (
+                "Es una emergencia: toda nuestra empresa está parada.",
+                "Estamos perdiendo dinero cada minuto.",
+            ),
             "high": ("Es urgente.", "Necesito una solución hoy mismo."),
             "medium": ("Agradecería una respuesta esta semana.",),
             "low": ("No hay prisa.", "Cuando tengan tiempo."),
         },
         issues={
-            "billing/charged_twice": ("Me han cobrado dos veces el pedido {order}.",
-                                      "Veo dos cargos iguales de {amount} en mi tarjeta por la misma compra."),
-            "technical/crash": ("La aplicación se cierra cada vez que la abro en mi {device}.",
-                                "Desde la última actualización, {app} se bloquea al iniciar."),
-            "account/cannot_login": ("No puedo iniciar sesión en mi cuenta, dice que la contraseña es incorrecta.",
-                                     "Me he quedado bloqueado fuera de mi cuenta."),
-            "shipping/not_delivered": ("Mi paquete del pedido {order} todavía no ha llegado.",
-                                       "El seguimiento dice entregado pero no he recibido el pedido {order}."),
-            "refund/return_product": ("Quiero devolver el producto del pedido {order} y recuperar mi dinero.",
-                                      "¿Cómo devuelvo el pedido {order} para un reembolso completo?"),
-            "other/feature_request": ("Sería genial que {app} tuviera modo oscuro.",
-                                      "¿Podrían añadir la exportación a CSV en {app}?"),
+            "billing/charged_twice": (
+                "Me han cobrado dos veces el pedido {order}.",
+                "Veo dos cargos iguales de {amount} en mi tarjeta por la misma compra.",
+            ),
+            "technical/crash": (
+                "La aplicación se cierra cada vez que la abro en mi {device}.",
+                "Desde la última actualización, {app} se bloquea al iniciar.",
+            ),
+            "account/cannot_login": (
+                "No puedo iniciar sesión en mi cuenta, dice que la contraseña es incorrecta.",
+                "Me he quedado bloqueado fuera de mi cuenta.",
+            ),
+            "shipping/not_delivered": (
+                "Mi paquete del pedido {order} todavía no ha llegado.",
+                "El seguimiento dice entregado pero no he recibido el pedido {order}.",
+            ),
+            "refund/return_product": (
+                "Quiero devolver el producto del pedido {order} y recuperar mi dinero.",
+                "¿Cómo devuelvo el pedido {order} para un reembolso completo?",
+            ),
+            "other/feature_request": (
+                "Sería genial que {app} tuviera modo oscuro.",
+                "¿Podrían añadir la exportación a CSV en {app}?",
+            ),
         },
     ),
     "fr": Language(
         greetings=("Bonjour,", "Bonsoir,", "Madame, Monsieur,"),
         closings=("Merci,", "Cordialement,", "Bien à vous,"),
         cues={
-            "critical": ("C'est une urgence absolue : toute notre entreprise est à l'arrêt.",
-                         "Nous perdons de l'argent à chaque minute."),
+            "critical": (
+                "C'est une urgence absolue : toute notre entreprise est à l'arrêt.",
+                "Nous perdons de l'argent à chaque minute.",
+            ),
             "high": ("C'est urgent.", "J'ai besoin d'une solution aujourd'hui."),
             "medium": ("Une réponse cette semaine serait appréciée.",),
             "low": ("Rien de pressé.", "Quand vous aurez le temps."),
         },
         issues={
-            "billing/charged_twice": ("J'ai été débité deux fois pour la commande {order}.",
-                                      "Je vois deux prélèvements identiques de {amount} sur ma carte pour le même achat."),
-            "technical/crash": ("L'application plante à chaque ouverture sur mon {device}.",
-                                "Depuis la dernière mise à jour, {app} se ferme dès le démarrage."),
-            "account/cannot_login": ("Je n'arrive pas à me connecter à mon compte, le mot de passe est refusé.",
-                                     "Mon compte est bloqué après trop de tentatives de connexion."),
-            "shipping/not_delivered": ("Mon colis pour la commande {order} n'est toujours pas arrivé.",
-                                       "Le suivi indique livré mais je n'ai jamais reçu la commande {order}."),
-            "refund/return_product": ("Je voudrais retourner l'article de la commande {order} et être remboursé.",
-                                      "Comment renvoyer la commande {order} pour un remboursement complet ?"),
-            "other/feature_request": ("Ce serait super si {app} avait un mode sombre.",
-                                      "Pourriez-vous ajouter un export CSV dans {app} ?"),
+            "billing/charged_twice": (
+                "J'ai été débité deux fois pour la commande {order}.",
+                "Je vois deux prélèvements identiques de {amount} sur ma carte pour le même achat.",
+            ),
+            "technical/crash": (
+                "L'application plante à chaque ouverture sur mon {device}.",
+                "Depuis la dernière mise à jour, {app} se ferme dès le démarrage.",
+            ),
+            "account/cannot_login": (
+                "Je n'arrive pas à me connecter à mon compte, le mot de passe est refusé.",
+                "Mon compte est bloqué après trop de tentatives de connexion.",
+            ),
+            "shipping/not_delivered": (
+                "Mon colis pour la commande {order} n'est toujours pas arrivé.",
+                "Le suivi indique livré mais je n'ai jamais reçu la commande {order}.",
+            ),
+            "refund/return_product": (
+                "Je voudrais retourner l'article de la commande {order} et être remboursé.",
+                "Comment renvoyer la commande {order} pour un remboursement complet ?",
+            ),
+            "other/feature_request": (
+                "Ce serait super si {app} avait un mode sombre.",
+                "Pourriez-vous ajouter un export CSV dans {app} ?",
+            ),
         },
     ),
     "de": Language(
         greetings=("Hallo,", "Guten Tag,", "Sehr geehrtes Support-Team,"),
         closings=("Danke,", "Viele Grüße,", "Mit freundlichen Grüßen,"),
         cues={
-            "critical": ("Das ist ein Notfall: unser ganzes Unternehmen steht still.", "Wir verlieren jede Minute Geld."),
+            "critical": (
+                "Das ist ein Notfall: unser ganzes Unternehmen steht still.",
+                "Wir verlieren jede Minute Geld.",
+            ),
             "high": ("Es ist dringend.", "Ich brauche heute noch eine Lösung."),
             "medium": ("Eine Antwort diese Woche wäre gut.",),
             "low": ("Keine Eile.", "Wann immer Sie Zeit haben."),
         },
         issues={
-            "billing/charged_twice": ("Mir wurde die Bestellung {order} zweimal abgebucht.",
-                                      "Auf meiner Karte sehe ich zwei gleiche Abbuchungen über {amount} für denselben Kauf."),
-            "technical/crash": ("Die App stürzt jedes Mal ab, wenn ich sie auf meinem {device} öffne.",
-                                "Seit dem letzten Update schließt sich {app} sofort nach dem Start."),
-            "account/cannot_login": ("Ich kann mich nicht in mein Konto einloggen, das Passwort wird abgelehnt.",
-                                     "Nach zu vielen Anmeldeversuchen ist mein Konto gesperrt."),
-            "shipping/not_delivered": ("Mein Paket zur Bestellung {order} ist immer noch nicht angekommen.",
-                                       "Laut Sendungsverfolgung wurde zugestellt, aber ich habe die Bestellung {order} nie erhalten."),
-            "refund/return_product": ("Ich möchte den Artikel aus Bestellung {order} zurückgeben und mein Geld zurückbekommen.",
-                                      "Wie sende ich die Bestellung {order} für eine volle Rückerstattung zurück?"),
-            "other/feature_request": ("Es wäre toll, wenn {app} einen Dunkelmodus hätte.",
-                                      "Könnten Sie in {app} einen CSV-Export hinzufügen?"),
+            "billing/charged_twice": (
+                "Mir wurde die Bestellung {order} zweimal abgebucht.",
+                "Auf meiner Karte sehe ich zwei gleiche Abbuchungen über {amount} für denselben Kauf.",
+            ),
+            "technical/crash": (
+                "Die App stürzt jedes Mal ab, wenn ich sie auf meinem {device} öffne.",
+                "Seit dem letzten Update schließt sich {app} sofort nach dem Start.",
+            ),
+            "account/cannot_login": (
+                "Ich kann mich nicht in mein Konto einloggen, das Passwort wird abgelehnt.",
+                "Nach zu vielen Anmeldeversuchen ist mein Konto gesperrt.",
+            ),
+            "shipping/not_delivered": (
+                "Mein Paket zur Bestellung {order} ist immer noch nicht angekommen.",
+                "Laut Sendungsverfolgung wurde zugestellt, aber ich habe die Bestellung {order} nie erhalten.",
+            ),
+            "refund/return_product": (
+                "Ich möchte den Artikel aus Bestellung {order} zurückgeben und mein Geld zurückbekommen.",
+                "Wie sende ich die Bestellung {order} für eine volle Rückerstattung zurück?",
+            ),
+            "other/feature_request": (
+                "Es wäre toll, wenn {app} einen Dunkelmodus hätte.",
+                "Könnten Sie in {app} einen CSV-Export hinzufügen?",
+            ),
         },
     ),
-}  # fmt: skip
+}

@@ -94,9 +94,7 @@ def upgrade() -> None:
         sa.Column("run_id", sa.Integer(), nullable=False),
         sa.Column("dataset_version_id", sa.Integer(), nullable=False),
         sa.Column("role", sa.String(32), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["run_id"], ["runs.id"], name="fk_run_datasets_run_id_runs", ondelete="CASCADE"
-        ),
+        sa.ForeignKeyConstraint(["run_id"], ["runs.id"], name="fk_run_datasets_run_id_runs", ondelete="CASCADE"),
         sa.ForeignKeyConstraint(
             ["dataset_version_id"],
             ["dataset_versions.id"],
@@ -135,9 +133,7 @@ def upgrade() -> None:
         sa.Column("dataset_version_id", sa.Integer(), nullable=False),
         sa.Column("metrics", sa.JSON(), nullable=False),
         sa.Column("created_at", _TS, nullable=False),
-        sa.ForeignKeyConstraint(
-            ["run_id"], ["runs.id"], name="fk_evaluations_run_id_runs", ondelete="CASCADE"
-        ),
+        sa.ForeignKeyConstraint(["run_id"], ["runs.id"], name="fk_evaluations_run_id_runs", ondelete="CASCADE"),
         sa.ForeignKeyConstraint(
             ["model_id"], ["models.id"], name="fk_evaluations_model_id_models", ondelete="SET NULL"
         ),

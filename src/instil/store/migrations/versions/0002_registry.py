@@ -34,9 +34,7 @@ def upgrade() -> None:
         sa.Column("run_id", sa.Integer(), nullable=True),
         sa.Column("numbers", sa.JSON(), nullable=False),
         sa.Column("created_at", _TS, nullable=False),
-        sa.ForeignKeyConstraint(
-            ["model_id"], ["models.id"], name="fk_decisions_model_id_models", ondelete="CASCADE"
-        ),
+        sa.ForeignKeyConstraint(["model_id"], ["models.id"], name="fk_decisions_model_id_models", ondelete="CASCADE"),
         sa.ForeignKeyConstraint(
             ["reference_model_id"],
             ["models.id"],
@@ -49,9 +47,7 @@ def upgrade() -> None:
             name="fk_decisions_dataset_version_id_dataset_versions",
             ondelete="SET NULL",
         ),
-        sa.ForeignKeyConstraint(
-            ["run_id"], ["runs.id"], name="fk_decisions_run_id_runs", ondelete="SET NULL"
-        ),
+        sa.ForeignKeyConstraint(["run_id"], ["runs.id"], name="fk_decisions_run_id_runs", ondelete="SET NULL"),
         sa.PrimaryKeyConstraint("id", name="pk_decisions"),
     )
     op.create_index("ix_decisions_job", "decisions", ["job"])
@@ -67,9 +63,7 @@ def upgrade() -> None:
         sa.Column("name", sa.String(64), nullable=False),
         sa.Column("model_id", sa.Integer(), nullable=True),
         sa.Column("created_at", _TS, nullable=False),
-        sa.ForeignKeyConstraint(
-            ["model_id"], ["models.id"], name="fk_pins_model_id_models", ondelete="CASCADE"
-        ),
+        sa.ForeignKeyConstraint(["model_id"], ["models.id"], name="fk_pins_model_id_models", ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id", name="pk_pins"),
     )
     op.create_index("ix_pins_job", "pins", ["job"])
