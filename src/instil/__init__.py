@@ -2,7 +2,8 @@
 
     import instil
     spec = instil.load_spec("instil.yaml")
-    result = instil.run(spec)                       # validate -> curate -> split, recorded in the store
+    result = instil.run(spec)                       # validate, curate, split, baseline, train, evaluate, promote
+    result.promotions[-1].summary()                 # the gate's verdict, with every number behind it
     with instil.Store.open() as store: ...          # datasets, versions, lineage, runs, models
 
 The Python API is the product; the `instil` command wraps it.
@@ -20,6 +21,7 @@ from instil.data import (
     validate_file,
     write_examples,
 )
+from instil.env import instil_version
 from instil.errors import (
     ChatTemplateError,
     DataError,
@@ -32,11 +34,10 @@ from instil.errors import (
     SpecError,
     StoreError,
 )
-from instil.loop import quickstart, run
 from instil.spec import JobSpec, load_spec, parse_spec, write_starter_spec
 from instil.store import DatasetVersion, Store
 
-__version__ = "0.1.0.dev0"
+__version__ = instil_version()
 
 __all__ = [
     "ChatTemplateError",
@@ -67,3 +68,13 @@ __all__ = [
     "write_examples",
     "write_starter_spec",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # The loop imports the whole stack (data, training, evaluation): it loads on first use, so that `import instil`
+    # and the `instil` command start fast.
+    if name in ("quickstart", "run"):
+        from instil import loop
+
+        return getattr(loop, name)
+    raise AttributeError(f"module 'instil' has no attribute {name!r}")

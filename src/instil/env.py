@@ -12,7 +12,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-__all__ = ["TRACKED_PACKAGES", "home_dir", "library_versions"]
+__all__ = ["TRACKED_PACKAGES", "cuda_available", "home_dir", "instil_version", "library_versions"]
 
 TRACKED_PACKAGES = (
     "instil",
@@ -51,3 +51,18 @@ def library_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return out
+
+
+def instil_version() -> str:
+    """The installed instil's version (from its package metadata, so nothing imports the package to ask)."""
+    try:
+        return metadata.version("instil")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "0+unknown"
+
+
+def cuda_available() -> bool:
+    """Whether a CUDA device is visible: the one place device and dtype choices ask."""
+    import torch  # at call time: importing torch costs seconds, and most commands never need it
+
+    return bool(torch.cuda.is_available())

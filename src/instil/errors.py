@@ -8,6 +8,7 @@
     ├── StoreError                 the store (database or blob files) cannot be opened or is inconsistent
     │   └── NotFoundError          a named dataset, version, run or model does not exist
     ├── GraderError                a grader is broken (a judge endpoint down, a user function raising)
+    ├── NoCheckpointError          ``--resume`` found no complete checkpoint of an earlier run like this one
     ├── ModelError                 a base model cannot be found, resolved or loaded
     │   └── ChatTemplateError      a chat template is missing, or cannot render an example faithfully
     └── DependencyError            an optional dependency is missing; the message says what to install
@@ -28,6 +29,7 @@ __all__ = [
     "HoldoutLeakError",
     "InstilError",
     "ModelError",
+    "NoCheckpointError",
     "NotFoundError",
     "Problem",
     "SpecError",
@@ -129,6 +131,10 @@ class GraderError(InstilError):
         if example_id is not None:
             where.append(f"example {example_id}")
         super().__init__(f"{', '.join(where)}: {message}" if where else message, hint=hint)
+
+
+class NoCheckpointError(InstilError):
+    """``--resume`` found no complete checkpoint of an earlier run with the same settings and data."""
 
 
 class ModelError(InstilError):

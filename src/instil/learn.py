@@ -15,8 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from instil.data.records import Example, Message
-from instil.data.stages import dataset_name, frozen_holdout, holdout_index
 from instil.errors import DataError, NotFoundError
+from instil.eval.candidates import model_candidate, run_candidate
+from instil.eval.graders import Output, build_graders
+from instil.jobdata import dataset_name, frozen_holdout, holdout_index
 from instil.spec import JobSpec
 from instil.store import DatasetVersion, ModelVersion, Store
 
@@ -71,9 +73,6 @@ def learn_from_failures(
     reviewer's corrections. Each correction is also recorded as a preference pair (chosen: the correction; rejected:
     what the model answered) for preference training.
     """
-    from instil.eval.candidates import model_candidate, run_candidate
-    from instil.eval.graders import Output, build_graders
-
     pool_version = latest_version(store, dataset_name(spec, "pool"))
     if pool_version is None:
         raise DataError(f"job '{spec.name}' has no pool", hint="add a data source with role: pool")

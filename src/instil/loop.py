@@ -6,10 +6,15 @@
     result = instil.loop.quickstart("quickstart/")           # copy the example job there and turn the loop twice
     result.stages[-1].summary, result.report.html_path, result.promotions[-1].promoted
 
+One turn reads as straight-line code (:meth:`_Loop.turn`): each stage is a method that takes the values the earlier
+stages returned and returns its own (a training dataset version, a model version, an evaluation report, a
+promotion). Adding a stage is one method and one line in the turn.
+
 Each stage records what went in (a content hash of its inputs: data files, spec sections, dataset and model
 versions) and what came out in ``<home>/loop/<job>.json``. A stage whose inputs have not changed since it last
-finished is skipped, so a second run does only new work, and a run stopped halfway resumes where it stopped (training
-continues from its newest checkpoint). An error names the stage it happened in; what earlier stages wrote stays.
+finished is skipped (:meth:`_Loop.unless_unchanged`), so a second run does only new work, and a run stopped halfway
+resumes where it stopped (training continues from its newest checkpoint). An error names the stage it happened in;
+what earlier stages wrote stays.
 
 Iteration 2 and later start with ``learn``: the production model answers the job's ``pool`` (captured traffic), the
 graders find its failures, and each failure's corrected answer (the pool's reference; a reviewer's correction in real
@@ -18,35 +23,59 @@ rejected: the model's answer) in ``<job>:preferences``. The holdout is never tou
 left out. Then split folds the corrections into a new training version, and train, evaluate and promote run again.
 
 Each stage reports a :class:`StageResult` to an optional callback as it finishes, so the CLI prints one line per stage
-while the API stays silent.
+while the API stays silent. Each turn writes its evaluation's HTML page once, with the gate decisions of the run.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-from instil.data.stages import curate_job, dataset_name, frozen_holdout, split_job, validate_job
-from instil.env import home_dir
-from instil.errors import DataError, InstilError
-from instil.learn import fold_corrections, latest_version, learn_from_failures, version_with_hash
+import yaml
+
+from instil.env import home_dir, instil_version
+from instil.errors import DataError, InstilError, NoCheckpointError
+from instil.eval.candidates import Candidate, default_candidates, model_candidate, prompted_baselines
+from instil.eval.compare import evaluate
+from instil.eval.report import write_report
+from instil.eval.results import CandidateSummary, EvalReport
+from instil.eval.reuse import eval_inputs_sha256
+from instil.examples import copy_example
+from instil.files import write_atomic
+from instil.jobdata import (
+    CurateOutcome,
+    SourceReport,
+    SplitOutcome,
+    curate_job,
+    dataset_name,
+    frozen_holdout,
+    split_job,
+    validate_job,
+)
+from instil.learn import LearnOutcome, fold_corrections, latest_version, learn_from_failures, version_with_hash
+from instil.registry import Promotion, find_decision, production, promote
 from instil.spec import JobSpec, load_spec
-from instil.store import ModelVersion, Store
+from instil.store import DatasetVersion, ModelVersion, Store
+from instil.train.sft import TrainResult, train_sft
 
-__all__ = ["STAGES", "LoopResult", "LoopState", "StageResult", "quickstart", "run"]
+__all__ = ["STAGES", "LoopResult", "LoopState", "StageDetail", "StageResult", "quickstart", "run"]
 
 STAGES = ("learn", "validate", "curate", "split", "baseline", "train", "evaluate", "promote")
 """Every stage in the order it runs (``learn`` only from the second iteration on)."""
+
+StageDetail = list[SourceReport] | CurateOutcome | LearnOutcome | SplitOutcome | EvalReport | TrainResult | Promotion
+"""What a stage that did its work returns besides its value: its own full result, for callers that want it."""
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -59,8 +88,9 @@ class StageResult:
     """One line for people."""
     seconds: float
     """Wall time."""
-    detail: Any = None
-    """The stage's own result object (reports, dataset versions, the evaluation, the promotion)."""
+    detail: StageDetail | None = None
+    """The stage's own result (validation reports, curation, split, training, evaluation, promotion); None when it
+    was skipped, or found nothing to do."""
     skipped: bool = False
     """True when its inputs had not changed since it last finished, so nothing was redone."""
     iteration: int = 1
@@ -74,11 +104,10 @@ class LoopResult:
     spec: JobSpec
     home: Path
     stages: list[StageResult] = field(default_factory=list)
-    reports: list[Any] = field(default_factory=list)
-    """Each iteration's :class:`~instil.eval.compare.EvalReport` (absent for an iteration whose evaluation was
-    skipped and whose earlier report could not be found)."""
-    promotions: list[Any] = field(default_factory=list)
-    """Each iteration's :class:`~instil.registry.Promotion`."""
+    reports: list[EvalReport] = field(default_factory=list)
+    """Every evaluation report of the run, in order: each turn's baseline (turn 1) and evaluation."""
+    promotions: list[Promotion] = field(default_factory=list)
+    """Each iteration's gate decision."""
 
     def stage(self, name: str, iteration: int | None = None) -> StageResult:
         """The stage of that name (of the last iteration that ran it, unless ``iteration`` is given)."""
@@ -88,7 +117,7 @@ class LoopResult:
         return found[-1]
 
     @property
-    def report(self) -> Any:
+    def report(self) -> EvalReport | None:
         """The last evaluation report, or None."""
         return self.reports[-1] if self.reports else None
 
@@ -125,50 +154,7 @@ class LoopState:
 
     def mark(self, key: str, inputs: str, status: str, **outputs: Any) -> None:
         self.data[key] = {"inputs": inputs, "status": status, "at": datetime.now(UTC).isoformat(), **outputs}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.data, indent=1, sort_keys=True), encoding="utf-8")
-        os.replace(tmp, self.path)
-
-
-def _hash(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    try:
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    except OSError:
-        return "missing"  # validate reports the missing file with its name
-    return h.hexdigest()
-
-
-@contextmanager
-def _stage(name: str) -> Iterator[None]:
-    """Adds the stage's name to any instil error raised inside it."""
-    try:
-        yield
-    except InstilError as e:
-        if not str(e).startswith("stage "):
-            e.args = (f"stage {name}: {e}", *e.args[1:])
-        raise
-    except OSError as e:  # a full disk or a vanished folder: say where, keep what is written
-        raise InstilError(
-            f"stage {name}: {e.strerror or e} ({e.filename or 'no file name'})",
-            hint="free disk space or fix the folder's permissions, then run again: finished stages are kept",
-        ) from e
-    except Exception as e:
-        # Libraries wrap a full disk in their own errors (safetensors' SafetensorError, SQLite's "disk is full").
-        text = str(e)
-        if not any(m in text for m in ("No space left on device", "os error 28", "database or disk is full")):
-            raise
-        raise InstilError(
-            f"stage {name}: No space left on device ({type(e).__name__}: {text.splitlines()[0] if text else ''})",
-            hint="free disk space, then run again: finished stages are kept",
-        ) from e
+        write_atomic(self.path, json.dumps(self.data, indent=1, sort_keys=True))
 
 
 def run(
@@ -193,22 +179,52 @@ def run(
     job = spec if isinstance(spec, JobSpec) else load_spec(spec)
     home = home_dir(job.root)
     result = LoopResult(job, home)
-    state = LoopState(home, job.name)
     with Store.open(home=home) as store:
-        for turn in range(1, iterations + 1):
-            if not _Iteration(
-                job, store, state, result, turn, on_stage, contradictions, max_steps, progress, until
-            ).run():
-                break
+        loop = _Loop(
+            job, store, LoopState(home, job.name), result, on_stage, contradictions, max_steps, progress, until
+        )
+        before: _Carry | None = None
+        try:
+            for n in range(1, iterations + 1):
+                before = loop.turn(n, before)
+        except _Stop:
+            pass
     return result
 
 
-class _Iteration:
-    """One turn of the loop; each method is one stage.
+# ---- one turn ----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Carry:
+    """What one turn hands the next."""
 
-    Turn ``n``'s stages are recorded under ``<stage>@<n>`` and take their inputs from what turn ``n``'s earlier stages
-    and turn ``n-1`` recorded, never from whatever is newest in the store: so the loop is a function of the data, the
-    spec and the number of turns, and running it again with nothing changed redoes nothing.
+    production: ModelVersion | None
+    """The production model after the turn's gate (None when nothing was ever promoted)."""
+    train: DatasetVersion
+    """The training version the turn's model learnt from."""
+    corrections: str | None
+    """The sha256 of the corrections the turn trained on (None in turn 1)."""
+
+
+@dataclass(frozen=True)
+class _Done(Generic[T]):
+    """A stage's value, with what to report about it."""
+
+    value: T
+    summary: str
+    detail: StageDetail | None = None
+    skipped: bool = False
+
+
+class _Stop(Exception):
+    """Ends the loop early: ``until`` reached, or nothing left to learn from."""
+
+
+class _Loop:
+    """The loop over one job: its fixed settings, and one method per stage.
+
+    Turn ``n``'s stages are recorded under ``<stage>@<n>`` and take their inputs from the values earlier stages
+    returned (and what turn ``n-1`` handed on), never from whatever is newest in the store: so the loop is a function
+    of the data, the spec and the number of turns, and running it again with nothing changed redoes nothing.
     """
 
     def __init__(
@@ -217,323 +233,342 @@ class _Iteration:
         store: Store,
         state: LoopState,
         result: LoopResult,
-        turn: int,
         on_stage: Callable[[StageResult], None] | None,
         contradictions: str,
         max_steps: int | None,
         progress: bool,
-        until: str | None = None,
+        until: str | None,
     ) -> None:
-        self.until = until
-        self.spec, self.store, self.state, self.result = spec, store, state, result
-        self.turn, self.on_stage = turn, on_stage
-        self.contradictions, self.max_steps, self.progress = contradictions, max_steps, progress
-        self.model: ModelVersion | None = None
-        self.corrections: str | None = None
-        """The sha256 of the corrections this turn trains on (None in turn 1)."""
-        self.train_sha: str | None = None
+        self.spec, self.store, self.state, self.result, self.on_stage = spec, store, state, result, on_stage
+        self.contradictions, self.max_steps, self.progress, self.until = contradictions, max_steps, progress, until
 
-    def run(self) -> bool:
-        """Run the turn's stages; False when the loop stops here (nothing to learn, or ``until`` reached)."""
-        if self.turn == 1:
-            names = ["validate", "curate", "split", "baseline", "train", "evaluate", "promote"]
+    def turn(self, n: int, before: _Carry | None) -> _Carry:
+        """One turn of the loop; ``before`` is what the previous turn handed on (None for the first)."""
+        if before is None:
+            validated = self.stage(n, "validate", self.validate)
+            self.stage(n, "curate", self.curate, validated)
+            corrections = None
         else:
-            if not self._do("learn", self.learn) or self.until == "learn":
-                return False
-            names = ["split", "train", "evaluate", "promote"]
-        for name in names:
-            self._do(name, getattr(self, name))
-            if name == self.until:
-                return False
-        return True
+            corrections = self.stage(n, "learn", self.learn, before)
+        train = self.stage(n, "split", self.split, corrections)
+        if before is None:
+            self.stage(n, "baseline", self.baseline)
+        model = self.stage(n, "train", self.train, train)
+        previous = before.production if before is not None else None
+        report = self.stage(n, "evaluate", self.evaluate, model, previous)
+        with self.report_page(report):
+            current = self.stage(n, "promote", self.promote, model, previous)
+        return _Carry(current, train, corrections)
 
-    def _do(self, name: str, fn: Callable[[], tuple[str, Any, bool]]) -> bool:
-        t = time.perf_counter()
-        with _stage(name):
-            summary, detail, skipped = fn()
-        stage = StageResult(name, summary, time.perf_counter() - t, detail, skipped, self.turn)
+    def stage(self, n: int, name: str, fn: Callable[..., _Done[T]], *args: Any) -> T:
+        """Run one stage (``fn(key, *args)``), report it, and return its value; stop the loop after ``until``."""
+        if self.until is not None and any(s.name == self.until for s in self.result.stages):
+            raise _Stop
+        began = time.perf_counter()
+        try:
+            with _naming_errors(name):
+                done = fn(f"{name}@{n}", *args)
+        except _Stop as stop:  # the stage found nothing to do: say why, then end the loop
+            self._report(StageResult(name, str(stop), time.perf_counter() - began, iteration=n))
+            raise
+        self._report(StageResult(name, done.summary, time.perf_counter() - began, done.detail, done.skipped, n))
+        return done.value
+
+    def _report(self, stage: StageResult) -> None:
         self.result.stages.append(stage)
         if self.on_stage is not None:
             self.on_stage(stage)
-        return detail is not None or skipped
 
-    def _key(self, stage: str) -> str:
-        return f"{stage}@{self.turn}"
+    def unless_unchanged(
+        self,
+        key: str,
+        inputs: str,
+        recorded: Callable[[dict[str, Any]], T | None],
+        work: Callable[[], tuple[T, str, StageDetail, dict[str, Any]]],
+    ) -> _Done[T]:
+        """Skip a stage whose inputs are unchanged since it last finished and whose output is still there.
 
-    def _before(self, stage: str) -> dict[str, Any]:
-        """What ``stage`` of the previous turn recorded."""
-        return self.state.data.get(f"{stage}@{self.turn - 1}") or {}
+        ``recorded(entry)`` rebuilds the value from what the stage recorded (None: it is gone, do the work again);
+        ``work()`` does the stage and returns (value, summary, detail, outputs to record).
+        """
+        entry = self.state.done(key, inputs)
+        if entry is not None and (value := recorded(entry)) is not None:
+            return _Done(value, entry["summary"], skipped=True)
+        value, summary, detail, outputs = work()
+        self.state.mark(key, inputs, "finished", summary=summary, **outputs)
+        return _Done(value, summary, detail)
 
-    # ---- stages ------------------------------------------------------------------------------------------------------
-    def learn(self) -> tuple[str, Any, bool]:
-        current = _model(self.store, self.spec.name, self._before("promote").get("production_id"))
-        pool = latest_version(self.store, dataset_name(self.spec, "pool"))
-        if current is None or pool is None:
-            why = "no model was promoted" if current is None else "the job has no pool (data with role: pool)"
-            return f"nothing to learn from ({why}): the loop stops here", None, False
-        previous = self.state.data.get(f"learn@{self.turn - 1}", {}).get("corrections")
-        before_train = self._before("split").get("train")
-        inputs = _hash(
-            pool.sha256,
-            current.id,
-            _eval_inputs(self.spec),
-            _holdout_sha(self.spec, self.store),
-            previous,
-            before_train,
-        )
-        if (done := self.state.done(self._key("learn"), inputs)) is not None and _exists(
-            self.store, done.get("corrections")
-        ):
-            self.corrections = done["corrections"]
-            return done["summary"], None, True
-        outcome = learn_from_failures(self.spec, self.store, current, previous=previous, train=before_train)
-        self.corrections = outcome.corrections.sha256 if outcome.corrections is not None else None
-        summary = outcome.summary()
-        self.state.mark(self._key("learn"), inputs, "finished", summary=summary, corrections=self.corrections)
-        return summary, outcome, False
+    @contextmanager
+    def report_page(self, report: EvalReport) -> Iterator[None]:
+        """Write the evaluation's HTML page once, after the gate (or when the turn stops before it)."""
+        try:
+            yield
+        finally:
+            decisions = [
+                {**asdict(p.decision), "candidate": p.candidate, "reference": p.reference}
+                for p in self.result.promotions
+            ]
+            write_report(report, self.store, decisions=decisions, title=f"{self.spec.name}: the loop")
 
-    def validate(self) -> tuple[str, Any, bool]:
-        files = [(s.path, s.role, _file_sha256(self.spec.root / s.path)) for s in self.spec.data]
+    # ---- the stages ---------------------------------------------------------------------------------------------
+    def validate(self, key: str) -> _Done[str]:
+        """Every data source checked against the spec; the value is a hash of what was validated."""
+        spec = self.spec
+        files = [(s.path, s.role, _file_sha256(spec.root / s.path)) for s in spec.data]
         # The model too: lengths are checked with its tokenizer.
         inputs = _hash(
             files,
-            [s.model_dump(mode="json") for s in self.spec.data],
-            self.spec.output.model_dump(),
-            self.spec.model.model_dump(mode="json"),
+            [s.model_dump(mode="json") for s in spec.data],
+            spec.output.model_dump(),
+            spec.model.model_dump(mode="json"),
         )
-        if (done := self.state.done(self._key("validate"), inputs)) is not None:
-            return done["summary"], None, True
-        reports = validate_job(self.spec, rejects_dir=self.store.home / "rejects")
-        bad = [r for r in reports if not r.report.ok]
-        if bad:
-            first = bad[0].report
-            raise DataError(
-                f"{len(bad)} data source(s) have errors; first: {bad[0].path}\n{first.format_findings(5)}",
-                hint=f"run `instil data validate --spec {self.spec.file or 'instil.yaml'}` to see every problem; "
-                f"rejected lines are in {self.store.home / 'rejects'}",
+
+        def work() -> tuple[str, str, StageDetail, dict[str, Any]]:
+            reports = validate_job(spec, rejects_dir=self.store.home / "rejects")
+            bad = [r for r in reports if not r.report.ok]
+            if bad:
+                raise DataError(
+                    f"{len(bad)} data source(s) have errors; first: {bad[0].path}\n{bad[0].report.format_findings(5)}",
+                    hint=f"run `instil data validate --spec {spec.file or 'instil.yaml'}` to see every problem; "
+                    f"rejected lines are in {self.store.home / 'rejects'}",
+                )
+            n = sum(r.report.n_valid for r in reports)
+            warnings = sum(r.report.n_warnings for r in reports)
+            return inputs, f"{len(reports)} sources, {n} valid examples, {warnings} warnings", reports, {}
+
+        return self.unless_unchanged(key, inputs, lambda entry: inputs, work)
+
+    def curate(self, key: str, validated: str) -> _Done[str]:
+        """Duplicates, contradictions and PII of the validated data; the value is the curated version's sha256."""
+        inputs = _hash(validated, self.contradictions, self.spec.model_dump(mode="json").get("curate"))
+
+        def work() -> tuple[str, str, StageDetail, dict[str, Any]]:
+            cur = curate_job(self.spec, self.store, contradictions=self.contradictions)
+            rep = cur.report
+            summary = (
+                f"{rep.total} read, {rep.kept} kept: {len(rep.exact_groups)} exact-duplicate groups, "
+                f"{len(rep.near_groups)} near-duplicate groups, {len(rep.contradiction_groups)} contradictions "
+                f"({rep.contradiction_rule}), {len(rep.pii)} PII findings"
             )
-        n = sum(r.report.n_valid for r in reports)
-        warnings = sum(r.report.n_warnings for r in reports)
-        summary = f"{len(reports)} sources, {n} valid examples, {warnings} warnings"
-        self.state.mark(self._key("validate"), inputs, "finished", summary=summary)
-        return summary, reports, False
+            return cur.curated.sha256, summary, cur, {"curated": cur.curated.sha256}
 
-    def curate(self) -> tuple[str, Any, bool]:
+        return self.unless_unchanged(key, inputs, lambda entry: self._blob(entry.get("curated")), work)
+
+    def learn(self, key: str, before: _Carry) -> _Done[str | None]:
+        current, pool = before.production, latest_version(self.store, dataset_name(self.spec, "pool"))
+        if current is None or pool is None:
+            why = "no model was promoted" if current is None else "the job has no pool (data with role: pool)"
+            raise _Stop(f"nothing to learn from ({why}): the loop stops here")
         inputs = _hash(
-            self.state.data[self._key("validate")]["inputs"],
-            self.contradictions,
-            self.spec.model_dump(mode="json").get("curate"),
+            pool.sha256,
+            current.id,
+            eval_inputs_sha256(self.spec),
+            self._holdout_sha(),
+            before.corrections,
+            before.train.sha256,
         )
-        done = self.state.done(self._key("curate"), inputs)
-        if done is not None and _exists(self.store, done.get("curated")):
-            return done["summary"], None, True
-        cur = curate_job(self.spec, self.store, contradictions=self.contradictions)
-        rep = cur.report
-        summary = (
-            f"{rep.total} read, {rep.kept} kept: {len(rep.exact_groups)} exact-duplicate groups, "
-            f"{len(rep.near_groups)} near-duplicate groups, {len(rep.contradiction_groups)} contradictions "
-            f"({rep.contradiction_rule}), {len(rep.pii)} PII findings"
-        )
-        self.state.mark(self._key("curate"), inputs, "finished", summary=summary, curated=cur.curated.sha256)
-        return summary, cur, False
 
-    def split(self) -> tuple[str, Any, bool]:
+        def work() -> tuple[str | None, str, StageDetail, dict[str, Any]]:
+            outcome = learn_from_failures(
+                self.spec, self.store, current, previous=before.corrections, train=before.train
+            )
+            sha = outcome.corrections.sha256 if outcome.corrections is not None else None
+            return sha, outcome.summary(), outcome, {"corrections": sha}
+
+        return self.unless_unchanged(key, inputs, lambda entry: self._blob(entry.get("corrections")), work)
+
+    def split(self, key: str, corrections: str | None) -> _Done[DatasetVersion]:
         curated = self.store.get_dataset(dataset_name(self.spec, "curated"))
         holdout = frozen_holdout(self.spec, self.store)
         # The frozen holdout is split's own output the first time, so it is checked against what split recorded
         # rather than hashed into the inputs (a re-frozen holdout still makes split run again).
-        inputs = _hash(curated.sha256, self.spec.split.model_dump(mode="json"), self.corrections)
-        done = self.state.done(self._key("split"), inputs)
-        if (
-            done is not None
-            and _exists(self.store, done.get("train"))
-            and holdout is not None
-            and done.get("holdout") == holdout.sha256
-        ):
-            self.train_sha = done["train"]
-            return done["summary"], None, True
-        sp = split_job(self.spec, self.store)
-        train, added = sp.train, 0
-        if self.corrections is not None:
-            corrections = version_with_hash(self.store, dataset_name(self.spec, "corrections"), self.corrections)
-            train, added = fold_corrections(self.spec, self.store, sp.train, corrections)
-        self.train_sha = train.sha256
-        frozen = "kept frozen" if sp.reused_holdout else "frozen"
-        plus = f" incl. {added} corrections" if self.corrections is not None else ""
-        summary = (
-            f"train {train.n_examples}{plus} ({train.ref}, {train.short_hash}), holdout {sp.holdout.n_examples} "
-            f"({sp.holdout.short_hash}, {frozen}), {len(sp.left_out)} left out for matching the holdout"
-        )
-        self.state.mark(
-            self._key("split"),
-            inputs,
-            "finished",
-            summary=summary,
-            train=train.sha256,
-            holdout=sp.holdout.sha256,
-        )
-        return summary, sp, False
+        inputs = _hash(curated.sha256, self.spec.split.model_dump(mode="json"), corrections)
 
-    def baseline(self) -> tuple[str, Any, bool]:
-        from instil.eval.candidates import default_candidates
+        def recorded(entry: dict[str, Any]) -> DatasetVersion | None:
+            if holdout is None or entry.get("holdout") != holdout.sha256 or not self._blob(entry.get("train")):
+                return None
+            return version_with_hash(self.store, dataset_name(self.spec, "train"), entry["train"])
 
+        def work() -> tuple[DatasetVersion, str, StageDetail, dict[str, Any]]:
+            sp = split_job(self.spec, self.store)
+            train, added = sp.train, 0
+            if corrections is not None:
+                folded = version_with_hash(self.store, dataset_name(self.spec, "corrections"), corrections)
+                train, added = fold_corrections(self.spec, self.store, sp.train, folded)
+            frozen = "kept frozen" if sp.reused_holdout else "frozen"
+            plus = f" incl. {added} corrections" if corrections is not None else ""
+            summary = (
+                f"train {train.n_examples}{plus} ({train.ref}, {train.short_hash}), holdout {sp.holdout.n_examples} "
+                f"({sp.holdout.short_hash}, {frozen}), {len(sp.left_out)} left out for matching the holdout"
+            )
+            return train, summary, sp, {"train": train.sha256, "holdout": sp.holdout.sha256}
+
+        return self.unless_unchanged(key, inputs, recorded, work)
+
+    def baseline(self, key: str) -> _Done[EvalReport | None]:
         candidates = [c for c in default_candidates(self.spec, self.store) if c.model_version is None]
         inputs = _hash(
-            _holdout_sha(self.spec, self.store),
-            _eval_inputs(self.spec),
+            self._holdout_sha(),
+            eval_inputs_sha256(self.spec),
             self.spec.model.model_dump(mode="json"),
             [c.to_dict() for c in candidates],
         )
-        if (done := self.state.done(self._key("baseline"), inputs)) is not None:
-            return done["summary"], None, True
+        if (entry := self.state.done(key, inputs)) is not None:
+            return _Done(None, entry["summary"], skipped=True)
         report = self._evaluate(candidates)
-        summary = "; ".join(f"{c.name}: {report.primary} {_score(c, report.primary)}" for c in report.candidates)
-        self.state.mark(self._key("baseline"), inputs, "finished", summary=summary, run_id=report.run_id)
-        return summary, report, False
+        write_report(report, self.store)
+        summary = _scores(report)
+        self.state.mark(key, inputs, "finished", summary=summary, run_id=report.run_id)
+        return _Done(report, summary, report)
 
-    def train(self) -> tuple[str, Any, bool]:
-        from instil.train.checkpoints import NoCheckpointError
-        from instil.train.sft import train_sft
-
-        assert self.train_sha is not None
-        train = version_with_hash(self.store, dataset_name(self.spec, "train"), self.train_sha)
+    def train(self, key: str, train: DatasetVersion) -> _Done[ModelVersion]:
+        spec = self.spec
         inputs = _hash(
             train.sha256,
-            self.spec.training.model_dump(mode="json"),
-            self.spec.model.model_dump(mode="json"),
-            self.spec.short_prompt,
+            spec.training.model_dump(mode="json"),
+            spec.model.model_dump(mode="json"),
+            spec.short_prompt,
             self.max_steps,
-            _instil_version(),
+            instil_version(),
         )
-        done = self.state.done(self._key("train"), inputs)
-        if done is not None and (model := _model(self.store, self.spec.name, done.get("model_id"))) is not None:
-            self.model = model
-            return done["summary"], None, True
-        resume = self.state.started(self._key("train"), inputs)
-        self.state.mark(self._key("train"), inputs, "started")
-        kwargs = {"dataset": train, "max_steps": self.max_steps, "progress": self.progress}
-        try:
-            res = train_sft(self.spec, self.store, resume=resume, **kwargs)
-        except NoCheckpointError:  # it stopped before its first checkpoint: start over
-            res = train_sft(self.spec, self.store, **kwargs)
-        self.model = res.model
-        m = res.metrics
-        summary = (
-            f"{res.model.ref} on {train.ref}: {m.steps} steps, train loss {_fmt(m.train_loss)}, validation loss "
-            f"{_fmt(m.eval_loss)}, {m.tokens_per_second:,.0f} tokens/s{' (resumed)' if resume else ''}"
-        )
-        self.state.mark(self._key("train"), inputs, "finished", summary=summary, model_id=res.model.id)
-        return summary, res, False
 
-    def evaluate(self) -> tuple[str, Any, bool]:
-        from instil.eval.candidates import model_candidate, prompted_baselines
+        def work() -> tuple[ModelVersion, str, StageDetail, dict[str, Any]]:
+            resume = self.state.started(key, inputs)
+            self.state.mark(key, inputs, "started")
+            options = {"dataset": train, "max_steps": self.max_steps, "progress": self.progress}
+            try:
+                res = train_sft(spec, self.store, resume=resume, **options)
+            except NoCheckpointError:  # it stopped before its first checkpoint: start over
+                res = train_sft(spec, self.store, **options)
+            m = res.metrics
+            summary = (
+                f"{res.model.ref} on {train.ref}: {m.steps} steps, train loss {_fmt(m.train_loss)}, validation loss "
+                f"{_fmt(m.eval_loss)}, {m.tokens_per_second:,.0f} tokens/s{' (resumed)' if resume else ''}"
+            )
+            return res.model, summary, res, {"model_id": res.model.id}
 
-        assert self.model is not None
-        before = _model(self.store, self.spec.name, self._before("promote").get("production_id"))
-        candidates = prompted_baselines(self.spec)
-        if before is not None and before.id != self.model.id:
-            candidates.append(model_candidate(self.spec, before))
-        candidates.append(model_candidate(self.spec, self.model))
-        inputs = _hash(_holdout_sha(self.spec, self.store), _eval_inputs(self.spec), [c.to_dict() for c in candidates])
-        done = self.state.done(self._key("evaluate"), inputs)
+        return self.unless_unchanged(key, inputs, lambda entry: self._model(entry.get("model_id")), work)
+
+    def evaluate(self, key: str, model: ModelVersion, previous: ModelVersion | None) -> _Done[EvalReport]:
+        candidates: list[Candidate] = prompted_baselines(self.spec)
+        if previous is not None and previous.id != model.id:
+            candidates.append(model_candidate(self.spec, previous))
+        candidates.append(model_candidate(self.spec, model))
+        inputs = _hash(self._holdout_sha(), eval_inputs_sha256(self.spec), [c.to_dict() for c in candidates])
+        unchanged = self.state.done(key, inputs) is not None
         report = self._evaluate(candidates)  # every result recorded before is reused: cheap when nothing changed
-        summary = "; ".join(f"{c.name}: {report.primary} {_score(c, report.primary)}" for c in report.candidates)
-        self.state.mark(self._key("evaluate"), inputs, "finished", summary=summary, run_id=report.run_id)
-        return summary, report, done is not None
+        summary = _scores(report)
+        self.state.mark(key, inputs, "finished", summary=summary, run_id=report.run_id)
+        return _Done(report, summary, report, unchanged)
 
-    def promote(self) -> tuple[str, Any, bool]:
-        from instil.registry import find_decision, production, promote
-
-        assert self.model is not None
-        report = self.result.report
+    def promote(self, key: str, model: ModelVersion, previous: ModelVersion | None) -> _Done[ModelVersion | None]:
         inputs = _hash(
-            self.model.id,
-            _holdout_sha(self.spec, self.store),
-            _eval_inputs(self.spec),
+            model.id,
+            self._holdout_sha(),
+            eval_inputs_sha256(self.spec),
             self.spec.gate.model_dump(mode="json"),
-            self._before("promote").get("production_id"),
+            previous.id if previous is not None else None,
         )
-        done = self.state.done(self._key("promote"), inputs)
-        promotion = find_decision(self.spec, self.store, done["decision_id"]) if done is not None else None
-        skipped = promotion is not None
-        if promotion is None:
-            promotion = promote(self.spec, self.store, self.model.version)
+        entry = self.state.done(key, inputs)
+        promotion = find_decision(self.spec, self.store, entry["decision_id"]) if entry is not None else None
+        if promotion is not None and entry is not None:
+            self.result.promotions.append(promotion)
+            return _Done(self._model(entry.get("production_id")), entry["summary"], promotion, skipped=True)
+        promotion = promote(self.spec, self.store, model.version)
         self.result.promotions.append(promotion)
-        if report is not None:
-            _write_report(self.spec, self.store, report, self.result.promotions)
-        if skipped:
-            assert done is not None
-            return done["summary"], promotion, True
         current = production(self.store, self.spec.name)
         verdict = "promoted" if promotion.promoted else "refused"
         summary = f"{promotion.candidate} {verdict} over {promotion.reference}: {_gate_line(promotion)}"
         self.state.mark(
-            self._key("promote"),
+            key,
             inputs,
             "finished",
             summary=summary,
-            decision_id=promotion.id,
+            decision_id=promotion.decision_id,
             production_id=current.id if current is not None else None,
         )
-        return summary, promotion, False
+        return _Done(current, summary, promotion)
 
-    def _evaluate(self, candidates: list[Any]) -> Any:
-        from instil.eval.compare import evaluate
-
+    # ---- small helpers ------------------------------------------------------------------------------------------
+    def _evaluate(self, candidates: list[Candidate]) -> EvalReport:
         report = evaluate(self.spec, self.store, candidates, reuse=True)
         self.result.reports.append(report)
         return report
 
+    def _blob(self, sha256: str | None) -> str | None:
+        """``sha256`` when its blob is still in the store, else None."""
+        return sha256 if sha256 and self.store.blob_path(sha256).exists() else None
 
-# ---- small helpers ---------------------------------------------------------------------------------------------------
-def _exists(store: Store, sha256: str | None) -> bool:
-    return bool(sha256) and store.blob_path(sha256).exists()
+    def _model(self, model_id: int | None) -> ModelVersion | None:
+        """The job's model version with that id, when its folder is still there."""
+        found = [m for m in self.store.list_models(self.spec.name) if m.id == model_id]
+        return found[0] if found and Path(found[0].path).exists() else None
 
-
-def _model(store: Store, job: str, model_id: int | None) -> ModelVersion | None:
-    for m in store.list_models(job):
-        if m.id == model_id and Path(m.path).exists():
-            return m
-    return None
-
-
-def _holdout_sha(spec: JobSpec, store: Store) -> str | None:
-    h = frozen_holdout(spec, store)
-    return h.sha256 if h is not None else None
+    def _holdout_sha(self) -> str | None:
+        h = frozen_holdout(self.spec, self.store)
+        return h.sha256 if h is not None else None
 
 
-def _eval_inputs(spec: JobSpec) -> str:
-    from instil.eval.compare import eval_inputs_sha256
+@contextmanager
+def _naming_errors(name: str) -> Iterator[None]:
+    """Adds the stage's name to any instil error raised inside it."""
+    try:
+        yield
+    except _Stop:
+        raise
+    except InstilError as e:
+        if not str(e).startswith("stage "):
+            e.args = (f"stage {name}: {e}", *e.args[1:])
+        raise
+    except OSError as e:  # a full disk or a vanished folder: say where, keep what is written
+        raise InstilError(
+            f"stage {name}: {e.strerror or e} ({e.filename or 'no file name'})",
+            hint="free disk space or fix the folder's permissions, then run again: finished stages are kept",
+        ) from e
+    except Exception as e:
+        # Libraries wrap a full disk in their own errors (safetensors' SafetensorError, SQLite's "disk is full").
+        text = str(e)
+        if not any(m in text for m in ("No space left on device", "os error 28", "database or disk is full")):
+            raise
+        raise InstilError(
+            f"stage {name}: No space left on device ({type(e).__name__}: {text.splitlines()[0] if text else ''})",
+            hint="free disk space, then run again: finished stages are kept",
+        ) from e
 
-    return eval_inputs_sha256(spec)
+
+def _hash(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _score(c: Any, primary: str) -> str:
-    g = c.graders[primary]
-    return f"{g.mean:.2f} [{g.low:.2f}, {g.high:.2f}]"
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    try:
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError:
+        return "missing"  # validate reports the missing file with its name
+    return h.hexdigest()
+
+
+def _scores(report: EvalReport) -> str:
+    def score(c: CandidateSummary) -> str:
+        g = c.graders[report.primary]
+        return f"{g.mean:.2f} [{g.low:.2f}, {g.high:.2f}]"
+
+    return "; ".join(f"{c.name}: {report.primary} {score(c)}" for c in report.candidates)
 
 
 def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.3f}"
 
 
-def _gate_line(promotion: Any) -> str:
+def _gate_line(promotion: Promotion) -> str:
     first = promotion.decision.comparisons[0]
     line = f"{first.name} {first.estimate:+.3f} (lower bound {first.low:+.3f}, p={first.p_adjusted:.2g}, {first.test})"
     if not promotion.promoted and promotion.decision.reasons:
         line += f"; failed: {promotion.decision.reasons[0]}"
     return line
-
-
-def _write_report(spec: JobSpec, store: Store, report: Any, promotions: list[Any]) -> None:
-    """Rewrite the evaluation's HTML report with the gate decisions of this run."""
-    from dataclasses import asdict
-
-    from instil.eval.report import write_html
-
-    decisions = [{**asdict(p.decision), "candidate": p.candidate, "reference": p.reference} for p in promotions]
-    path = getattr(report, "html_path", None) or Path(report.examples_path).with_name("report.html")
-    write_html(report, path, store=store, decisions=decisions, title=f"{spec.name}: the loop")
 
 
 # ---- quickstart ------------------------------------------------------------------------------------------------------
@@ -550,8 +585,6 @@ def quickstart(
 
     ``model`` replaces the spec's base model (any Hugging Face causal LM id or local path) in the copied spec.
     """
-    from instil.examples import copy_example
-
     dest = Path(dest)
     spec_path = dest / "instil.yaml"
     if not spec_path.exists():
@@ -571,8 +604,6 @@ _PRETRAINED_TRAINING = {
 
 def _set_base_model(spec_path: Path, model: str) -> None:
     """Point the copied spec at another base model, with training settings for a pretrained one."""
-    import yaml
-
     text = spec_path.read_text(encoding="utf-8")
     data = yaml.safe_load(text) or {}
     if (data.get("model") or {}).get("base") == model:
@@ -593,9 +624,3 @@ def _set_base_model(spec_path: Path, model: str) -> None:
         shutil.copyfile(spec_path, backup)
     spec_path.write_text("".join(out), encoding="utf-8")
     load_spec(spec_path)  # fail now, naming the line, if the edit broke it
-
-
-def _instil_version() -> str:
-    import instil  # at call time: instil/__init__ imports this module
-
-    return instil.__version__

@@ -30,10 +30,13 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from instil.data.stages import dataset_name, frozen_holdout
 from instil.errors import DataError, InstilError, NotFoundError
 from instil.eval.candidates import Candidate, default_candidates, model_candidate, prompted_baselines
+from instil.eval.compare import evaluate
+from instil.eval.results import EvalReport, ExampleResult
+from instil.eval.reuse import eval_inputs_sha256
 from instil.eval.stats import Comparison, GateDecision, gate_decision
+from instil.jobdata import dataset_name, frozen_holdout
 from instil.spec import JobSpec
 from instil.store import DecisionInfo, ModelVersion, PinInfo, Store
 
@@ -98,11 +101,6 @@ class Promotion:
     """Only the holdout's first ``limit`` examples were used."""
     baselines: dict[str, float] = field(default_factory=dict)
     """When the reference was chosen among several endpoints: each one's primary mean."""
-
-    @property
-    def id(self) -> int | None:
-        """The recorded decision's id (None on a dry run)."""
-        return self.decision_id
 
     @property
     def verdict(self) -> str:
@@ -221,12 +219,28 @@ class VersionInfo:
     """The training dataset version it was trained on (``<job>:train@<n>``)."""
     last_decision: DecisionInfo | None
     """The newest decision about it: a gate verdict on it, or a rollback to or from it."""
-    last_decision_text: str | None
-    """That decision in a few words."""
     primary_score: float | None
     """Its primary grader's mean in its newest succeeded evaluation."""
     scored_on: str | None
     """The holdout version of that evaluation."""
+
+    @property
+    def last_decision_text(self) -> str | None:
+        """The last decision in a few words, with id and time (``promoted over base+full (#3, 2026-12-01 10:00)``)."""
+        return self.describe_last_decision()
+
+    def describe_last_decision(self, *, when: bool = True) -> str | None:
+        """The last decision in a few words; ``when=False`` gives the id alone (``promoted over base+full #3``)."""
+        d, m = self.last_decision, self.model
+        if d is None:
+            return None
+        tag = f"(#{d.id}, {d.created_at.strftime('%Y-%m-%d %H:%M')})" if when else f"#{d.id}"
+        if d.kind == "rollback":
+            if d.model_id == m.id:
+                return f"back in production: rollback from {d.job}@{d.reference_version} {tag}"
+            return f"rolled back to {d.ref} {tag}"
+        verdict = "promoted over" if d.promoted else "refused vs"
+        return f"{verdict} {d.reference} {tag}"
 
     def to_dict(self) -> dict[str, Any]:
         m = self.model
@@ -267,8 +281,6 @@ def promote(
     ``+short``/``+full``/``+none``). ``limit`` uses the holdout's first N examples. ``dry_run`` decides without
     recording a decision or changing any status (the evaluation is recorded all the same).
     """
-    from instil.eval.compare import eval_inputs_sha256, evaluate
-
     holdout = frozen_holdout(spec, store)
     if holdout is None:
         raise DataError(
@@ -343,12 +355,12 @@ def promote(
 
 def decide(
     spec: JobSpec,
-    reference: list[Any],
-    candidate: list[Any],
+    reference: list[ExampleResult],
+    candidate: list[ExampleResult],
     *,
     primary: str | None = None,
 ) -> tuple[GateDecision, ScoreKind, dict[str, tuple[float, float]]]:
-    """The gate on per-example results (:class:`~instil.eval.compare.ExampleResult`) of the reference (A) and the
+    """The gate on per-example results (:class:`~instil.eval.results.ExampleResult`) of the reference (A) and the
     candidate (B), paired by example id: (decision, the primary's score kind, each grader's (A, B) mean).
 
     Refuses (:class:`DataError`) results that are not of the same examples, or not scored by the same graders.
@@ -542,7 +554,6 @@ def list_versions(store: Store, job: str) -> list[VersionInfo]:
                 tuple(pins.get(m.id, ())),
                 _train_dataset(store, m),
                 last,
-                _describe(last, m) if last else None,
                 score,
                 scored_on,
             )
@@ -577,15 +588,15 @@ def _references(spec: JobSpec, store: Store, current: ModelVersion | None, name:
         ) from None
 
 
-def _results_by_candidate(report: Any) -> dict[str, list[Any]]:
-    out: dict[str, list[Any]] = {}
+def _results_by_candidate(report: EvalReport) -> dict[str, list[ExampleResult]]:
+    out: dict[str, list[ExampleResult]] = {}
     for r in report.examples:
         out.setdefault(r.candidate, []).append(r)
     return out
 
 
-def _by_example(rows: list[Any], what: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+def _by_example(rows: list[ExampleResult], what: str) -> dict[str, ExampleResult]:
+    out: dict[str, ExampleResult] = {}
     for r in rows:
         if r.example_id in out:
             raise DataError(
@@ -606,16 +617,6 @@ def _train_dataset(store: Store, m: ModelVersion) -> str | None:
         if role == "train":
             return store.get_version(version_id).ref
     return None
-
-
-def _describe(d: DecisionInfo, m: ModelVersion) -> str:
-    when = d.created_at.strftime("%Y-%m-%d %H:%M")
-    if d.kind == "rollback":
-        if d.model_id == m.id:
-            return f"back in production: rollback from {d.job}@{d.reference_version} (#{d.id}, {when})"
-        return f"rolled back to {d.ref} (#{d.id}, {when})"
-    verdict = "promoted over" if d.promoted else "refused vs"
-    return f"{verdict} {d.reference} (#{d.id}, {when})"
 
 
 def _json_safe(value: Any) -> Any:

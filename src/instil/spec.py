@@ -27,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-from instil.errors import InstilError, Problem, SpecError
+from instil.errors import InstilError, ModelError, Problem, SpecError
 
 __all__ = [
     "DataSource",
@@ -126,6 +126,11 @@ class OutputSpec(_Strict):
         if self.label_field is not None and not self.labels:
             raise ValueError("'label_field' needs 'labels'")
         return self
+
+    def tool_dicts(self) -> list[dict[str, Any]] | None:
+        """The job's tools as OpenAI ``tools`` dicts, offered to every model alike (evaluation, serving); None when
+        the job has none, so each example keeps its own."""
+        return [t.model_dump() for t in self.tools] if self.tools else None
 
 
 # ---- graders: the spec names them; the grader library (instil.eval) implements them ----------------------------------
@@ -401,6 +406,53 @@ class ModelSpec(_Strict):
     allow_dropped_messages: bool = False
     """Accept a chat template that silently drops messages (some drop the system prompt)."""
 
+    @property
+    def is_tiny(self) -> bool:
+        """Whether ``base`` names the built-in tiny preset (a random model built from the job's data)."""
+        return is_tiny_base(self.base)
+
+    def locate(self, root: Path | None) -> Path | str:
+        """Where a base that is not ``tiny`` lives: a local folder (resolved against ``root``, the spec's folder;
+        it must exist and hold ``config.json``) or, for a name shaped like ``org/name`` with no such folder, the
+        hub id unchanged. Raises :class:`ModelError` for a path that is missing, a file, or no model folder."""
+        expanded = Path(self.base).expanduser()
+        local = expanded if expanded.is_absolute() or root is None else Path(root) / expanded
+        if local.exists():
+            local = local.resolve()
+        elif not _path_shaped(self.base):
+            return self.base
+        if not local.exists():
+            raise ModelError(
+                f"model folder not found: {local} (model.base is {self.base!r})",
+                hint="check the path (relative paths are read from the spec's folder), or use a hub id like 'org/name'",
+            )
+        if not local.is_dir():
+            raise ModelError(
+                f"model.base {self.base!r} points to a file, {local}; it must be a folder holding config.json and "
+                "the weights",
+                hint="point model.base at the folder that `save_pretrained` wrote",
+            )
+        if not (local / "config.json").is_file():
+            raise ModelError(
+                f"{local} has no config.json, so it is not a Hugging Face model folder (model.base is {self.base!r})",
+                hint="point model.base at the folder that `save_pretrained` or `hf download` wrote",
+            )
+        return local
+
+
+TINY_BASES = {"tiny": "llama", "tiny-llama": "llama", "tiny-qwen2": "qwen2"}
+"""Values of ``model.base`` that build a tiny random model, and the architecture each builds."""
+
+
+def is_tiny_base(base: str) -> bool:
+    """Whether ``model.base`` names the built-in tiny preset."""
+    return base in TINY_BASES
+
+
+def _path_shaped(base: str) -> bool:
+    # A hub id is `name` or `org/name`; anything else shaped like a path is a folder the user expected to exist.
+    return base.startswith((".", "/", "~")) or "\\" in base or base.count("/") > 1 or base.endswith("/")
+
 
 class LoraSpec(_Strict):
     """LoRA adapter settings (also used by QLoRA)."""
@@ -427,7 +479,9 @@ class TrainingSpec(_Strict):
     learning_rate: float | None = None
     """Peak learning rate; chosen by method and adapter when absent."""
     batch_size: int = 8
-    """Examples per optimizer step (per device, before gradient accumulation)."""
+    """Examples per forward-backward step in all, the global batch: on N processes each takes ``batch_size / N``
+    (N must divide it), so the learning rate keeps its meaning. A ``trl: {gradient_accumulation_steps: K}`` makes an
+    optimizer step K such batches."""
     seed: int = 0
     """The training seed."""
     lora: LoraSpec = LoraSpec()
@@ -691,10 +745,6 @@ class JobSpec(_Strict):
         """A path from the spec, resolved against the spec's folder."""
         p = Path(path).expanduser()
         return p if p.is_absolute() else self._root / p
-
-    def label_field(self) -> str | None:
-        """Where the label sits in an output: None for a whole-output label."""
-        return self.output.label_field
 
 
 # ---- loading ---------------------------------------------------------------------------------------------------------

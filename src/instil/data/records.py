@@ -165,6 +165,23 @@ class Example:
         """The example's id: the source's own, or ``ex-`` and the first 16 hex digits of the content hash."""
         return self.id if self.id is not None else "ex-" + self.content_hash()[:16]
 
+    def with_system_prompt(self, prompt: str | None) -> Example:
+        """The example as a model running with ``prompt`` sees it: its system messages replaced by ``prompt``
+        (dropped when None). Training swaps in the short prompt this way, evaluation each candidate's prompt, so
+        the two render alike. The copy keeps the stored example's key."""
+        rest = [m for m in self.messages if m.role != "system"]
+        messages = ([Message("system", prompt)] if prompt is not None else []) + rest
+        return Example(
+            messages=messages,
+            tools=self.tools,
+            rejected=self.rejected,
+            id=self.key(),
+            tags=list(self.tags),
+            group=self.group,
+            meta=dict(self.meta),
+            source=self.source,
+        )
+
     # ---- input / output split used by curation, splitting and evaluation ---------------------------------------------
     def last_assistant_index(self) -> int | None:
         for i in range(len(self.messages) - 1, -1, -1):

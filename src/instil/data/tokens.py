@@ -102,15 +102,13 @@ class TokenCounter:
     @classmethod
     def from_spec(cls, spec: JobSpec) -> TokenCounter:
         """The counter for a job: its base model's tokenizer (and chat template), or the estimate for ``tiny``."""
-        from instil.train.models import is_tiny_base, resolve_base
-
         model = spec.model
-        if is_tiny_base(model.base):  # a random model built locally: no real tokenizer to count with yet
+        if model.is_tiny:  # a random model built locally: no real tokenizer to count with yet
             return cls.estimate()
         local = spec.resolve(model.base)
         # A folder holding only a tokenizer is enough to count with; otherwise training's resolution, which names a
         # path-shaped base that does not exist as a missing folder instead of trying it as a hub id.
-        source = local if local.exists() else resolve_base(model, root=spec.root)
+        source = local if local.exists() else model.locate(spec.root)
         template = model.chat_template
         if template is not None and template.strip().endswith(".jinja"):
             path = spec.resolve(template.strip())

@@ -3,7 +3,8 @@
     from instil.eval import build_graders, evaluate, reward
     graders = build_graders(spec)
     scores = {g.name: g.grade(example, output) for g in graders}
-    report = evaluate(spec, store)     # every candidate on the holdout; report.json and report.html beside it
+    report = evaluate(spec, store)     # every candidate on the holdout, recorded with report.json beside it
+    write_report(report, store)        # and the self-contained report.html
 
 The graders live in ``instil.eval.graders`` (one file per family); this package re-exports their public names.
 """
@@ -11,14 +12,7 @@ The graders live in ``instil.eval.graders`` (one file per family); this package 
 from __future__ import annotations
 
 from instil.eval.candidates import Candidate, default_candidates, run_candidate
-from instil.eval.compare import (
-    CandidateSummary,
-    EvalReport,
-    ExampleResult,
-    WinRate,
-    evaluate,
-    select_candidates,
-)
+from instil.eval.compare import evaluate, select_candidates
 from instil.eval.failure_modes import (
     FailureModes,
     Forgetting,
@@ -51,7 +45,8 @@ from instil.eval.graders import (
     from_spec,
     reward,
 )
-from instil.eval.report import write_html
+from instil.eval.report import write_html, write_report
+from instil.eval.results import CandidateSummary, EvalReport, ExampleResult, WinRate
 
 __all__ = [
     "Candidate",
@@ -92,4 +87,5 @@ __all__ = [
     "run_candidate",
     "select_candidates",
     "write_html",
+    "write_report",
 ]

@@ -6,11 +6,12 @@
     gens[0].text, gens[0].latency_s, gens[0].input_tokens, gens[0].output_tokens
 
 Prompts are rendered exactly as in training: the example's system messages are replaced by the candidate's prompt
-(:func:`instil.train.sft.with_short_prompt`, the function training itself uses), then the model's chat template
+(:meth:`Example.with_system_prompt`, as training swaps in the short prompt), then the model's chat template
 renders the rest. ``full`` is the spec's ``system_prompt``, ``short`` its ``short_prompt`` (no system message when the
 spec has none, as the tuned model was trained), ``none`` drops the system message.
 
-The base model is the folder the latest model was trained from (its recorded ``model_info.path``), so a ``tiny`` base
+Local candidates load through :func:`instil.train.models.load_for_inference`, the loader serving and export use. The
+base model is the folder the latest model was trained from (:func:`~instil.train.models.job_base`), so a ``tiny`` base
 is the very same random model, not one rebuilt; with no model trained yet it is resolved as training would resolve it.
 Endpoint candidates go through the ``openai`` client with the same messages, one request at a time.
 """
@@ -21,19 +22,20 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 from instil.data.records import Example
-from instil.errors import DependencyError, InstilError, ModelError, NotFoundError
-from instil.eval.generate import Generation, generate_local, parse_tool_calls
+from instil.errors import DependencyError, InstilError
+from instil.eval.generate import MAX_NEW_TOKENS_CAP, Generation, generate_local, parse_tool_calls
 from instil.spec import EvalEndpointSpec, JobSpec
 from instil.store import ModelVersion, Store
+from instil.train.models import LoadedModel, job_base, load_for_inference
 
 __all__ = [
     "Candidate",
     "default_candidates",
     "default_max_new_tokens",
+    "load_candidate",
     "model_candidate",
     "prompted_baselines",
     "prompt_examples",
@@ -42,8 +44,6 @@ __all__ = [
 
 PromptKind = Literal["full", "short", "none"]
 
-MAX_NEW_TOKENS_CAP = 1024
-"""The derived ``max_new_tokens`` never exceeds this."""
 MAX_NEW_TOKENS_MARGIN = 16
 """Tokens added to 1.5x the longest reference answer: room for an answer a little longer than any reference."""
 
@@ -117,10 +117,8 @@ def prompted_baselines(spec: JobSpec) -> list[Candidate]:
 
 def prompt_examples(candidate: Candidate, spec: JobSpec, examples: Sequence[Example]) -> list[Example]:
     """The examples as the candidate sees them: system messages replaced by its prompt, exactly as training does."""
-    from instil.train.sft import with_short_prompt
-
     prompt = {"full": spec.system_prompt, "short": spec.short_prompt, "none": None}[candidate.prompt]
-    return [with_short_prompt(e, prompt) for e in examples]
+    return [e.with_system_prompt(prompt) for e in examples]
 
 
 def default_max_new_tokens(examples: Sequence[Example], count: Callable[[str], int]) -> int:
@@ -151,110 +149,35 @@ def run_candidate(
             # No tokenizer here: 2 characters per token over-counts every common tokenizer, which is the safe side.
             max_new_tokens = default_max_new_tokens(examples, lambda text: len(text) // 2 + 1)
         return _run_endpoint(candidate.endpoint, spec, shown, max_new_tokens)
-    model, tokenizer, renderer = load_local(candidate, spec, store)
+    loaded = load_candidate(candidate, spec, store)
     if max_new_tokens is None:
         max_new_tokens = default_max_new_tokens(
-            examples, lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
+            examples, lambda text: len(loaded.tokenizer(text, add_special_tokens=False)["input_ids"])
         )
     return generate_local(
-        model,
-        tokenizer,
-        renderer,
+        loaded.model,
+        loaded.tokenizer,
+        loaded.renderer,
         shown,
         system_prompt=None,
-        tools=_tools(spec),
+        tools=spec.output.tool_dicts(),
         max_new_tokens=max_new_tokens,
         batch_size=batch_size or spec.eval.batch_size,
     )
 
 
-def _tools(spec: JobSpec) -> list[dict[str, Any]] | None:
-    """The job's tools (offered to every candidate alike); None keeps each example's own."""
-    return [t.model_dump() for t in spec.output.tools] if spec.output.tools else None
-
-
-# ---- local models ----------------------------------------------------------------------------------------------------
-def base_source(spec: JobSpec, store: Store) -> Path | str:
-    """Where the base model is: the folder the latest model was trained from, else what training would resolve."""
-    from instil.train.models import is_tiny_base, resolve_base
-
-    models = store.list_models(spec.name)
-    if models:
-        recorded = (models[-1].meta.get("model_info") or {}).get("path")
-        if recorded and Path(recorded).exists():
-            return Path(recorded)
-        if recorded and is_tiny_base(spec.model.base):
-            raise ModelError(
-                f"model {models[-1].ref} was trained from the tiny base at {recorded}, which no longer exists; a "
-                "rebuilt one would be a different random model, so the base candidates would mean nothing",
-                hint="retrain (`instil train`), or evaluate only the tuned model (--candidate)",
-            )
-    examples = None
-    if is_tiny_base(spec.model.base):
-        examples = _train_examples(spec, store)
-    return resolve_base(spec.model, root=spec.root, examples=examples)
-
-
-def _train_examples(spec: JobSpec, store: Store) -> list[Example]:
-    """The training split as training saw it: the tiny base's tokenizer is built from exactly these."""
-    from instil.data.stages import dataset_name
-    from instil.train.sft import with_short_prompt
-
-    try:
-        train = store.get_dataset(dataset_name(spec, "train"))
-    except NotFoundError:
-        raise ModelError(
-            f"model.base is {spec.model.base!r}, whose tokenizer is built from the training split, but "
-            f"{dataset_name(spec, 'train')} does not exist yet",
-            hint="run `instil data split` first",
-        ) from None
-    return [with_short_prompt(e, spec.short_prompt) for e in store.iter_examples(train)]
-
-
-def load_local(candidate: Candidate, spec: JobSpec, store: Store) -> tuple[Any, Any, Any]:
-    """(model, tokenizer, renderer) of a local candidate: the base, or the trained model (a PEFT adapter on the base
-    it was trained from, or a whole model folder) with the tokenizer and chat template saved beside it."""
-    import torch
-
-    from instil.train.chat import ChatRenderer
-    from instil.train.models import load_model, load_tokenizer
-
-    dtype = "auto" if torch.cuda.is_available() else "float32"  # as training loads it
-    version = candidate.model_version
-    if version is None:
-        base_spec = spec.model.model_copy(update={"base": str(base_source(spec, store))})
-        tokenizer = load_tokenizer(base_spec, root=spec.root)
-        model = load_model(base_spec, root=spec.root, dtype=dtype)
-    else:
-        folder = Path(version.path)
-        if not folder.is_dir():
-            raise ModelError(f"model {version.ref}: its folder {folder} is gone", hint="retrain it (`instil train`)")
-        from transformers import AutoTokenizer
-
-        # Saved beside the weights with the template training rendered with (an adapter folder has no config.json,
-        # which load_tokenizer asks of a model folder).
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-        if (folder / "adapter_config.json").is_file():
-            from peft import PeftModel
-
-            from instil.train.export import base_source as trained_base
-
-            # The base this version was trained on (export resolves it the same way), not the latest model's.
-            base_path = trained_base(version, folder)
-            base = load_model(
-                base_path,
-                revision=version.revision if isinstance(base_path, str) else None,
-                trust_remote_code=spec.model.trust_remote_code,
-                root=spec.root,
-                dtype=dtype,
-            )
-            model = PeftModel.from_pretrained(base, folder)
-        else:
-            model = load_model(folder, dtype=dtype)
-    if torch.cuda.is_available():
-        model = model.to("cuda")
-    renderer = ChatRenderer(tokenizer, allow_dropped_messages=spec.model.allow_dropped_messages)
-    return model, tokenizer, renderer
+# ---- local models ---------------------------------------------------------------------------------------------------
+def load_candidate(candidate: Candidate, spec: JobSpec, store: Store) -> LoadedModel:
+    """The loaded model of a local candidate: the job's base (:func:`~instil.train.models.job_base`), or the trained
+    version, through the one inference loader serving and export use too."""
+    if candidate.model_version is None:
+        return load_for_inference(spec.model.model_copy(update={"base": str(job_base(spec, store))}), root=spec.root)
+    return load_for_inference(
+        candidate.model_version,
+        root=spec.root,
+        trust_remote_code=spec.model.trust_remote_code,
+        allow_dropped_messages=spec.model.allow_dropped_messages,
+    )
 
 
 # ---- endpoints -------------------------------------------------------------------------------------------------------
@@ -275,7 +198,7 @@ def _run_endpoint(
             )
     # Local OpenAI-compatible servers need no key, but the client refuses to start without one.
     client = openai.OpenAI(base_url=endpoint.base_url, api_key=key or "no-key", max_retries=3, timeout=120.0)
-    tools = _tools(spec)
+    tools = spec.output.tool_dicts()
     out: list[Generation] = []
     for e in examples:
         request: dict[str, Any] = {

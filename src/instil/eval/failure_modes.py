@@ -35,9 +35,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from instil.data.formats import read_examples
 from instil.data.records import Example, sha256_hex
 from instil.errors import DataError, InstilError
-from instil.eval.candidates import Candidate, default_max_new_tokens, load_local, prompt_examples
+from instil.eval.candidates import Candidate, default_max_new_tokens, load_candidate, prompt_examples
 from instil.eval.generate import generate_local
 from instil.eval.graders import Grader, Output
 from instil.spec import JobSpec
@@ -339,8 +340,6 @@ def read_regression_set(spec: JobSpec) -> tuple[list[Example], str] | None:
     """The regression set's examples and the sha256 of its bytes; None when the spec names none."""
     if spec.eval.regression_set is None:
         return None
-    from instil.data.formats import read_examples
-
     path = spec.resolve(spec.eval.regression_set)
     if not path.is_file():
         raise DataError(
@@ -389,7 +388,8 @@ def check_failure_modes(
     regression = read_regression_set(spec)
     if train is None and regression is None:
         return FailureModes(candidate.name, collapse, notes=notes)
-    model, tokenizer, renderer = load_local(candidate, spec, store)
+    loaded = load_candidate(candidate, spec, store)
+    model, tokenizer, renderer = loaded.model, loaded.tokenizer, loaded.renderer
     batch_size = batch_size or spec.eval.batch_size
 
     def count(text: str) -> int:
@@ -400,7 +400,7 @@ def check_failure_modes(
         version, sample = train
         # As the holdout was answered: the candidate's prompt, the job's tools, the same length rule.
         shown = prompt_examples(candidate, spec, sample)
-        tools = [t.model_dump() for t in spec.output.tools] if spec.output.tools else None
+        tools = spec.output.tool_dicts()
         limit = max_new_tokens or spec.eval.max_new_tokens or default_max_new_tokens(sample, count)
         gens = generate_local(
             model,
@@ -435,7 +435,8 @@ def check_failure_modes(
             with model.disable_adapter():
                 base = answers(model, tokenizer, renderer)
         else:
-            base = answers(*load_local(Candidate("base", "local", "none", "base"), spec, store))
+            plain = load_candidate(Candidate("base", "local", "none", "base"), spec, store)
+            base = answers(plain.model, plain.tokenizer, plain.renderer)
         references = [e.output_text() for e in examples] if with_refs else None
         where = str(spec.resolve(spec.eval.regression_set or ""))
         forget = forgetting(base, tuned, references, threshold=spec.eval.forgetting_threshold, regression_set=where)

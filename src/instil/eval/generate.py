@@ -29,6 +29,7 @@ from instil.data.records import Example
 from instil.errors import ModelError
 
 __all__ = [
+    "MAX_NEW_TOKENS_CAP",
     "Generation",
     "generate_local",
     "parse_tool_calls",
@@ -36,6 +37,10 @@ __all__ = [
 ]
 
 FinishReason = Literal["stop", "length"]
+
+MAX_NEW_TOKENS_CAP = 1024
+"""The most tokens one answer is generated to unless a caller allows more: evaluation's derived ``max_new_tokens``
+never exceeds it, and the server caps a request's ``max_tokens`` at it by default."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,8 @@
 """The evaluation as one self-contained HTML file: tables, plots (inline PNG) and the worst failures, no network.
 
-    from instil.eval.report import write_html
-    report = evaluate(spec, store)                       # writes report.html itself; this redraws it, with decisions
+    from instil.eval.report import write_html, write_report
+    report = evaluate(spec, store)
+    write_report(report, store)                          # report.html beside the run's examples, recorded
     write_html(report, "eval.html", store=store, decisions=[{**asdict(decision), "candidate": "colors@2+short",
                                                              "reference": "base+full"}])
 
@@ -18,20 +19,20 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from html import escape
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from instil.data.records import sha256_hex
 from instil.errors import DependencyError
+from instil.eval.results import EvalReport
+from instil.files import write_atomic
+from instil.store import Store
+from instil.train.plots import loss_points
 
-if TYPE_CHECKING:
-    from instil.eval.compare import EvalReport
-    from instil.store import Store
-
-__all__ = ["write_html"]
+__all__ = ["write_html", "write_report"]
 
 WORST_PER_CANDIDATE = 5
 """Failures shown per candidate, lowest primary score first."""
@@ -48,6 +49,22 @@ th { background: #f2f4f6; } td.l, th.l { text-align: left; } .ci { color: #6b758
 pre { white-space: pre-wrap; word-break: break-word; margin: 0; font: 12px/1.4 ui-monospace, monospace; }
 td.text { text-align: left; max-width: 28rem; } .none { color: #8a939c; font-style: italic; }
 """
+
+
+def write_report(
+    report: EvalReport,
+    store: Store,
+    *,
+    decisions: Sequence[Mapping[str, Any]] = (),
+    title: str | None = None,
+) -> Path:
+    """Write the run's HTML page at ``report.html_path`` and record it as the eval run's ``report_html`` artifact;
+    returns the path. Called once per report, when everything that goes on the page is known (the loop passes the
+    gate decisions of its run)."""
+    title = title or f"{report.job}: eval run {report.run_id}"
+    path = write_html(report, report.html_path, store=store, decisions=decisions, title=title)
+    store.add_artifact(report.run_id, "report_html", path, sha256=sha256_hex(path.read_bytes()))
+    return path
 
 
 def write_html(
@@ -85,14 +102,7 @@ def write_html(
         f"<b>{escape(report.holdout)}</b> · {report.n_examples} examples · primary grader <b>{escape(report.primary)}"
         f"</b> · eval run {report.run_id} · written {when}</p>\n{body}\n</body></html>\n"
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        staging.write_text(page, encoding="utf-8")
-        os.replace(staging, path)
-    finally:
-        staging.unlink(missing_ok=True)
-    return path
+    return write_atomic(path, page)
 
 
 # ---- small helpers ---------------------------------------------------------------------------------------------------
@@ -291,7 +301,6 @@ def _loss_curves(report: EvalReport, store: Store | None) -> str:
 
 
 def _history_plot(history: list[dict[str, Any]], name: str) -> str | None:
-    from instil.train.plots import loss_points
 
     figure = _figure(6.4, 3.6)
     ax = figure.add_subplot()

@@ -10,11 +10,10 @@ job's model as evaluation does and runs the server.
 
 from __future__ import annotations
 
-from instil.serve.app import DEFAULT_MAX_NEW_TOKENS_CAP, ServedRequest, create_app
+from instil.serve.app import ServedRequest, create_app
 from instil.serve.job import ServedModel, api_key_from_env, job_app, load_served, serve_job
 
 __all__ = [
-    "DEFAULT_MAX_NEW_TOKENS_CAP",
     "ServedModel",
     "ServedRequest",
     "api_key_from_env",

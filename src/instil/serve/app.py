@@ -50,14 +50,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from instil.data.records import Example, Message
 from instil.errors import ChatTemplateError, DependencyError
-from instil.eval.generate import Generation, generate_local, parse_tool_calls
+from instil.eval.generate import MAX_NEW_TOKENS_CAP, Generation, generate_local, parse_tool_calls
 
-__all__ = ["DEFAULT_MAX_NEW_TOKENS_CAP", "ServedRequest", "create_app"]
+__all__ = ["ServedRequest", "create_app"]
 
 log = logging.getLogger("instil.serve")
-
-DEFAULT_MAX_NEW_TOKENS_CAP = 1024
-"""The most tokens one answer may have unless :func:`create_app` is told otherwise (eval's cap too)."""
 
 
 @dataclass(frozen=True)
@@ -274,7 +271,7 @@ def create_app(
     *,
     model_name: str,
     api_key: str | None = None,
-    max_new_tokens_cap: int = DEFAULT_MAX_NEW_TOKENS_CAP,
+    max_new_tokens_cap: int = MAX_NEW_TOKENS_CAP,
     default_system_prompt: str | None = None,
     default_tools: list[dict[str, Any]] | None = None,
     batch_size: int = 8,
@@ -290,11 +287,9 @@ def create_app(
     :class:`ServedRequest` after each answer (in a worker thread; an exception in it is logged, the answer stands).
     """
     try:
-        from fastapi import FastAPI, Request
-        from fastapi.exceptions import RequestValidationError
-        from fastapi.responses import JSONResponse, StreamingResponse
+        from fastapi import FastAPI
+        from fastapi.responses import StreamingResponse
         from starlette.concurrency import run_in_threadpool
-        from starlette.exceptions import HTTPException
     except ImportError:
         raise DependencyError("serving needs fastapi and uvicorn", hint="pip install fastapi uvicorn") from None
     if max_new_tokens_cap < 1 or batch_size < 1:
@@ -310,49 +305,8 @@ def create_app(
 
     app = FastAPI(title=f"instil: {model_name}", lifespan=lifespan, docs_url=None, redoc_url=None)
 
-    @app.exception_handler(_ApiError)
-    async def api_error(request: Request, e: _ApiError) -> Any:
-        return e.response()
-
-    @app.exception_handler(RequestValidationError)
-    async def bad_body(request: Request, e: RequestValidationError) -> Any:
-        return _validation_error(e.errors()).response()
-
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, e: HTTPException) -> Any:
-        code = "not_found" if e.status_code == 404 else None
-        message = f"no route {request.method} {request.url.path}" if e.status_code in (404, 405) else str(e.detail)
-        return _ApiError(e.status_code, message, code=code).response()
-
-    @app.exception_handler(Exception)
-    async def server_error(request: Request, e: Exception) -> Any:
-        return JSONResponse(
-            {
-                "error": {
-                    "message": f"the server failed: {type(e).__name__}: {e}",
-                    "type": "server_error",
-                    "param": None,
-                    "code": None,
-                }
-            },
-            status_code=500,
-        )
-
-    # A middleware, not a route dependency: it runs before the body is read, so a client without the key learns
-    # nothing about its request (not even that its JSON is malformed).
-    @app.middleware("http")
-    async def authorize(request: Request, call_next: Callable) -> Any:
-        if api_key is None or not request.url.path.startswith("/v1/"):
-            return await call_next(request)
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not given.strip():
-            return _ApiError(
-                401, "no API key given: send it as 'Authorization: Bearer <key>'", code="invalid_api_key"
-            ).response()
-        # Constant time, so the time to refuse a key does not tell how much of it was right.
-        if not hmac.compare_digest(given.strip().encode(), api_key.encode()):
-            return _ApiError(401, "incorrect API key", code="invalid_api_key").response()
-        return await call_next(request)
+    _handle_errors(app)
+    _require_key(app, api_key)
 
     def model_card() -> dict[str, Any]:
         return {"id": model_name, "object": "model", "created": started, "owned_by": "instil"}
@@ -384,24 +338,7 @@ def create_app(
             raise
         except Exception as e:
             raise _ApiError(500, f"generation failed: {type(e).__name__}: {e}", type="server_error") from e
-        text, finish = gen.text, gen.finish_reason
-        cut = min((at for s in stops if (at := text.find(s)) >= 0), default=None)
-        if cut is not None:
-            text, finish = text[:cut], "stop"
-        calls = _tool_calls(text) if want_tools else None
-        content: str | None = text
-        if calls:
-            content = _TOOL_BLOCK.sub("", text).strip() or None
-            if finish == "stop":
-                finish = "tool_calls"
-        usage = {
-            "prompt_tokens": gen.input_tokens,
-            "completion_tokens": gen.output_tokens,
-            "total_tokens": gen.input_tokens + gen.output_tokens,
-        }
-        message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
-        if calls:
-            message["tool_calls"] = calls
+        text, finish, message, usage, calls = _answer(gen, stops, want_tools)
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if on_request is not None:
             record = ServedRequest(
@@ -432,6 +369,88 @@ def create_app(
         }
 
     return app
+
+
+def _handle_errors(app: Any) -> None:
+    """Every error as OpenAI's error JSON: ours, a malformed body (400), an unknown route, and anything else (500)."""
+    from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException
+
+    @app.exception_handler(_ApiError)
+    async def api_error(request: Request, e: _ApiError) -> Any:
+        return e.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_body(request: Request, e: RequestValidationError) -> Any:
+        return _validation_error(e.errors()).response()
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, e: HTTPException) -> Any:
+        code = "not_found" if e.status_code == 404 else None
+        message = f"no route {request.method} {request.url.path}" if e.status_code in (404, 405) else str(e.detail)
+        return _ApiError(e.status_code, message, code=code).response()
+
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, e: Exception) -> Any:
+        return JSONResponse(
+            {
+                "error": {
+                    "message": f"the server failed: {type(e).__name__}: {e}",
+                    "type": "server_error",
+                    "param": None,
+                    "code": None,
+                }
+            },
+            status_code=500,
+        )
+
+
+def _require_key(app: Any, api_key: str | None) -> None:
+    """Refuse ``/v1/`` requests without ``Authorization: Bearer <api_key>`` (nothing is required when None)."""
+    from fastapi import Request
+
+    # A middleware, not a route dependency: it runs before the body is read, so a client without the key learns
+    # nothing about its request (not even that its JSON is malformed).
+    @app.middleware("http")
+    async def authorize(request: Request, call_next: Callable) -> Any:
+        if api_key is None or not request.url.path.startswith("/v1/"):
+            return await call_next(request)
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            return _ApiError(
+                401, "no API key given: send it as 'Authorization: Bearer <key>'", code="invalid_api_key"
+            ).response()
+        # Constant time, so the time to refuse a key does not tell how much of it was right.
+        if not hmac.compare_digest(given.strip().encode(), api_key.encode()):
+            return _ApiError(401, "incorrect API key", code="invalid_api_key").response()
+        return await call_next(request)
+
+
+def _answer(
+    gen: Generation, stops: list[str], want_tools: bool
+) -> tuple[str, str, dict[str, Any], dict[str, int], list[dict[str, Any]] | None]:
+    """(text, finish_reason, the assistant message, usage, tool calls) of a generation, cut at the request's stops."""
+    text, finish = gen.text, gen.finish_reason
+    cut = min((at for s in stops if (at := text.find(s)) >= 0), default=None)
+    if cut is not None:
+        text, finish = text[:cut], "stop"
+    calls = _tool_calls(text) if want_tools else None
+    content: str | None = text
+    if calls:
+        content = _TOOL_BLOCK.sub("", text).strip() or None
+        if finish == "stop":
+            finish = "tool_calls"
+    usage = {
+        "prompt_tokens": gen.input_tokens,
+        "completion_tokens": gen.output_tokens,
+        "total_tokens": gen.input_tokens + gen.output_tokens,
+    }
+    message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
+    if calls:
+        message["tool_calls"] = calls
+    return text, finish, message, usage, calls
 
 
 def _job(

@@ -5,9 +5,10 @@
     app = job_app(spec, store, version=2, api_key="sk-local")   # a FastAPI app, to run under any ASGI server
     serve_job(spec, store, port=8000, api_key_env="INSTIL_API_KEY")   # load, then run uvicorn until Ctrl-C
 
-The model is loaded exactly as ``instil eval`` loads a local candidate (:func:`instil.eval.candidates.load_local`),
-so the served answers are the evaluated ones. A request without a system message gets the prompt the model runs
-with in evaluation: the short prompt for a trained version (as it was trained), the full prompt for the base.
+The model is loaded exactly as ``instil eval`` loads a local candidate, through the one inference loader
+(:func:`instil.train.models.load_for_inference`), so the served answers are the evaluated ones. A request without a
+system message gets the prompt the model runs with in evaluation: the short prompt for a trained version (as it was
+trained), the full prompt for the base.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from instil.errors import DependencyError, InstilError, NotFoundError
-from instil.eval.candidates import Candidate, load_local
-from instil.serve.app import DEFAULT_MAX_NEW_TOKENS_CAP, ServedRequest, create_app
+from instil.eval.candidates import Candidate, load_candidate
+from instil.eval.generate import MAX_NEW_TOKENS_CAP
+from instil.registry import resolve
+from instil.serve.app import ServedRequest, create_app
 from instil.spec import JobSpec
 from instil.store import ModelVersion, Store
 
@@ -55,13 +58,11 @@ def load_served(spec: JobSpec, store: Store, *, version: int | str | None = None
     Raises :class:`NotFoundError` when the job has no such model."""
     if base and version is not None:
         raise InstilError("serve either a model version or the base, not both", hint="drop --version or --base")
-    tools = [t.model_dump() for t in spec.output.tools] if spec.output.tools else None
+    tools = spec.output.tool_dicts()
     if base:
         candidate = Candidate("base+full", "local", "full", "base")
         name, prompt, model_version = f"{spec.name}:base", spec.system_prompt, None
     else:
-        from instil.registry import resolve
-
         ref = version
         if ref is None:
             ref = "production" if store.production_model(spec.name) is not None else "latest"
@@ -74,8 +75,8 @@ def load_served(spec: JobSpec, store: Store, *, version: int | str | None = None
             model_version.ref, "local", "short", f"model:{model_version.ref}", model_version=model_version
         )
         name, prompt = model_version.ref, spec.short_prompt
-    model, tokenizer, renderer = load_local(candidate, spec, store)
-    return ServedModel(name, model, tokenizer, renderer, prompt, tools, model_version)
+    loaded = load_candidate(candidate, spec, store)
+    return ServedModel(name, loaded.model, loaded.tokenizer, loaded.renderer, prompt, tools, model_version)
 
 
 def job_app(
@@ -85,7 +86,7 @@ def job_app(
     version: int | str | None = None,
     base: bool = False,
     api_key: str | None = None,
-    max_new_tokens_cap: int = DEFAULT_MAX_NEW_TOKENS_CAP,
+    max_new_tokens_cap: int = MAX_NEW_TOKENS_CAP,
     on_request: Callable[[ServedRequest], None] | None = None,
     served: ServedModel | None = None,
 ) -> Any:
@@ -127,7 +128,7 @@ def serve_job(
     host: str = "127.0.0.1",
     port: int = 8000,
     api_key_env: str | None = None,
-    max_new_tokens_cap: int = DEFAULT_MAX_NEW_TOKENS_CAP,
+    max_new_tokens_cap: int = MAX_NEW_TOKENS_CAP,
     on_request: Callable[[ServedRequest], None] | None = None,
     ready: Callable[[ServedModel, str], None] | None = None,
 ) -> None:

@@ -30,7 +30,10 @@ from instil.train.models import (
     model_info,
     resolve_base,
 )
-from instil.train.sft import Setting, TrainMetrics, TrainResult, train_sft
+from instil.train.plan import TrainPlan
+from instil.train.record import TrainMetrics
+from instil.train.settings import Setting
+from instil.train.sft import TrainResult, train_sft
 from instil.train.tiny import TINY_NOTICE, build_tiny
 
 __all__ = [
@@ -45,6 +48,7 @@ __all__ = [
     "Setting",
     "TokenizedExample",
     "TrainMetrics",
+    "TrainPlan",
     "TrainResult",
     "TurnSpan",
     "build_tiny",

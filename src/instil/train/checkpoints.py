@@ -38,7 +38,8 @@ from transformers import TrainerCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from instil.data.records import canonical_json, sha256_hex
-from instil.errors import InstilError, ModelError
+from instil.errors import ModelError, NoCheckpointError
+from instil.files import write_atomic
 from instil.store import Store
 from instil.train.batching import LengthBucketSampler
 
@@ -46,7 +47,6 @@ __all__ = [
     "MARKER",
     "Checkpoint",
     "CheckpointRecorder",
-    "NoCheckpointError",
     "StopOnInterrupt",
     "TrainingInterrupted",
     "checkpoint_folder",
@@ -162,12 +162,7 @@ def mark_checkpoint(folder: Path, *, step: int, run_id: int | None = None) -> Ch
             _fsync(p)  # the marker promises the bytes are on disk, not just in the page cache
             files[p.relative_to(folder).as_posix()] = _sha256_file(p)
     body = json.dumps({"step": step, "run_id": run_id, "files": files}, indent=1, sort_keys=True).encode()
-    tmp = folder / f".{MARKER}.tmp-{os.getpid()}"
-    with tmp.open("wb") as f:
-        f.write(body)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, folder / MARKER)
+    write_atomic(folder / MARKER, body, durable=True)
     _fsync(folder)
     return Checkpoint(folder, step, files, sha256_hex(body), run_id)
 
@@ -210,10 +205,6 @@ def _problems(checkpoint: Checkpoint, recorded: set[str]) -> list[str]:
     for name in sorted(present - set(checkpoint.files)):
         problems.append(f"{name} was added after the checkpoint was written")
     return problems
-
-
-class NoCheckpointError(InstilError):
-    """``--resume`` found no complete checkpoint of an earlier run with the same settings and data."""
 
 
 def _folders(root: Path) -> list[tuple[int, Path]]:

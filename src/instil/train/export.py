@@ -7,10 +7,12 @@
 What is written, by the kind of model version:
 
 * **LoRA**: the base model is loaded in float32 (from the folder recorded with the model version, see
-  :func:`base_source`), the adapter applied with PEFT and folded in with ``merge_and_unload()``; the result is saved
-  with ``save_pretrained(safe_serialization=True)`` in the base's own dtype (merging itself runs in float32, so a
-  bf16 base loses nothing to rounding before the final cast). The merged folder loads with plain transformers
-  (``AutoModelForCausalLM.from_pretrained``), no PEFT needed, and gives the logits base+adapter gave.
+  :func:`~instil.train.models.trained_base`) through the one inference loader
+  (:func:`~instil.train.models.load_for_inference`), the adapter applied with PEFT and folded in with
+  ``merge_and_unload()``; the result is saved with ``save_pretrained(safe_serialization=True)`` in the base's own
+  dtype (merging itself runs in float32, so a bf16 base loses nothing to rounding before the final cast). The
+  merged folder loads with plain transformers (``AutoModelForCausalLM.from_pretrained``), no PEFT needed, and gives
+  the logits base+adapter gave.
 * **QLoRA**: the adapter was trained against the 4-bit NF4 base, so it is merged into that base *dequantized* to
   float (``load_in_4bit`` then ``model.dequantize()``): the merged weights are the weights the adapter actually saw
   during training, rounding of NF4 included, rather than the original full-precision ones. Needs bitsandbytes.
@@ -36,9 +38,9 @@ from typing import Any
 from instil.env import library_versions
 from instil.errors import InstilError, ModelError, StoreError
 from instil.store import ModelVersion, Store
-from instil.train.models import load_model, weights_sha256
+from instil.train.models import load_for_inference, trained_base, weights_sha256
 
-__all__ = ["EXPORT_FILE", "base_source", "export_model", "model_kind"]
+__all__ = ["EXPORT_FILE", "export_model", "model_kind"]
 
 EXPORT_FILE = "instil_export.json"
 """The provenance file written into every exported folder."""
@@ -67,32 +69,6 @@ def model_kind(folder: Path) -> str:
         f"{folder} holds neither an adapter (adapter_config.json) nor a model (config.json)",
         hint="check the folder was written by `instil train` and is complete; the store records where each model is",
     )
-
-
-def base_source(model: ModelVersion, folder: Path) -> str | Path:
-    """Where the base of an adapter is loaded from: the folder recorded at training, else the adapter's own record.
-
-    In order: the resolved base in the model version's meta (``model_info.path``: for ``tiny``, the built folder in
-    the instil home; for a local ``model.base``, its absolute path; for a hub id, its cache snapshot), then PEFT's
-    ``base_model_name_or_path`` in ``adapter_config.json``, then the model version's ``base_model`` (a hub id).
-    A recorded folder that no longer exists is an error, never a silent switch to another base.
-    """
-    recorded = (model.meta.get("model_info") or {}).get("path")
-    candidates = [recorded, _read_json(folder / "adapter_config.json").get("base_model_name_or_path")]
-    for value in candidates:
-        if not value:
-            continue
-        path = Path(str(value)).expanduser()
-        if path.is_absolute() or path.exists():
-            if not path.is_dir():
-                raise ModelError(
-                    f"the base of {model.ref} was {path} at training time, and that folder is gone",
-                    hint="restore the base model folder there (for model.base: tiny, re-run `instil train` once to "
-                    "rebuild it), or export with --no-merge to copy the adapter alone",
-                )
-            return path
-        return str(value)  # a hub id: load_model resolves it in the local cache, at the recorded revision
-    return model.base_model
 
 
 def export_model(store: Store, job: str, *, version: int | None = None, dest: Path, merge: bool = True) -> Path:
@@ -140,10 +116,9 @@ def export_model(store: Store, job: str, *, version: int | None = None, dest: Pa
             "base": {"base_model": model.base_model, "revision": model.revision},
         }
         if kind in ("lora", "qlora") and merge:
-            base = base_source(model, source)
-            record["base"]["path"] = str(base)
+            record["base"]["path"] = str(trained_base(model))
             record["adapter_files"] = _file_hashes(source, _ADAPTER_FILES)
-            record["dtype"] = _merge(source, base, staging, revision=model.revision, qlora=kind == "qlora")
+            record["dtype"] = _merge(model, staging)
             for name in _CARRIED:
                 if (source / name).is_file():
                     shutil.copy2(source / name, staging / name)
@@ -165,38 +140,21 @@ def export_model(store: Store, job: str, *, version: int | None = None, dest: Pa
     return dest
 
 
-def _merge(adapter: Path, base: str | Path, out: Path, *, revision: str | None, qlora: bool) -> str:
-    """Merge the LoRA adapter in ``adapter`` into ``base`` and save model and tokenizer to ``out``; returns the dtype.
+def _merge(model: ModelVersion, out: Path) -> str:
+    """Merge the LoRA adapter of ``model`` into its base and save model and tokenizer to ``out``; returns the dtype.
 
-    Merging runs in float32; the merged model is saved in the base's own dtype.
+    Merging runs in float32 on the CPU; the merged model is saved in the base's own dtype.
     """
     import torch
-    from peft import PeftModel
-    from transformers import AutoTokenizer
 
-    base_model = load_model(
-        base,
-        revision=revision if isinstance(base, str) else None,
-        dtype="float32",
-        quantization="4bit" if qlora else None,
-    )
-    if qlora:
-        base_model = base_model.dequantize(dtype=torch.float32)  # the NF4 weights the adapter was trained against
-    saved_dtype = _config_dtype(base_model.config)
-    try:
-        wrapped = PeftModel.from_pretrained(base_model, adapter, is_trainable=False)
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
-        raise ModelError(
-            f"cannot apply the adapter in {adapter} to the base {base}: {str(e).splitlines()[0] if str(e) else e!r}",
-            hint="the base must be the model the adapter was trained on; check model_info.path in the model's meta",
-        ) from None
-    merged = wrapped.merge_and_unload()
+    loaded = load_for_inference(model, merge=True, dtype="float32", device="cpu")
+    merged = loaded.model
+    saved_dtype = _config_dtype(merged.config)
     if saved_dtype != torch.float32:
         merged = merged.to(saved_dtype)
     merged.save_pretrained(out, safe_serialization=True)
     # The adapter folder's tokenizer carries the chat template training rendered with (a base may have none).
-    tokenizer = AutoTokenizer.from_pretrained(adapter)
-    tokenizer.save_pretrained(out)
+    loaded.tokenizer.save_pretrained(out)
     return str(saved_dtype).removeprefix("torch.")
 
 

@@ -13,11 +13,11 @@ does the rest (DistributedSampler, gradient all-reduce). Only rank 0 records the
 and prints; the others train.
 
 **Batch size.** ``training.batch_size`` is the *global* batch, as in a single-process run: each of the N processes
-takes ``batch_size / N`` rows a step (:func:`distributed_settings`), so the optimizer sees the same number of rows
-a step and the learning rate keeps its meaning. A batch size that N does not divide is refused. The loss is averaged
-over the tokens of the whole global batch (``average_tokens_across_devices``), so a step over the same rows gives the
-same update as one process would, up to float rounding. The *order* of rows differs (each process samples its own
-shard), so runs match exactly only when a step takes the whole training set.
+takes ``batch_size / N`` rows a step (:func:`~instil.train.distributed.distributed_settings`), so the optimizer
+sees the same number of rows a step and the learning rate keeps its meaning. A batch size that N does not divide is
+refused. The loss is averaged over the tokens of the whole global batch (``average_tokens_across_devices``), so a
+step over the same rows gives the same update as one process would, up to float rounding. The *order* of rows
+differs (each process samples its own shard), so runs match exactly only when a step takes the whole training set.
 
 **CPU.** Without CUDA the workers use the ``gloo`` backend and ``use_cpu=True``. Note that
 ``accelerate launch --cpu --num_processes 2`` starts a single process; without a config instil uses torchrun,
@@ -33,22 +33,23 @@ import sys
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
+from rich.console import Console
+
+from instil.env import cuda_available, home_dir
 from instil.errors import InstilError
+from instil.spec import load_spec
+from instil.store import Store
+from instil.train.distributed import is_main_process, shutdown, world
+from instil.train.sft import follow_sft, train_sft
 
 __all__ = [
     "CONFIGS",
     "LAUNCH_ID_ENV",
-    "all_sum",
-    "barrier",
     "config_path",
-    "distributed_settings",
-    "is_main_process",
     "launch",
     "launch_command",
     "main",
-    "world",
 ]
 
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -64,67 +65,6 @@ DEEPSPEED_JSON = {"deepspeed-zero2": "deepspeed-zero2.json", "deepspeed-zero3": 
 """The DeepSpeed config each DeepSpeed accelerate YAML uses (passed as an absolute path at launch)."""
 LAUNCH_ID_ENV = "INSTIL_LAUNCH_ID"
 """Set by :func:`launch` to one id shared by all its workers: they name their shared checkpoint folder with it."""
-
-
-# ---- inside a worker -------------------------------------------------------------------------------------------------
-def world() -> tuple[int, int]:
-    """(rank, world size) of this process, from the variables torchrun and accelerate set; (0, 1) when not launched."""
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def is_main_process() -> bool:
-    """True on rank 0 (and in a plain single-process run): the process that records, saves and prints."""
-    return world()[0] == 0
-
-
-def distributed_settings(batch_size: int, *, cuda: bool) -> dict[str, Any]:
-    """The settings a launched worker adds (``{}`` in a single process), as :class:`instil.train.sft.Setting` values.
-
-    ``per_device_batch_size`` = ``batch_size / N`` keeps the global batch equal to ``training.batch_size``.
-    """
-    from instil.train.sft import Setting  # sft imports this module: import at call time
-
-    rank, size = world()
-    if size <= 1:
-        return {}
-    if batch_size % size:
-        raise InstilError(
-            f"training.batch_size is {batch_size}, which {size} processes cannot split evenly: each process takes "
-            "batch_size / processes rows a step so that the global batch stays training.batch_size",
-            hint=f"set training.batch_size to a multiple of {size}, or launch a number of processes that divides it",
-        )
-    s = {
-        "processes": Setting(size, "argument", "instil train --processes"),
-        "per_device_batch_size": Setting(
-            batch_size // size, "data", f"global batch {batch_size} over {size} processes"
-        ),
-    }
-    if not cuda:
-        s["use_cpu"] = Setting(True, "default", "no CUDA: processes on CPU")
-        s["ddp_backend"] = Setting("gloo", "default", "the CPU backend of torch.distributed")
-    return s
-
-
-def barrier() -> None:
-    """Wait for every process (a no-op in a single process)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
-def all_sum(*values: int) -> tuple[int, ...]:
-    """Each integer summed over all processes (unchanged in a single process); every process must call it."""
-    import torch
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return tuple(values)
-    t = torch.tensor(values, dtype=torch.float64)
-    if dist.get_backend() == "nccl":
-        t = t.cuda()
-    dist.all_reduce(t)
-    return tuple(int(v) for v in t.cpu().tolist())
 
 
 # ---- starting the workers --------------------------------------------------------------------------------------------
@@ -187,15 +127,9 @@ def launch(
     """
     cmd = launch_command(spec_path, processes=processes, config=config, extra_args=extra_args)
     child_env = {**os.environ, **(env or {}), LAUNCH_ID_ENV: uuid.uuid4().hex[:12]}
-    if config is None and not _cuda():
+    if config is None and not cuda_available():
         child_env.setdefault("ACCELERATE_USE_CPU", "true")
     return subprocess.run(cmd, env=child_env, check=False).returncode
-
-
-def _cuda() -> bool:
-    import torch
-
-    return bool(torch.cuda.is_available())
 
 
 # ---- the worker entry ------------------------------------------------------------------------------------------------
@@ -213,26 +147,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _work(args)
     finally:
-        _shutdown()
-
-
-def _shutdown() -> None:
-    """Tear the process group down before exit: a gloo thread left running aborts the process ("terminate called
-    without an active exception"), which torchrun reports as a failed worker."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+        shutdown()
 
 
 def _work(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
-    from instil.env import home_dir
-    from instil.spec import load_spec
-    from instil.store import Store
-    from instil.train.sft import follow_sft, train_sft
-
     err = Console(stderr=True, highlight=False)
     try:
         spec = load_spec(args.spec)

@@ -31,25 +31,29 @@ from pathlib import Path
 from typing import Any
 
 from instil.data.records import Example, sha256_hex
-from instil.env import home_dir
-from instil.errors import DependencyError, InstilError, ModelError
-from instil.spec import ModelSpec
-from instil.train.tiny import TINY_MARKER, TINY_NOTICE
+from instil.env import cuda_available, home_dir
+from instil.errors import DependencyError, InstilError, ModelError, NotFoundError
+from instil.files import replacing
+from instil.jobdata import dataset_name
+from instil.spec import TINY_BASES, JobSpec, ModelSpec, is_tiny_base
+from instil.store import ModelVersion, Store
+from instil.train.chat import ChatRenderer, resolve_template
+from instil.train.tiny import TINY_MARKER, TINY_NOTICE, TinySettings, build_tiny, tiny_cache_key
 
 __all__ = [
-    "TINY_BASES",
+    "LoadedModel",
     "ModelError",
     "ModelInfo",
-    "is_tiny_base",
+    "default_dtype",
+    "job_base",
+    "load_for_inference",
     "load_model",
     "load_tokenizer",
     "model_info",
     "resolve_base",
+    "trained_base",
     "weights_sha256",
 ]
-
-TINY_BASES = {"tiny": "llama", "tiny-llama": "llama", "tiny-qwen2": "qwen2"}
-"""Values of ``model.base`` that build a tiny random model, and the architecture each builds."""
 
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -88,11 +92,6 @@ class ModelInfo:
 
 
 # ---- resolving -------------------------------------------------------------------------------------------------------
-def is_tiny_base(base: str) -> bool:
-    """Whether ``model.base`` names the built-in tiny preset."""
-    return base in TINY_BASES
-
-
 def resolve_base(
     spec: ModelSpec,
     *,
@@ -114,62 +113,19 @@ def resolve_base(
                 hint="pass the training examples: resolve_base(spec.model, root=..., examples=train_examples)",
             )
         return _build_tiny_cached(list(examples), TINY_BASES[base], cache_dir or home_dir(root) / "models" / "tiny")
-    local = _local_path(base, root)
-    if local is not None:
-        _check_local_dir(local, base)
-        return local
-    return base
-
-
-def _local_path(base: str, root: Path | None) -> Path | None:
-    """The folder ``base`` names, or None when it reads as a hub id (``org/name``) and no such folder exists."""
-    expanded = Path(base).expanduser()
-    candidate = expanded if expanded.is_absolute() or root is None else Path(root) / expanded
-    if candidate.exists():
-        return candidate.resolve()
-    # A hub id is `name` or `org/name`; anything else shaped like a path is a folder the user expected to exist.
-    if base.startswith((".", "/", "~")) or "\\" in base or base.count("/") > 1 or base.endswith("/"):
-        return candidate
-    return None
-
-
-def _check_local_dir(path: Path, base: str) -> None:
-    if not path.exists():
-        raise ModelError(
-            f"model folder not found: {path} (model.base is {base!r})",
-            hint="check the path (relative paths are read from the spec's folder), or use a hub id like 'org/name'",
-        )
-    if not path.is_dir():
-        raise ModelError(
-            f"model.base {base!r} points to a file, {path}; it must be a folder holding config.json and the weights",
-            hint="point model.base at the folder that `save_pretrained` wrote",
-        )
-    if not (path / "config.json").is_file():
-        raise ModelError(
-            f"{path} has no config.json, so it is not a Hugging Face model folder (model.base is {base!r})",
-            hint="point model.base at the folder that `save_pretrained` or `hf download` wrote",
-        )
+    return spec.locate(root)
 
 
 def _build_tiny_cached(examples: list[Example], arch: str, cache_dir: Path) -> Path:
-    from instil.train.tiny import TinySettings, build_tiny, tiny_cache_key
-
     settings = TinySettings(arch=arch)  # type: ignore[arg-type]
     key = tiny_cache_key(examples, settings)
     target = Path(cache_dir) / f"{arch}-{key[:16]}"
     if (target / TINY_MARKER).is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Build beside the target and rename: a crash mid-build never leaves a half-written model that looks complete.
-    staging = target.parent / f".{target.name}.{os.getpid()}.tmp"
-    _remove_tree(staging)
-    build_tiny(examples, staging, **asdict(settings))
-    try:
-        os.replace(staging, target)
-    except OSError:
-        if not (target / TINY_MARKER).is_file():  # not a concurrent build that finished first
-            raise
-        _remove_tree(staging)
+    # Built beside the target and renamed: a crash mid-build never leaves a half-written model that looks complete;
+    # a concurrent build that finished first is kept.
+    with replacing(target, keep_existing=True) as staging:
+        build_tiny(examples, staging, **asdict(settings))
     return target
 
 
@@ -197,12 +153,14 @@ def _source(spec_or_path: ModelSpec | str | Path, revision: str | None, root: Pa
                 f"model.base is {base!r}: build it first with resolve_base(spec.model, root=..., examples=...)",
                 hint="pass the folder resolve_base returns to load_model and load_tokenizer",
             )
+        located = spec_or_path.locate(root)
     else:
         base = str(spec_or_path)
-    local = spec_or_path if isinstance(spec_or_path, Path) else _local_path(base, root)
-    if local is not None:
-        _check_local_dir(Path(local), base)
-        return Path(local), base
+        # A Path is a folder whatever its shape; a string may be a hub id.
+        where = Path(spec_or_path).expanduser().absolute() if isinstance(spec_or_path, Path) else base
+        located = ModelSpec(base=str(where)).locate(root)
+    if isinstance(located, Path):
+        return located, base
     offline = _offline() or not _hub_reachable()
     cached = _cached_snapshot(base, revision) if (offline or _is_commit(revision)) else None
     if cached is not None:
@@ -394,7 +352,7 @@ def _quantization_config(quantization: str) -> Any:
         )
     from transformers import BitsAndBytesConfig
 
-    cuda = torch.cuda.is_available()
+    cuda = cuda_available()
     if quantization == "8bit":
         if not cuda:  # bitsandbytes' int8 matmul has no CPU path
             raise ModelError("8bit loading needs a CUDA GPU and none is visible", hint="use 4bit (QLoRA) or lora")
@@ -458,12 +416,162 @@ def _load_error(
 
 def _chat_template(value: str, root: Path | None) -> str:
     """``model.chat_template`` as Jinja text: a built-in name, Jinja text, or a .jinja path (read from ``root``)."""
-    from instil.train.chat import resolve_template
-
     relative = Path(value.strip()).expanduser()
     if root is not None and "{" not in value and not relative.is_absolute() and (Path(root) / relative).is_file():
         value = str(Path(root) / relative)
     return resolve_template(value)[0]
+
+
+# ---- loading for inference: evaluation, serving, export ------------------------------------------------------------
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model ready to generate: the model (a PEFT model for an unmerged adapter), its tokenizer, its renderer."""
+
+    model: Any
+    tokenizer: Any
+    """The tokenizer with the chat template training rendered with (saved beside a trained version)."""
+    renderer: ChatRenderer
+    """The one rendering path of training, evaluation and serving."""
+
+
+def default_dtype() -> str:
+    """``auto`` (the checkpoint's own dtype) on CUDA, float32 on CPU, where half precision is slow or unsupported
+    for many kernels. Training and inference load with the same choice."""
+    return "auto" if cuda_available() else "float32"
+
+
+def load_for_inference(
+    source: ModelVersion | ModelSpec,
+    *,
+    root: Path | None = None,
+    trust_remote_code: bool = False,
+    allow_dropped_messages: bool = False,
+    merge: bool = False,
+    dtype: str | Any | None = None,
+    device: str | None = None,
+) -> LoadedModel:
+    """Load a trained model version, or a base model as a (resolved, not ``tiny``) :class:`ModelSpec` says.
+
+    A version is a PEFT adapter on the base it was trained on (:func:`trained_base`), or a whole model folder; its
+    tokenizer is the one saved beside it. ``merge`` folds a LoRA adapter into its base (``merge_and_unload``; for a
+    QLoRA adapter into the NF4 base dequantized, the weights the adapter saw in training). ``dtype`` defaults to
+    :func:`default_dtype`, ``device`` to ``cuda`` when one is visible; a base spec's own ``trust_remote_code`` and
+    ``allow_dropped_messages`` apply too.
+    """
+    dtype = dtype or default_dtype()
+    if isinstance(source, ModelSpec):
+        tokenizer = load_tokenizer(source, root=root)
+        model = load_model(source, root=root, dtype=dtype)
+        allow_dropped_messages = allow_dropped_messages or source.allow_dropped_messages
+    else:
+        tokenizer, model = _load_version(source, trust_remote_code, merge, dtype, root)
+    if device is None and cuda_available():
+        device = "cuda"
+    if device is not None:
+        model = model.to(device)
+    return LoadedModel(model, tokenizer, ChatRenderer(tokenizer, allow_dropped_messages=allow_dropped_messages))
+
+
+def _load_version(
+    version: ModelVersion, trust_remote_code: bool, merge: bool, dtype: str | Any, root: Path | None
+) -> tuple[Any, Any]:
+    from transformers import AutoTokenizer
+
+    folder = Path(version.path)
+    if not folder.is_dir():
+        raise ModelError(f"model {version.ref}: its folder {folder} is gone", hint="retrain it (`instil train`)")
+    # Saved beside the weights with the template training rendered with (an adapter folder has no config.json,
+    # which load_tokenizer asks of a model folder).
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if not (folder / "adapter_config.json").is_file():
+        return tokenizer, load_model(folder, dtype=dtype)
+    from peft import PeftModel
+
+    qlora = merge and version.meta.get("adapter") == "qlora"
+    base_path = trained_base(version)
+    base = load_model(
+        base_path,
+        revision=version.revision if isinstance(base_path, str) else None,
+        trust_remote_code=trust_remote_code,
+        root=root,
+        dtype=dtype,
+        quantization="4bit" if qlora else None,
+    )
+    if qlora:
+        import torch
+
+        base = base.dequantize(dtype=torch.float32)  # the NF4 weights the adapter was trained against
+    try:
+        model = PeftModel.from_pretrained(base, folder, is_trainable=False)
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise ModelError(
+            f"cannot apply the adapter in {folder} to the base {base_path}: "
+            f"{str(e).splitlines()[0] if str(e) else e!r}",
+            hint="the base must be the model the adapter was trained on; check model_info.path in the model's meta",
+        ) from None
+    return tokenizer, model.merge_and_unload() if merge else model
+
+
+def trained_base(version: ModelVersion) -> Path | str:
+    """The base a trained adapter version was trained on: the folder recorded at training, else the adapter's own
+    record.
+
+    In order: the resolved base in the model version's meta (``model_info.path``: for ``tiny``, the built folder in
+    the instil home; for a local ``model.base``, its absolute path; for a hub id, its cache snapshot), then PEFT's
+    ``base_model_name_or_path`` in ``adapter_config.json``, then the model version's ``base_model`` (a hub id).
+    A recorded folder that no longer exists is an error, never a silent switch to another base.
+    """
+    recorded = (version.meta.get("model_info") or {}).get("path")
+    config = Path(version.path) / "adapter_config.json"
+    try:
+        adapter = json.loads(config.read_text(encoding="utf-8")) if config.is_file() else {}
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{config} is not readable JSON: {e}", hint="the output is damaged; train it again") from None
+    for value in (recorded, adapter.get("base_model_name_or_path") if isinstance(adapter, dict) else None):
+        if not value:
+            continue
+        path = Path(str(value)).expanduser()
+        if path.is_absolute() or path.exists():
+            if not path.is_dir():
+                raise ModelError(
+                    f"the base of {version.ref} was {path} at training time, and that folder is gone",
+                    hint="restore the base model folder there (for model.base: tiny, re-run `instil train` once to "
+                    "rebuild it), or export with --no-merge to copy the adapter alone",
+                )
+            return path
+        return str(value)  # a hub id: load_model resolves it in the local cache, at the recorded revision
+    return version.base_model
+
+
+def job_base(spec: JobSpec, store: Store) -> Path | str:
+    """The base model a job's base candidates run and serve: the folder the latest model was trained from, else
+    what training would resolve (for ``tiny``, the model built from the training split as training saw it).
+
+    A recorded ``tiny`` base that is gone is an error: a rebuilt one would be another random model."""
+    models = store.list_models(spec.name)
+    if models:
+        recorded = (models[-1].meta.get("model_info") or {}).get("path")
+        if recorded and Path(recorded).exists():
+            return Path(recorded)
+        if recorded and spec.model.is_tiny:
+            raise ModelError(
+                f"model {models[-1].ref} was trained from the tiny base at {recorded}, which no longer exists; a "
+                "rebuilt one would be a different random model, so the base candidates would mean nothing",
+                hint="retrain (`instil train`), or evaluate only the tuned model (--candidate)",
+            )
+    examples = None
+    if spec.model.is_tiny:
+        try:
+            train = store.get_dataset(dataset_name(spec, "train"))
+        except NotFoundError:
+            raise ModelError(
+                f"model.base is {spec.model.base!r}, whose tokenizer is built from the training split, but "
+                f"{dataset_name(spec, 'train')} does not exist yet",
+                hint="run `instil data split` first",
+            ) from None
+        # The tiny base's tokenizer is built from exactly what training saw.
+        examples = [e.with_system_prompt(spec.short_prompt) for e in store.iter_examples(train)]
+    return resolve_base(spec.model, root=spec.root, examples=examples)
 
 
 # ---- describing ------------------------------------------------------------------------------------------------------
@@ -486,17 +594,16 @@ def model_info(path_or_model: str | Path | Any, *, base: str | None = None, revi
             has_chat_template=bool(folder and _has_chat_template(folder)),
         )
     name = str(path_or_model)
-    folder = _local_path(name, None) if not isinstance(path_or_model, Path) else path_or_model
+    where = Path(path_or_model).expanduser().absolute() if isinstance(path_or_model, Path) else name
+    located = ModelSpec(base=str(where)).locate(None)
+    folder = located if isinstance(located, Path) else _cached_snapshot(name, revision)
     if folder is None:
-        folder = _cached_snapshot(name, revision)
-        if folder is None:
-            raise ModelError(
-                f"model {name!r}{_at(revision)} is not in the local Hugging Face cache; model_info reads local "
-                "files only",
-                hint=f"download it first with `hf download {name}`, or load it with load_model and pass the model",
-            )
-    _check_local_dir(folder, name)
-    folder = folder.resolve()
+        raise ModelError(
+            f"model {name!r}{_at(revision)} is not in the local Hugging Face cache; model_info reads local files only",
+            hint=f"download it first with `hf download {name}`, or load it with load_model and pass the model",
+        )
+    folder = ModelSpec(base=str(folder)).locate(None)
+    assert isinstance(folder, Path)
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     return ModelInfo(
         base=base or name,

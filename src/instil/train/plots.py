@@ -12,12 +12,12 @@ backend, safe to call from a server thread. The file is written to a temp name a
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from instil.errors import DataError, DependencyError
+from instil.files import replacing
 
 __all__ = ["loss_points", "plot_loss"]
 
@@ -98,11 +98,6 @@ def plot_loss(history: Sequence[dict[str, Any]], path: Path, *, title: str | Non
     ax.grid(True, alpha=0.3)
     ax.legend()
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with replacing(path) as staging:
         figure.savefig(staging, format="png")
-        os.replace(staging, path)
-    finally:
-        staging.unlink(missing_ok=True)
     return path

@@ -18,15 +18,14 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from instil.env import library_versions
 from instil.errors import ModelError
 from instil.store import ModelVersion, Store
 from instil.train.models import weights_sha256
-
-if TYPE_CHECKING:
-    from instil.train.sft import SftPlan
+from instil.train.plan import TrainPlan
+from instil.train.plots import plot_loss
 
 __all__ = ["TrainMetrics", "gathered_state", "loss_history", "measure", "record_run", "save_model"]
 
@@ -107,7 +106,7 @@ def gathered_state(trainer: Any) -> dict[str, Any] | None:
 
 
 def save_model(
-    plan: SftPlan,
+    plan: TrainPlan,
     model: Any,
     folder: Path,
     metrics: TrainMetrics,
@@ -127,8 +126,6 @@ def save_model(
     plan.tokenizer.save_pretrained(folder)
     (folder / "loss_history.json").write_text(json.dumps(history, indent=1), encoding="utf-8")
     if any("loss" in h or "eval_loss" in h for h in history):
-        from instil.train.plots import plot_loss
-
         plot_loss(history, folder / "loss_curve.png")
     summary = {**plan.config(), "metrics": metrics.to_dict(), "end_of_turn": plan.renderer.end_of_turn}
     (folder / "instil_train.json").write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
@@ -140,7 +137,7 @@ def save_model(
 def record_run(
     store: Store,
     run_id: int,
-    plan: SftPlan,
+    plan: TrainPlan,
     target: Path,
     metrics: TrainMetrics,
     history: list[dict[str, Any]],

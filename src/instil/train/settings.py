@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from instil.env import cuda_available
 from instil.spec import JobSpec
 
 __all__ = ["Setting", "resolve_max_length", "resolve_settings", "validation_split"]
@@ -158,4 +159,4 @@ def resolve_settings(
 def _bf16_ok() -> bool:
     import torch
 
-    return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    return cuda_available() and bool(torch.cuda.is_bf16_supported())

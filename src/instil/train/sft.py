@@ -33,7 +33,6 @@ It reads top to bottom:
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -42,28 +41,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from instil.data.records import Example, Message
-from instil.data.stages import assert_no_holdout_leak, dataset_name
+from instil.env import cuda_available
 from instil.errors import DataError, InstilError
+from instil.files import replacing
+from instil.jobdata import assert_no_holdout_leak, dataset_name
 from instil.spec import JobSpec
 from instil.store import DatasetVersion, ModelVersion, Store
 from instil.train.chat import ChatRenderer
-from instil.train.launch import all_sum, barrier, distributed_settings
+from instil.train.distributed import all_sum, barrier, distributed_settings
 from instil.train.masking import IGNORE_INDEX, tokenize_example
-from instil.train.models import ModelInfo, is_tiny_base, load_model, load_tokenizer, model_info, resolve_base
+from instil.train.models import ModelInfo, default_dtype, load_model, load_tokenizer, model_info, resolve_base
+from instil.train.plan import TrainPlan
 from instil.train.record import TrainMetrics, gathered_state, loss_history, measure, record_run, save_model
 from instil.train.settings import Setting, resolve_max_length, resolve_settings, validation_split
 
 __all__ = [
-    "Setting",
-    "SftPlan",
-    "TrainMetrics",
     "TrainResult",
     "build_trainer",
     "follow_sft",
     "prepare_sft",
     "train_sft",
-    "with_short_prompt",
 ]
 
 
@@ -90,82 +87,34 @@ class TrainResult:
         return [(name, s.value, s.source) for name, s in self.resolved.items()]
 
 
-@dataclass
-class SftPlan:
-    """Everything prepared before training: data, model, tokenized rows and resolved settings."""
-
-    spec: JobSpec
-    dataset: DatasetVersion
-    """The ``<job>:train`` version trained on."""
-    model: Any
-    """The loaded base model (not yet wrapped by PEFT)."""
-    tokenizer: Any
-    renderer: ChatRenderer
-    info: ModelInfo
-    train_rows: list[dict[str, list[int]]]
-    """Pre-tokenized training rows: ``input_ids`` and ``labels`` (-100 outside the trained turns)."""
-    eval_rows: list[dict[str, list[int]]]
-    """The validation slice, taken from the training split (never the holdout)."""
-    settings: dict[str, Setting]
-    dropped: list[str] = field(default_factory=list)
-    """Keys of examples left out because nothing trainable was left after truncation."""
-
-    def config(self) -> dict[str, Any]:
-        """The resolved settings as JSON, recorded as the run's config."""
-        return {
-            "settings": {k: {"value": s.value, "source": s.source, "why": s.why} for k, s in self.settings.items()},
-            "dataset": {"ref": self.dataset.ref, "sha256": self.dataset.sha256},
-            "base_model": self.info.to_dict(),
-        }
-
-
-# ---- 1. data ---------------------------------------------------------------------------------------------------------
-def with_short_prompt(example: Example, short_prompt: str | None) -> Example:
-    """The example as the tuned model sees it: its system messages replaced by ``short_prompt`` (dropped when None)."""
-    rest = [m for m in example.messages if m.role != "system"]
-    messages = ([Message("system", short_prompt)] if short_prompt is not None else []) + rest
-    return Example(
-        messages=messages,
-        tools=example.tools,
-        rejected=example.rejected,
-        id=example.key(),
-        tags=list(example.tags),
-        group=example.group,
-        meta=dict(example.meta),
-        source=example.source,
-    )
-
-
 # ---- 2 and 3. model, tokens, settings --------------------------------------------------------------------------------
 def prepare_sft(
     spec: JobSpec, store: Store, *, max_steps: int | None = None, dataset: DatasetVersion | None = None
-) -> SftPlan:
+) -> TrainPlan:
     """Load the data and model, tokenize with our masks and resolve every setting; records nothing.
 
     ``dataset`` is the training version to use (default: the newest version of ``<job>:train``).
 
     Raises :class:`HoldoutLeakError` when a training example matches the frozen holdout.
     """
-    import torch
-
     if dataset is None:
         dataset = store.get_dataset(dataset_name(spec, "train"))
     stored = list(store.iter_examples(dataset))
     if not stored:
         raise DataError(f"dataset {dataset.ref} is empty: nothing to train on", hint="add examples, then re-split")
     assert_no_holdout_leak(spec, store, stored)
-    examples = [with_short_prompt(e, spec.short_prompt) for e in stored]
+    examples = [e.with_system_prompt(spec.short_prompt) for e in stored]
 
     t = spec.training
-    cuda = torch.cuda.is_available()
+    cuda = cuda_available()
     source = resolve_base(spec.model, root=spec.root, examples=examples)
     # The resolved folder (or hub id) with the spec's revision, trust setting and chat template.
     local_spec = spec.model.model_copy(update={"base": str(source)})
     tokenizer = load_tokenizer(local_spec, root=spec.root)
-    dtype = "auto" if cuda else "float32"  # half precision on CPU is slow or unsupported for many kernels
+    dtype = default_dtype()
     model = load_model(local_spec, root=spec.root, dtype=dtype, quantization="4bit" if t.adapter == "qlora" else None)
     info = model_info(model, base=spec.model.base, revision=spec.model.revision)
-    if is_tiny_base(spec.model.base):
+    if spec.model.is_tiny:
         info = ModelInfo(**{**info.to_dict(), "is_tiny": True})
     renderer = ChatRenderer(tokenizer, allow_dropped_messages=spec.model.allow_dropped_messages)
 
@@ -206,13 +155,7 @@ def prepare_sft(
     s["examples"] = Setting(len(stored), "data", f"{dataset.ref} ({dataset.short_hash})")
     s["truncated_examples"] = Setting(truncated, "data", f"longer than max_length={max_length}")
     s["dropped_examples"] = Setting(len(dropped), "data", "no trained token left after truncation")
-    return SftPlan(spec, dataset, model, tokenizer, renderer, info, train_rows, eval_rows, s, dropped)
-
-
-def _cuda() -> bool:
-    import torch
-
-    return bool(torch.cuda.is_available())
+    return TrainPlan(spec, dataset, model, tokenizer, renderer, info, train_rows, eval_rows, s, dropped)
 
 
 def _peft_config(spec: JobSpec) -> Any:
@@ -235,13 +178,14 @@ def _peft_config(spec: JobSpec) -> Any:
 
 
 # ---- 4. train --------------------------------------------------------------------------------------------------------
-def build_trainer(plan: SftPlan, checkpoint_dir: Path, *, callbacks: list[Any] = ()) -> Any:
+def build_trainer(plan: TrainPlan, checkpoint_dir: Path, *, callbacks: list[Any] = ()) -> Any:
     """TRL's ``SFTTrainer`` for the plan: our rows and labels as they are, the PEFT config, early stopping."""
     from datasets import Dataset
     from transformers import EarlyStoppingCallback, PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
-    from instil.train.anomalies import resolve_report_to
+    from instil.train.anomalies import resolve_report_to  # these import transformers: only when training
+    from instil.train.checkpoints import make_resumable
 
     s, has_eval = plan.settings, bool(plan.eval_rows)
     managed = {"output_dir", "num_train_epochs", "learning_rate", "per_device_train_batch_size", "seed"}
@@ -263,7 +207,7 @@ def build_trainer(plan: SftPlan, checkpoint_dir: Path, *, callbacks: list[Any] =
         # marked).
         "save_only_model": False,
         "save_total_limit": None,
-        "dataloader_pin_memory": _cuda(),
+        "dataloader_pin_memory": cuda_available(),
         "eval_strategy": "steps" if has_eval else "no",
         "save_strategy": "steps",
         "load_best_model_at_end": has_eval,  # reads the best checkpoint's safetensors, never training_args.bin
@@ -293,8 +237,6 @@ def build_trainer(plan: SftPlan, checkpoint_dir: Path, *, callbacks: list[Any] =
         ],
     )
     trainer.remove_callback(PrinterCallback)  # the API prints nothing; the CLI renders the summary
-    from instil.train.checkpoints import make_resumable
-
     make_resumable(trainer, s["seed"].value)  # the same batch order after a resume from mid-epoch
     return trainer
 
@@ -409,7 +351,7 @@ def follow_sft(
     )
 
 
-def _checkpoint_identity(plan: SftPlan) -> dict[str, Any]:
+def _checkpoint_identity(plan: TrainPlan) -> dict[str, Any]:
     """What makes two runs the same run, for finding the checkpoints to resume from: settings, data, base weights."""
     return {
         "settings": {k: s.value for k, s in plan.settings.items()},
@@ -419,7 +361,7 @@ def _checkpoint_identity(plan: SftPlan) -> dict[str, Any]:
 
 
 def _train_and_save(
-    plan: SftPlan,
+    plan: TrainPlan,
     target: Path | None,
     *,
     progress: bool,
@@ -429,11 +371,8 @@ def _train_and_save(
     resume_from: Path | None,
 ) -> tuple[TrainMetrics, list[dict[str, Any]]]:
     """Train, then save into ``target``; with ``target`` None (a follower rank, see :func:`follow_sft`) train only."""
-    staging = None if target is None else target.parent / f".{target.name}.partial-{os.getpid()}"
-    if target is not None:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    from instil.train.anomalies import AnomalyCallback
-    from instil.train.callbacks import RichProgress, TokenTally  # imports transformers: only when training
+    from instil.train.anomalies import AnomalyCallback  # these import transformers: only when training
+    from instil.train.callbacks import RichProgress, TokenTally
     from instil.train.checkpoints import CheckpointRecorder, StopOnInterrupt
 
     if resume_from is None and target is not None and checkpoints.exists():
@@ -442,43 +381,39 @@ def _train_and_save(
     recorder, stopper = CheckpointRecorder(store, run_id), StopOnInterrupt()
     anomalies = AnomalyCallback()  # a NaN stops training; spikes and flat loss are recorded in the metrics
     callbacks = [recorder, stopper, anomalies, *([RichProgress(tally)] if progress else [])]
-    try:
-        with _quiet():
-            trainer = build_trainer(plan, checkpoints, callbacks=callbacks)
-            handle = tally.attach(trainer.model)
-            start = time.perf_counter()
-            try:
-                with stopper.installed():
-                    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-            finally:
-                handle.remove()
-            stopper.raise_if_interrupted(recorder.latest)  # checkpoints are kept for --resume
-            anomalies.raise_if_stopped()  # diverged: the run is recorded as failed, with the step
-            seconds = time.perf_counter() - start
-            barrier()  # nobody deletes the checkpoints while another rank still loads the best one from them
-            # Each rank counted its own shard.
-            seen, trained, positions = all_sum(tally.seen, tally.trained, tally.positions)
-            state_dict = gathered_state(trainer)
-            history = loss_history(trainer.state.log_history)
-            metrics = measure(
-                trainer.state,
-                history,
-                seconds=seconds,
-                seen=seen,
-                trained=trained,
-                positions=positions,
-                anomalies=anomalies.to_list(),
-            )
-            if target is None:
-                return metrics, history  # a follower: rank 0 saves, records and cleans up
+    with _quiet():
+        trainer = build_trainer(plan, checkpoints, callbacks=callbacks)
+        handle = tally.attach(trainer.model)
+        start = time.perf_counter()
+        try:
+            with stopper.installed():
+                trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        finally:
+            handle.remove()
+        stopper.raise_if_interrupted(recorder.latest)  # checkpoints are kept for --resume
+        anomalies.raise_if_stopped()  # diverged: the run is recorded as failed, with the step
+        seconds = time.perf_counter() - start
+        barrier()  # nobody deletes the checkpoints while another rank still loads the best one from them
+        # Each rank counted its own shard.
+        seen, trained, positions = all_sum(tally.seen, tally.trained, tally.positions)
+        state_dict = gathered_state(trainer)
+        history = loss_history(trainer.state.log_history)
+        metrics = measure(
+            trainer.state,
+            history,
+            seconds=seconds,
+            seen=seen,
+            trained=trained,
+            positions=positions,
+            anomalies=anomalies.to_list(),
+        )
+        if target is None:
+            return metrics, history  # a follower: rank 0 saves, records and cleans up
+        with replacing(target) as staging:  # a crash mid-save never leaves a model that looks complete
             save_model(plan, trainer.model, staging, metrics, history, state_dict=state_dict)
-            os.replace(staging, target)
-        shutil.rmtree(checkpoints, ignore_errors=True)  # the run is done: nothing left to resume
-        if checkpoints.parent.is_dir() and not any(checkpoints.parent.iterdir()):
-            checkpoints.parent.rmdir()
-    finally:
-        if staging is not None and staging.exists():
-            shutil.rmtree(staging)
+    shutil.rmtree(checkpoints, ignore_errors=True)  # the run is done: nothing left to resume
+    if checkpoints.parent.is_dir() and not any(checkpoints.parent.iterdir()):
+        checkpoints.parent.rmdir()
     return metrics, history
 
 

@@ -25,6 +25,7 @@ from typing import Literal
 
 from instil.data.records import Example, canonical_json, sha256_hex
 from instil.errors import DataError, InstilError
+from instil.train.chat import CHATML_TEMPLATE
 
 __all__ = [
     "TINY_MARKER",
@@ -189,8 +190,6 @@ def _train_tokenizer(texts: list[str], settings: TinySettings):
     # Byte-level BPE (GPT-2 / Qwen style): every string is encodable, so there is no unknown token.
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
-
-    from instil.train.chat import CHATML_TEMPLATE
 
     # The Rust trainer counts words in parallel; one thread keeps the merge order (and tokenizer.json) reproducible.
     previous = os.environ.get("TOKENIZERS_PARALLELISM")

@@ -43,6 +43,7 @@ from pathlib import Path
 from instil.data.records import Example, Message, canonical_json, normalize_text
 from instil.examples.triage import phrases
 from instil.examples.triage.phrases import CATEGORIES, CUES, EMPTY_SUMMARY, ISSUES, LANGUAGES, Issue
+from instil.spec import load_spec
 
 __all__ = [
     "EDGE_FRACTIONS",
@@ -393,8 +394,6 @@ def generate(
     Sizes count lines, planted copies included. Raises ``ValueError`` when a size is too small to hold its edge cases
     and planted problems, or too large for the phrase tables to keep every ticket unlike the others.
     """
-    from instil.spec import load_spec
-
     system_prompt = load_spec(SPEC_PATH).system_prompt
     rng = random.Random(seed)
     seen = _Seen()

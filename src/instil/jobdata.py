@@ -1,4 +1,4 @@
-"""The data stages of the loop for one job: validate, curate, split. Each records what it writes in the store.
+"""A job's datasets in the store: the data stages (validate, curate, split), the frozen holdout and the leak check.
 
     spec = instil.load_spec("instil.yaml")
     with Store.open(home=home_dir(spec.root)) as store:
@@ -10,6 +10,9 @@
 Dataset versions are named ``<job>:raw``, ``<job>:curated``, ``<job>:train``, ``<job>:holdout`` and ``<job>:pool``.
 The first split freezes the holdout: later splits keep it, put every new example on the train side, and leave out
 (and report) any new example that matches a holdout example exactly or nearly.
+
+Layering: this runs :mod:`instil.data`'s pure functions and records their results with :mod:`instil.store`, so it
+sits above both, and below training and evaluation, which name datasets and check the holdout through it.
 """
 
 from __future__ import annotations
