@@ -2,6 +2,7 @@
 
     def test_something(store):               # a fresh SQLite store in the test's temp home
     def test_pg(postgres_url):               # a fresh PostgreSQL schema (skipped when no server is running)
+    def test_api(fake_openai):               # url, log = fake_openai(lambda body, request: "red"): a fake endpoint
 
 PostgreSQL tests need ``INSTIL_TEST_POSTGRES_URL`` (``eval "$(bash .ci/postgres.sh)"`` sets it); each test gets its own
 schema on that database, dropped afterwards, so runs and parallel workers never see each other's rows.
@@ -11,7 +12,8 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -61,3 +63,15 @@ def store(instil_home: Path) -> Iterator[object]:
 
     with Store.open(home=instil_home) as opened:
         yield opened
+
+
+@pytest.fixture
+def fake_openai() -> Iterator[Callable[..., tuple[str, list[dict]]]]:
+    """Starts fake OpenAI-compatible endpoints on loopback for this test (``servers.openai_server``, stopped after it):
+    ``url, log = fake_openai(answer)``. Skips without fastapi, uvicorn or the openai client."""
+    for module in ("fastapi", "uvicorn", "openai"):
+        pytest.importorskip(module)
+    from servers import openai_server
+
+    with ExitStack() as servers:
+        yield lambda answer: servers.enter_context(openai_server(answer))

@@ -8,6 +8,7 @@ import pytest
 from tokenizers import Tokenizer, models
 from transformers import PreTrainedTokenizerFast
 
+from chats import chat
 from instil.data.records import Example
 from instil.train import (
     CHATML_TEMPLATE,
@@ -33,19 +34,6 @@ def tiny_tokenizer(template: str | None = CHATML_TEMPLATE) -> PreTrainedTokenize
     )
     tok.chat_template = template
     return tok
-
-
-def chat(first_weight: int | None = None, system: str = "You are terse.") -> Example:
-    messages = [
-        {"role": "system", "content": system},
-        {"role": "user", "content": "Capital of France?"},
-        {"role": "assistant", "content": "Paris."},
-        {"role": "user", "content": "And Germany?"},
-        {"role": "assistant", "content": "Berlin."},
-    ]
-    if first_weight is not None:
-        messages[2]["weight"] = first_weight
-    return Example.from_dict({"messages": messages})
 
 
 def test_chatml_trains_assistant_content_and_end_marker_only() -> None:

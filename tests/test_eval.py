@@ -5,56 +5,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from servers import serve_app
-
-try:  # FastAPI resolves the handler's annotations by name in this module's globals
-    from fastapi import Request
-except ImportError:  # the endpoint test is skipped then
-    Request = None  # type: ignore[assignment,misc]
-
+from colour_jobs import COLORS, PROMPT, SPEC_HEAD, ticket
 from instil.data.records import Example, Message
-from instil.data.stages import curate_job, split_job
 from instil.errors import DataError, InstilError
 from instil.eval.candidates import default_candidates, default_max_new_tokens, prompt_examples
 from instil.eval.compare import evaluate, select_candidates
+from instil.eval.report import write_report
+from instil.jobdata import curate_job, split_job
 from instil.spec import JobSpec, load_spec
 from instil.store import Store
-
-COLORS = ["red", "green", "blue", "yellow"]
-LONG_PROMPT = "You are the colour desk. Answer with one colour name, lower case, nothing else, ever."
-
-
-WORDS = [
-    "lantern",
-    "orchid",
-    "quartz",
-    "meadow",
-    "harbor",
-    "pepper",
-    "violin",
-    "glacier",
-    "saddle",
-    "thimble",
-    "canyon",
-    "biscuit",
-    "marble",
-    "falcon",
-    "juniper",
-    "rocket",
-]
-
-
-def _ticket(i: int) -> str:
-    # Tickets unlike each other, so that no training example counts as a near-duplicate of a holdout one.
-    words = " ".join(WORDS[(i * 7 + k * 3) % len(WORDS)] + str((i * 31 + k * 17) % 97) for k in range(5))
-    return f"{words}: colour of item {i}?"
+from servers import between
 
 
 def write_job(root: Path, endpoint: str | None = None) -> Path:
@@ -65,8 +29,8 @@ def write_job(root: Path, endpoint: str | None = None) -> Path:
         for i in range(start, start + n):
             ex = Example(
                 [
-                    Message("system", LONG_PROMPT),
-                    Message("user", _ticket(i)),
+                    Message("system", PROMPT),
+                    Message("user", ticket(i)),
                     Message("assistant", COLORS[i % len(COLORS)]),
                 ],
                 id=f"c{i}",
@@ -85,17 +49,7 @@ def write_job(root: Path, endpoint: str | None = None) -> Path:
         )
     spec = root / "instil.yaml"
     spec.write_text(
-        f"""name: colors
-system_prompt: {LONG_PROMPT}
-short_prompt: Name the colour.
-graders:
-  - {{name: em, type: exact_match, primary: true}}
-  - {{name: short, type: length, max_chars: 8}}
-data:
-  - {{path: train.jsonl}}
-  - {{path: holdout.jsonl, role: holdout}}
-model: {{base: tiny}}
-training: {{adapter: lora, batch_size: 4}}
+        f"""{SPEC_HEAD}training: {{adapter: lora, batch_size: 4}}
 {endpoints}""",
         encoding="utf-8",
     )
@@ -120,6 +74,7 @@ def test_evaluate_runs_base_and_tuned_records_and_reports(tmp_path: Path, store:
     assert cands[2].model_version is not None and cands[2].model == "model:colors@1"
 
     report = evaluate(spec, store, limit=6, max_new_tokens=4)
+    write_report(report, store)  # the caller writes the HTML page, once
     assert report.n_examples == 6 and report.primary == "em" and report.holdout == "colors:holdout@1"
     assert [c.name for c in report.candidates] == [c.name for c in cands]
     assert len(report.examples) == 3 * 6
@@ -132,7 +87,7 @@ def test_evaluate_runs_base_and_tuned_records_and_reports(tmp_path: Path, store:
         assert 0 < c.latency_p50_s <= c.latency_p95_s
         assert c.mean_output_tokens <= 4 and c.mean_input_tokens > 0
         assert c.cost_per_1k == 0.0  # eval.machine_price_per_hour defaults to 0
-        assert set(c.slices) <= {"warm", "cool"} and sum(s.n for s in c.slices.values()) == 6
+        assert set(c.slices) == {"warm", "cool"} and sum(s.n for s in c.slices.values()) == 6  # 4 of each in all
     # The full prompt is longer than the short one, and the model sees it: more input tokens.
     assert report.candidate("base+full").mean_input_tokens > report.candidate("base+short").mean_input_tokens
 
@@ -175,7 +130,7 @@ def test_evaluate_runs_base_and_tuned_records_and_reports(tmp_path: Path, store:
     args = ["eval", str(spec.file), "--candidate", "colors@1+short", "--limit", "3", "--max-new-tokens", "2"]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "colors@1+short: no overfitting" in out or "colors@1+short: overfitting" in out
+    assert "ok colors@1+short: no overfitting: 0.000 on" in out
     assert "style collapse" in out and "HTML report:" in out and "report.html" in out
     assert "win rate" not in out  # no pairwise judge in this spec
 
@@ -184,7 +139,7 @@ def test_prompts_are_swapped_as_in_training(tmp_path: Path, store: Store):
     spec = load_spec(write_job(tmp_path / "job"))
     ex = Example([Message("system", "old"), Message("user", "hi"), Message("assistant", "red")], id="x")
     by_prompt = {c.prompt: prompt_examples(c, spec, [ex])[0].messages for c in default_candidates(spec, store)}
-    assert by_prompt["full"][0] == Message("system", LONG_PROMPT)
+    assert by_prompt["full"][0] == Message("system", PROMPT)
     assert by_prompt["short"][0] == Message("system", "Name the colour.")
     assert default_max_new_tokens([ex], len) == int(3 * 1.5) + 16
 
@@ -199,43 +154,15 @@ def test_evaluate_refuses_without_a_holdout_and_unknown_candidates(tmp_path: Pat
 
 
 # ---- an endpoint candidate on loopback -------------------------------------------------------------------------------
-def _app(log: list[dict]) -> object:
-    import fastapi
-
-    app = fastapi.FastAPI()
-
-    @app.post("/v1/chat/completions")
-    async def completions(request: Request) -> object:
-        body = await request.json()
-        log.append(body)
-        # A perfect oracle: the colour of the item number in the ticket.
-        number = int(body["messages"][-1]["content"].split()[-1].rstrip("?"))  # "...: colour of item 101?"
-        return {
-            "id": "x",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": body["model"],
-            "choices": [
-                {
-                    "index": 0,
-                    "finish_reason": "stop",
-                    "message": {"role": "assistant", "content": COLORS[number % len(COLORS)]},
-                }
-            ],
-            "usage": {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11},
-        }
-
-    return app
+def _oracle(body: dict, request: object) -> str:
+    # A perfect oracle: the colour of the item number in the ticket.
+    number = int(body["messages"][-1]["content"].split()[-1].rstrip("?"))  # "...: colour of item 101?"
+    return COLORS[number % len(COLORS)]
 
 
 @pytest.fixture
-def oracle() -> Iterator[tuple[str, list[dict]]]:
-    pytest.importorskip("uvicorn")
-    pytest.importorskip("fastapi")
-    pytest.importorskip("openai")
-    log: list[dict] = []
-    with serve_app(_app(log)) as url:
-        yield url, log
+def oracle(fake_openai) -> tuple[str, list[dict]]:
+    return fake_openai(_oracle)
 
 
 def test_an_endpoint_and_the_untrained_base_disagree_and_are_priced(tmp_path: Path, store: Store, oracle):
@@ -246,12 +173,12 @@ def test_an_endpoint_and_the_untrained_base_disagree_and_are_priced(tmp_path: Pa
     oracle_row, base = report.candidate("oracle"), report.candidate("base+full")
     assert oracle_row.graders["em"].mean == 1.0 == oracle_row.success_rate
     assert oracle_row.slices["warm"].pass_rate == 1.0 and oracle_row.slices["cool"].pass_rate == 1.0
-    assert base.graders["em"].mean < 1.0  # a random tiny model does not name the colours
+    assert base.graders["em"].mean == 0.0 == base.success_rate  # a random tiny model does not name the colours
     # 10 input tokens at 1000 per million and 1 output token at 2000 per million: 0.012 a request.
     assert oracle_row.cost_per_1k == pytest.approx(12.0)
     assert oracle_row.cost_per_success == pytest.approx(0.012)
     assert base.cost_per_1k > 0  # the machine at 3.6 an hour: a thousandth per second of generation
-    assert base.cost_per_success is None or base.cost_per_success > 0
+    assert base.cost_per_success is None  # no success to price
     assert len(log) == 8 and log[0]["messages"][0] == {"role": "system", "content": "Name the colour."}
     assert log[0]["model"] == "fixed" and log[0]["max_tokens"] == 3
 
@@ -275,116 +202,94 @@ def test_an_endpoint_and_the_untrained_base_disagree_and_are_priced(tmp_path: Pa
 
 
 # ---- a pairwise judge on loopback: win rates against the first candidate ---------------------------------------------
-def _between(tag: str, text: str) -> str | None:
-    m = re.search(rf"<{tag}>\n(.*?)\n</{tag}>", text, re.DOTALL)
-    return m.group(1) if m else None
-
-
-def _oracle_and_judge(judged: list[dict]) -> object:
-    import fastapi
-
-    app = fastapi.FastAPI()
-
-    @app.post("/v1/chat/completions")
-    async def completions(request: Request) -> object:
-        body = await request.json()
+def _oracle_and_judge(judged: list[dict]):
+    def answer(body: dict, request: object) -> str:
         user = body["messages"][-1]["content"]
         if body["model"] == "judge":
             judged.append(body)
             # The answer equal to the reference wins; without a reference shown, or both alike, a tie.
-            ref, a, b = _between("reference", user), _between("answer_a", user), _between("answer_b", user)
+            ref, a, b = between("reference", user), between("answer_a", user), between("answer_b", user)
             winner = "tie" if ref is None or (a == ref) == (b == ref) else ("A" if a == ref else "B")
-            content = json.dumps({"winner": winner, "reason": f"{winner} matches the reference"})
-        else:
-            # An oracle that is wrong on every third item: answers that disagree with the base's on some examples.
-            number = int(user.split()[-1].rstrip("?"))
-            content = "purple" if number % 3 == 0 else COLORS[number % len(COLORS)]
-        return {
-            "id": "x",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": body["model"],
-            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
-            "usage": {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11},
-        }
+            return json.dumps({"winner": winner, "reason": f"{winner} matches the reference"})
+        # An oracle that is wrong on every third item: answers that disagree with the base's on some examples.
+        number = int(user.split()[-1].rstrip("?"))
+        return "purple" if number % 3 == 0 else COLORS[number % len(COLORS)]
 
-    return app
+    return answer
 
 
-def test_win_rate_against_the_first_candidate_by_a_pairwise_judge(tmp_path: Path, store: Store, capsys):
-    pytest.importorskip("uvicorn")
-    pytest.importorskip("fastapi")
-    pytest.importorskip("openai")
+def test_win_rate_against_the_first_candidate_by_a_pairwise_judge(tmp_path: Path, store: Store, capsys, fake_openai):
     judged: list[dict] = []
-    with serve_app(_oracle_and_judge(judged)) as url:
-        spec_file = prepared(tmp_path / "job", store, endpoint=url, train=False).file
-        text = spec_file.read_text(encoding="utf-8").replace(
-            "  - {name: short, type: length, max_chars: 8}\n",
-            "  - {name: short, type: length, max_chars: 8}\n"
-            "  - {name: pref, type: pairwise_judge, rubric: Right wins., "
-            f"endpoint: {{base_url: '{url}', model: judge}}}}\n",
+    url, _ = fake_openai(_oracle_and_judge(judged))
+    spec_file = prepared(tmp_path / "job", store, endpoint=url, train=False).file
+    text = spec_file.read_text(encoding="utf-8").replace(
+        "  - {name: short, type: length, max_chars: 8}\n",
+        "  - {name: short, type: length, max_chars: 8}\n"
+        "  - {name: pref, type: pairwise_judge, rubric: Right wins., "
+        f"endpoint: {{base_url: '{url}', model: judge}}}}\n",
+    )
+    spec_file.write_text(text, encoding="utf-8")
+    spec = load_spec(spec_file)
+    assert spec.graders[-1].type == "pairwise_judge"
+    cands = select_candidates(spec, store, ["base+full", "oracle"])
+    report = evaluate(spec, store, cands, max_new_tokens=3)
+    base, oracle = report.candidate("base+full"), report.candidate("oracle")
+    assert base.win_rate is None and oracle.win_rate is not None
+    # The expected verdicts from the answers themselves: right beats wrong, alike is a tie.
+    right = {(r.candidate, r.example_id): r.scores["em"] == 1.0 for r in report.examples}
+    expected = [
+        1.0
+        if right["oracle", k] > right["base+full", k]
+        else 0.0
+        if right["oracle", k] < right["base+full", k]
+        else 0.5
+        for k in report.references
+    ]
+    w = oracle.win_rate
+    assert (w.judge, w.against, w.n) == ("pref", "base+full", 8)
+    assert w.win_rate == pytest.approx(sum(expected) / 8) and w.win_rate == pytest.approx(7 / 8)
+    assert w.wins == expected.count(1.0) and w.ties == expected.count(0.5) and w.losses == expected.count(0.0)
+    # The base is never right: the oracle wins where it is, and ties on items 102 and 105, where it is wrong too.
+    assert (w.wins, w.ties, w.losses) == (6, 2, 0) and w.low <= w.win_rate <= w.high
+    assert [r.win for r in report.examples if r.candidate == "oracle"] == expected
+    # The judge as a grader (against the reference, not shown it) plus the head-to-head, both orders each time.
+    assert len(judged) == 2 * 8 * 2 + 2 * 8
+    assert f"{w.wins}W {w.ties}T {w.losses}L vs base+full" in write_report(report, store).read_text(encoding="utf-8")
+
+    # Reused: neither the candidates nor the judge are asked again, and the verdicts stand.
+    again = evaluate(spec, store, cands, max_new_tokens=3, reuse=True)
+    assert len(judged) == 48 and again.candidate("oracle").win_rate == w
+    # In the other order the first candidate changes: the verdicts are asked afresh, from the other side; back in
+    # the first order, the first run's verdicts are found again.
+    flipped = evaluate(spec, store, cands[::-1], max_new_tokens=3, reuse=True)
+    assert len(judged) == 48 + 16 and flipped.candidate("oracle").win_rate is None
+    assert flipped.candidate("base+full").win_rate.win_rate == pytest.approx(1 - w.win_rate)
+
+    from instil.cli import main
+
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "eval",
+                str(spec_file),
+                "--candidate",
+                "base+full",
+                "--candidate",
+                "oracle",
+                "--max-new-tokens",
+                "3",
+                "--reuse",
+            ]
         )
-        spec_file.write_text(text, encoding="utf-8")
-        spec = load_spec(spec_file)
-        assert spec.graders[-1].type == "pairwise_judge"
-        cands = select_candidates(spec, store, ["base+full", "oracle"])
-        report = evaluate(spec, store, cands, max_new_tokens=3)
-        base, oracle = report.candidate("base+full"), report.candidate("oracle")
-        assert base.win_rate is None and oracle.win_rate is not None
-        # The expected verdicts from the answers themselves: right beats wrong, alike is a tie.
-        right = {(r.candidate, r.example_id): r.scores["em"] == 1.0 for r in report.examples}
-        expected = [
-            1.0
-            if right["oracle", k] > right["base+full", k]
-            else 0.0
-            if right["oracle", k] < right["base+full", k]
-            else 0.5
-            for k in report.references
-        ]
-        w = oracle.win_rate
-        assert (w.judge, w.against, w.n) == ("pref", "base+full", 8)
-        assert w.win_rate == pytest.approx(sum(expected) / 8) and w.win_rate > 0.5
-        assert w.wins == expected.count(1.0) and w.ties == expected.count(0.5) and w.losses == expected.count(0.0)
-        assert w.ties >= 2 and w.low <= w.win_rate <= w.high  # items 102 and 105: the oracle is wrong too
-        assert [r.win for r in report.examples if r.candidate == "oracle"] == expected
-        # The judge as a grader (against the reference, not shown it) plus the head-to-head, both orders each time.
-        assert len(judged) == 2 * 8 * 2 + 2 * 8
-        assert f"{w.wins}W {w.ties}T {w.losses}L vs base+full" in report.html_path.read_text(encoding="utf-8")
-
-        # Reused: neither the candidates nor the judge are asked again, and the verdicts stand.
-        again = evaluate(spec, store, cands, max_new_tokens=3, reuse=True)
-        assert len(judged) == 48 and again.candidate("oracle").win_rate == w
-        # In the other order the first candidate changes: the verdicts are asked afresh, from the other side; back in
-        # the first order, the first run's verdicts are found again.
-        flipped = evaluate(spec, store, cands[::-1], max_new_tokens=3, reuse=True)
-        assert len(judged) == 48 + 16 and flipped.candidate("oracle").win_rate is None
-        assert flipped.candidate("base+full").win_rate.win_rate == pytest.approx(1 - w.win_rate)
-
-        from instil.cli import main
-
-        capsys.readouterr()
-        assert (
-            main(
-                [
-                    "eval",
-                    str(spec_file),
-                    "--candidate",
-                    "base+full",
-                    "--candidate",
-                    "oracle",
-                    "--max-new-tokens",
-                    "3",
-                    "--reuse",
-                ]
-            )
-            == 0
-        )
-        out = capsys.readouterr().out
-        assert (
-            f"win rate of oracle against base+full (judge pref, ties half): {w.win_rate:.2f} [{w.low:.2f}, "
-            f"{w.high:.2f}], {w.wins} won, {w.ties} tied, {w.losses} lost"
-        ) in out
-        assert f"reused from earlier eval runs: base+full (run {report.run_id})" in out and len(judged) == 64
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert (
+        f"win rate of oracle against base+full (judge pref, ties half): {w.win_rate:.2f} [{w.low:.2f}, "
+        f"{w.high:.2f}], {w.wins} won, {w.ties} tied, {w.losses} lost"
+    ) in out
+    assert f"reused from earlier eval runs: base+full (run {report.run_id})" in out and len(judged) == 64
 
 
 # ---- the CLI ---------------------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from instil.eval.failure_modes import (
     style_collapse,
     token_f1,
 )
+from instil.eval.report import write_report
 from instil.spec import load_spec
 from instil.store import Store
 from test_eval import COLORS, prepared
@@ -131,7 +132,7 @@ def test_failure_modes_of_a_tiny_trained_model(tmp_path: Path, store: Store):
     assert FailureModes.from_dict(recorded) == modes
     saved = json.loads((report.examples_path.with_name("report.json")).read_text(encoding="utf-8"))
     assert saved["failure_modes"][tuned[0].name]["overfitting"]["n_train"] == over.n_train
-    assert "Failure modes" in report.html_path.read_text(encoding="utf-8")
+    assert "Failure modes" in write_report(report, store).read_text(encoding="utf-8")
 
     # Reused with the answers: with the model folder gone nothing can be generated, and nothing needs to be.
     folder = Path(tuned[0].model_version.path)

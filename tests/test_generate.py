@@ -5,13 +5,12 @@ from __future__ import annotations
 import pytest
 
 torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+pytest.importorskip("transformers")
 
 from instil.data.records import Example, Message  # noqa: E402
 from instil.errors import ModelError  # noqa: E402
 from instil.eval.generate import Generation, generate_local, parse_tool_calls, stop_token_ids  # noqa: E402
-from instil.train.chat import ChatRenderer  # noqa: E402
-from instil.train.tiny import build_tiny  # noqa: E402
+from tiny_models import scaled_tiny  # noqa: E402
 
 SYSTEM = "Classify the ticket. Answer with JSON."
 TICKETS = [
@@ -44,15 +43,7 @@ def _examples() -> list[Example]:
 def tiny(request, tmp_path_factory):
     """A tiny model whose random weights are scaled up, so greedy answers vary from token to token (the default
     initialisation repeats one token, which would hide a position or mask error)."""
-    folder = build_tiny(_examples() * 3, tmp_path_factory.mktemp("tiny") / request.param, arch=request.param)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
-    model = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
-    with torch.no_grad(), torch.random.fork_rng(devices=[]):
-        torch.manual_seed(1)
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0.0, 0.2)
-    return model, tokenizer, ChatRenderer(tokenizer)
+    return scaled_tiny(_examples() * 3, tmp_path_factory.mktemp("tiny") / request.param, arch=request.param)
 
 
 def _one_by_one(model, tokenizer, renderer, examples, max_new_tokens, system_prompt=None) -> list[list[int]]:

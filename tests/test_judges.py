@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import time
 from collections.abc import Iterator
 
 import pytest
 
-from servers import serve_app
+from servers import between, free_port, openai_server, serve_app
 
 fastapi = pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
@@ -26,24 +25,17 @@ from instil.eval import GraderError, LlmJudge, PairwiseJudge, build_graders  # n
 from instil.spec import parse_spec  # noqa: E402
 
 
-def _between(tag: str, text: str) -> str | None:
-    m = re.search(rf"<{tag}>\n(.*?)\n</{tag}>", text, re.DOTALL)
-    return m.group(1) if m else None
+def judge_answer(log: list[dict]):
+    """The fake judge's answers (for ``servers.openai_server``); each request's body and key go to ``log``."""
 
-
-def make_app(log: list[dict]) -> object:
-    app = fastapi.FastAPI()
-
-    @app.post("/v1/chat/completions")
-    async def completions(request: fastapi.Request) -> object:
-        body = await request.json()
+    def answer(body: dict, request: fastapi.Request) -> object:
         log.append({"body": body, "auth": request.headers.get("authorization")})
         user = body["messages"][-1]["content"]
-        candidate = _between("candidate", user)
+        candidate = between("candidate", user)
         if candidate is not None:
             if "ERROR500" in candidate:
                 return fastapi.responses.JSONResponse({"error": {"message": "judge overloaded"}}, status_code=500)
-            reference = _between("reference", user) or ""
+            reference = between("reference", user) or ""
             top = int(re.search(r"integer from 1 to (\d+)", body["messages"][0]["content"]).group(1))
             score = top if reference.casefold() in candidate.casefold() else 1
             verdict = {
@@ -54,31 +46,18 @@ def make_app(log: list[dict]) -> object:
             if "NOSCORE" in candidate:
                 content = json.dumps({"reason": "no score here"})
         else:
-            a, b = _between("answer_a", user) or "", _between("answer_b", user) or ""
+            a, b = between("answer_a", user) or "", between("answer_b", user) or ""
             winner = "tie" if ("correct" in a) == ("correct" in b) else ("A" if "correct" in a else "B")
             content = json.dumps({"winner": winner, "reason": f"{winner} says correct"})
-        return {
-            "id": "chatcmpl-test",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": body["model"],
-            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
-            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-        }
+        return content
 
-    return app
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return answer
 
 
 @pytest.fixture(scope="module")
 def judge_server() -> Iterator[tuple[str, list[dict]]]:
     log: list[dict] = []
-    with serve_app(make_app(log)) as url:
+    with openai_server(judge_answer(log)) as (url, _):
         yield url, log
 
 
@@ -139,7 +118,7 @@ def test_pairwise_judge_swaps_positions(judge_server: tuple[str, list[dict]]) ->
     win = pair.grade(e, "Paris, correct")
     assert (win.value, win.passed, win.details["verdicts"]) == (1.0, True, ["A", "B"])
     first, second = (entry["body"]["messages"][1]["content"] for entry in log[-2:])
-    assert _between("answer_a", first) == "Paris, correct" and _between("answer_b", second) == "Paris, correct"
+    assert between("answer_a", first) == "Paris, correct" and between("answer_b", second) == "Paris, correct"
     assert "<reference>" not in first  # against the reference itself, the judge is not shown it twice
     loss = pair.compare(e, "Lyon", "Paris, correct")
     assert loss.value == 0.0 and "<reference>\nParis\n</reference>" in log[-1]["body"]["messages"][1]["content"]

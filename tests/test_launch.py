@@ -100,7 +100,7 @@ def test_the_command_line_uses_torchrun_without_a_config_and_accelerate_with_one
 
 
 def test_a_batch_the_processes_cannot_split_is_refused(monkeypatch: pytest.MonkeyPatch):
-    from instil.train.launch import distributed_settings
+    from instil.train.distributed import distributed_settings
 
     monkeypatch.setenv("WORLD_SIZE", "3")
     with pytest.raises(InstilError, match="batch_size is 8, which 3 processes cannot split"):

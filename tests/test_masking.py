@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from chats import chat
 from instil.data.records import Example
 from instil.train import IGNORE_INDEX, ChatRenderer, ChatTemplateError, tokenize_example, trained_segments
 
@@ -30,19 +31,6 @@ def load(name: str):
         pytest.importorskip("sentencepiece")
         pytest.importorskip("google.protobuf")
     return transformers.AutoTokenizer.from_pretrained(str(TOKENIZERS / name))
-
-
-def chat(first_weight: int | None = None) -> Example:
-    messages = [
-        {"role": "system", "content": "You are terse."},
-        {"role": "user", "content": "Capital of France?"},
-        {"role": "assistant", "content": "Paris."},
-        {"role": "user", "content": "And Germany?"},
-        {"role": "assistant", "content": "Berlin."},
-    ]
-    if first_weight is not None:
-        messages[2]["weight"] = first_weight
-    return Example.from_dict({"messages": messages})
 
 
 EXPECTED = {

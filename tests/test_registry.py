@@ -9,54 +9,21 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from servers import serve_app
-
-try:  # FastAPI resolves the handler's annotations by name in this module's globals
-    from fastapi import Request
-except ImportError:  # the endpoint test is skipped then
-    Request = None  # type: ignore[assignment,misc]
-
+from colour_jobs import PROMPT, SPEC_HEAD, ticket
 from instil import registry
 from instil.cli import main
 from instil.data.records import Example, Message
-from instil.data.stages import curate_job, split_job
 from instil.errors import DataError, InstilError, NotFoundError
-from instil.eval.compare import ExampleResult
+from instil.eval.results import ExampleResult
+from instil.jobdata import curate_job, split_job
 from instil.registry import Promotion, decide, promote
 from instil.spec import JobSpec, load_spec
 from instil.store import ModelVersion, Store
-
-PROMPT = "You are the colour desk. Answer with one colour name, lower case, nothing else, ever."
-WORDS = [
-    "lantern",
-    "orchid",
-    "quartz",
-    "meadow",
-    "harbor",
-    "pepper",
-    "violin",
-    "glacier",
-    "saddle",
-    "thimble",
-    "canyon",
-    "biscuit",
-    "marble",
-    "falcon",
-    "juniper",
-    "rocket",
-]
-
-
-def _ticket(i: int) -> str:
-    # Tickets unlike each other, so that no training example counts as a near-duplicate of a holdout one.
-    words = " ".join(WORDS[(i * 7 + k * 3) % len(WORDS)] + str((i * 31 + k * 17) % 97) for k in range(5))
-    return f"{words}: colour of item {i}?"
 
 
 def write_job(root: Path, endpoints: str = "") -> Path:
@@ -67,7 +34,7 @@ def write_job(root: Path, endpoints: str = "") -> Path:
         return "".join(
             json.dumps(
                 Example(
-                    [Message("system", PROMPT), Message("user", _ticket(i)), Message("assistant", "red")],
+                    [Message("system", PROMPT), Message("user", ticket(i)), Message("assistant", "red")],
                     id=f"c{i}",
                 ).to_dict()
             )
@@ -79,17 +46,7 @@ def write_job(root: Path, endpoints: str = "") -> Path:
     (root / "holdout.jsonl").write_text(rows(100, 12), encoding="utf-8")
     spec = root / ("instil.yaml" if not endpoints else "with-endpoints.yaml")
     spec.write_text(
-        f"""name: colors
-system_prompt: {PROMPT}
-short_prompt: Name the colour.
-graders:
-  - {{name: em, type: exact_match, primary: true}}
-  - {{name: short, type: length, max_chars: 8}}
-data:
-  - {{path: train.jsonl}}
-  - {{path: holdout.jsonl, role: holdout}}
-model: {{base: tiny}}
-training: {{adapter: full, batch_size: 8, learning_rate: 0.01}}
+        f"""{SPEC_HEAD}training: {{adapter: full, batch_size: 8, learning_rate: 0.01}}
 eval:
   max_new_tokens: 4
 {endpoints}""",
@@ -248,36 +205,13 @@ def test_refusals_say_what_to_do_next(tmp_path: Path, instil_home: Path):
 
 
 # ---- endpoints as the prompted baseline ------------------------------------------------------------------------------
-def _app(log: list[dict]) -> object:
-    import fastapi
-
-    app = fastapi.FastAPI()
-
-    @app.post("/v1/chat/completions")
-    async def completions(request: Request) -> object:
-        body = await request.json()
-        log.append(body)
-        answer = "red" if body["model"] == "oracle" else "blue"  # the oracle is perfect on this job; the dud never
-        return {
-            "id": "x",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": body["model"],
-            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": answer}}],
-            "usage": {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11},
-        }
-
-    return app
+def _answer(body: dict, request: object) -> str:
+    return "red" if body["model"] == "oracle" else "blue"  # the oracle is perfect on this job; the dud never
 
 
 @pytest.fixture
-def endpoints() -> Iterator[tuple[str, list[dict]]]:
-    pytest.importorskip("uvicorn")
-    pytest.importorskip("fastapi")
-    pytest.importorskip("openai")
-    log: list[dict] = []
-    with serve_app(_app(log)) as url:
-        yield url, log
+def endpoints(fake_openai) -> tuple[str, list[dict]]:
+    return fake_openai(_answer)
 
 
 def test_the_strongest_prompted_endpoint_is_the_reference(job: JobSpec, store: Store, endpoints, tmp_path: Path):

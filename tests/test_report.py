@@ -12,9 +12,10 @@ import pytest
 
 from instil.data.records import Example, Message
 from instil.eval import Candidate, ExactMatch, LabelAccuracy, Output
-from instil.eval.compare import EvalReport, ExampleResult, WinRate, summarise
+from instil.eval.compare import summarise
 from instil.eval.failure_modes import FailureModes, overfitting, style_collapse
 from instil.eval.report import write_html
+from instil.eval.results import EvalReport, ExampleResult, WinRate
 from instil.eval.stats import gate_decision
 
 pytest.importorskip("matplotlib")

@@ -16,13 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from servers import serve_app
+from colour_jobs import COLORS, PROMPT, words
+from servers import free_port, serve_app
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 openai = pytest.importorskip("openai")
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
 
 from instil.data.records import Example, Message  # noqa: E402
 from instil.errors import InstilError, NotFoundError  # noqa: E402
@@ -30,8 +31,7 @@ from instil.eval.generate import generate_local  # noqa: E402
 from instil.serve import ServedRequest, create_app, job_app, load_served  # noqa: E402
 from instil.spec import EvalEndpointSpec, JobSpec, load_spec  # noqa: E402
 from instil.store import Store  # noqa: E402
-from instil.train.chat import ChatRenderer  # noqa: E402
-from instil.train.tiny import build_tiny  # noqa: E402
+from tiny_models import scaled_tiny  # noqa: E402
 
 KEY = "sk-test-key"
 NAME = "tiny-chat"
@@ -50,19 +50,11 @@ TICKETS = [
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> tuple:
-    """A tiny Llama whose random weights are scaled up, so that answers vary (as in test_generate)."""
+    """A tiny Llama whose random weights are scaled up, so that answers vary (tiny_models.scaled_tiny)."""
     texts = [
         Example([Message("system", "Triage."), Message("user", t), Message("assistant", "billing")]) for t in TICKETS
     ]
-    folder = build_tiny(texts * 3, tmp_path_factory.mktemp("tiny") / "llama")
-    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
-    model = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
-    with torch.no_grad(), torch.random.fork_rng(devices=[]):
-        torch.manual_seed(1)
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0.0, 0.2)
-    return model, tokenizer, ChatRenderer(tokenizer)
+    return scaled_tiny(texts * 3, tmp_path_factory.mktemp("tiny") / "llama")
 
 
 @pytest.fixture(scope="module")
@@ -270,35 +262,10 @@ def test_concurrent_requests_are_all_answered_correctly(tiny, server):
 
 
 # ---- a job's model as an endpoint candidate --------------------------------------------------------------------------
-COLORS = ["red", "green", "blue", "yellow"]
-LONG_PROMPT = "You are the colour desk. Answer with one colour name, lower case, nothing else, ever."
-
-
-WORDS = [
-    "lantern",
-    "orchid",
-    "quartz",
-    "meadow",
-    "harbor",
-    "pepper",
-    "violin",
-    "glacier",
-    "saddle",
-    "thimble",
-    "canyon",
-    "biscuit",
-    "marble",
-    "falcon",
-    "juniper",
-    "rocket",
-]
-
-
 def item(i: int) -> str:
     # Inputs unlike each other, so that curation keeps them all (no near-duplicates across the split).
-    words = " ".join(WORDS[(i * 7 + k * 3) % len(WORDS)] + str((i * 31 + k * 17) % 97) for k in range(5))
     hint = ["cherry", "leaf", "sky", "lemon"][i % 4]  # the colour follows from the input: a model can learn it
-    return f"{words}: item {i}, the colour of a {hint}?"
+    return f"{words(i)}: item {i}, the colour of a {hint}?"
 
 
 def colour_job(root: Path) -> JobSpec:
@@ -309,7 +276,7 @@ def colour_job(root: Path) -> JobSpec:
             json.dumps(
                 Example(
                     [
-                        Message("system", LONG_PROMPT),
+                        Message("system", PROMPT),
                         Message("user", item(i)),
                         Message("assistant", COLORS[i % 4]),
                     ],
@@ -324,7 +291,7 @@ def colour_job(root: Path) -> JobSpec:
     (root / "holdout.jsonl").write_text(rows(100, 8), encoding="utf-8")
     (root / "instil.yaml").write_text(
         f"""name: colors
-system_prompt: {LONG_PROMPT}
+system_prompt: {PROMPT}
 short_prompt: Name the colour.
 graders:
   - {{name: em, type: exact_match, primary: true}}
@@ -339,8 +306,8 @@ training: {{adapter: full, batch_size: 8, learning_rate: 3.0e-3}}
 
 
 def test_a_served_model_scores_as_an_endpoint_exactly_as_it_does_locally(tmp_path: Path, store: Store):
-    from instil.data.stages import curate_job, split_job
     from instil.eval.compare import evaluate, select_candidates
+    from instil.jobdata import curate_job, split_job
     from instil.train.sft import train_sft
 
     spec = colour_job(tmp_path / "job")
@@ -412,19 +379,16 @@ def test_cli_serve_refuses_clearly(tmp_path: Path, capsys, monkeypatch):
 def test_cli_serve_runs_the_server_until_interrupted(tmp_path: Path, store: Store, instil_home: Path):
     import os
     import signal
-    import socket
     import subprocess
     import sys
     import time
 
-    from instil.data.stages import curate_job, split_job
+    from instil.jobdata import curate_job, split_job
 
     spec = colour_job(tmp_path / "job")
     curate_job(spec, store)
     split_job(spec, store)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "INSTIL_HOME": str(instil_home), "TEST_SERVE_KEY": KEY}
     proc = subprocess.Popen(
         [

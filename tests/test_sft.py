@@ -12,7 +12,7 @@ from instil.errors import HoldoutLeakError, InstilError
 from instil.spec import JobSpec, parse_spec
 from instil.store import Store
 from instil.train.masking import IGNORE_INDEX
-from instil.train.sft import build_trainer, prepare_sft, train_sft, with_short_prompt
+from instil.train.sft import build_trainer, prepare_sft, train_sft
 
 COLORS = ["red", "green", "blue", "yellow", "black", "white"]
 LONG_PROMPT = "You are the colour desk. Answer with one colour name, lower case, nothing else, ever."
@@ -188,9 +188,9 @@ def test_defaults_come_from_the_data_and_the_spec_wins(tmp_path: Path, store: St
 
 def test_the_short_prompt_replaces_the_system_prompt():
     ex = examples(1)[0]
-    assert [m.content for m in with_short_prompt(ex, "Short.").messages][0] == "Short."
-    assert [m.role for m in with_short_prompt(ex, None).messages] == ["user", "assistant"]
-    assert with_short_prompt(ex, None).key() == ex.key()  # the id follows the stored example
+    assert [m.content for m in ex.with_system_prompt("Short.").messages][0] == "Short."
+    assert [m.role for m in ex.with_system_prompt(None).messages] == ["user", "assistant"]
+    assert ex.with_system_prompt(None).key() == ex.key()  # the id follows the stored example
 
 
 def test_a_run_that_fails_after_it_started_is_recorded_as_failed(tmp_path: Path, store: Store):

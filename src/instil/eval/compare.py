@@ -35,7 +35,7 @@ import numpy as np
 from instil.data.records import Example, sha256_hex
 from instil.errors import DataError, InstilError
 from instil.eval.candidates import Candidate, default_candidates, run_candidate
-from instil.eval.failure_modes import FailureModes, check_failure_modes, failure_settings
+from instil.eval.failure_modes import check_failure_modes, failure_settings
 from instil.eval.generate import Generation
 from instil.eval.graders import Grader, LabelAccuracy, Output, PairwiseJudge, build_graders
 from instil.eval.results import CandidateSummary, EvalReport, ExampleResult, GraderSummary, SliceSummary, WinRate
@@ -126,21 +126,22 @@ def evaluate(
             summarise(c, rows, graders, primary, reused_from=f.origin if f else None, win_rate=w)
             for c, rows, f, w in zip(candidates, rows_of, found, win_rates, strict=True)
         ]
-        modes: dict[str, FailureModes] = {}
-        for c, rows, f in zip(candidates, rows_of, found, strict=True):
-            if failure_modes and c.model_version is not None and c.kind == "local":
-                recorded = earlier.failure_modes(f, c.name) if earlier is not None and f is not None else None
-                modes[c.name] = recorded or check_failure_modes(
-                    spec,
-                    store,
-                    c,
-                    examples,
-                    [r.output for r in rows],
-                    [r.scores[primary] for r in rows],
-                    graders,
-                    max_new_tokens=max_new_tokens,
-                    batch_size=batch_size,
-                )
+        modes = {
+            c.name: (earlier.failure_modes(f, c.name) if earlier is not None and f is not None else None)
+            or check_failure_modes(
+                spec,
+                store,
+                c,
+                examples,
+                [r.output for r in rows],
+                [r.scores[primary] for r in rows],
+                graders,
+                max_new_tokens=max_new_tokens,
+                batch_size=batch_size,
+            )
+            for c, rows, f in zip(candidates, rows_of, found, strict=True)
+            if failure_modes and c.model_version is not None and c.kind == "local"
+        }
         results = [r for rows in rows_of for r in rows]
         report = EvalReport(
             spec.name,

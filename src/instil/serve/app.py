@@ -27,6 +27,10 @@ What a request gets, and where it differs from OpenAI's hosted API:
 
 Concurrency: one worker thread owns the model (generation is not thread-safe). Requests queue; those waiting when a
 batch starts are generated together by ``generate_local``'s batching, whose greedy answers equal one-by-one answers.
+
+Extending it: what sits in front of generation (trace capture, routing between versions, canary and shadow) wraps the
+ASGI app this returns, as Starlette middleware (``app.add_middleware``) or an ASGI callable around it, and reads each
+answer through ``on_request``; it never reaches into the worker or generation.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the handlers' annotations, and `Request` is imported inside
