@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -1127,6 +1128,8 @@ def _escape(text: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 1 error, 2 usage)."""
+    # bitsandbytes warns at import (PEFT imports it) that an optional CPU kernel package is missing: noise here.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     try:
         rv = app(args=argv, standalone_mode=False, prog_name="instil")
     except typer.Exit as e:

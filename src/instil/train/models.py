@@ -377,10 +377,12 @@ def _load_error(
 ) -> InstilError:
     text = str(error)
     where = f"{source}" if isinstance(source, Path) else f"hub id {base!r}{_at(revision)}"
-    if ("sentencepiece" in text or "tiktoken" in text) and importlib.util.find_spec("sentencepiece") is None:
+    missing = [m for m in ("sentencepiece", "google.protobuf") if not _installed(m)]
+    if ("sentencepiece" in text or "tiktoken" in text or "protobuf" in text) and missing:
         return DependencyError(
-            f"cannot load the tokenizer of {where}: it is a SentencePiece model and sentencepiece is not installed",
-            hint="pip install sentencepiece",
+            f"cannot load the tokenizer of {where}: it is a SentencePiece model with no tokenizer.json, and "
+            f"converting it needs {' and '.join(m.split('.')[-1] for m in missing)}, which is not installed",
+            hint="pip install 'instil[slow-tokenizers]' (sentencepiece and protobuf)",
         )
     if "trust_remote_code" in text:
         return ModelError(
@@ -412,6 +414,13 @@ def _load_error(
         f"cannot load the {what} of {where}: {text.splitlines()[0] if text else type(error).__name__}",
         hint=hint,
     )
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # the parent package ("google") is missing
+        return False
 
 
 def _chat_template(value: str, root: Path | None) -> str:

@@ -59,6 +59,14 @@ def _section(tag: str, text: str) -> str:
     return f"<{tag}>\n{text}\n</{tag}>"
 
 
+def _error_message(body: object) -> str | None:
+    """The ``message`` of an OpenAI-style error body: ``{"error": {"message": ...}}`` or the inner dict itself (what
+    the client hands over differs between its versions)."""
+    inner = body.get("error", body) if isinstance(body, dict) else None
+    message = inner.get("message") if isinstance(inner, dict) else None
+    return message if isinstance(message, str) and message else None
+
+
 def _ask(grader: Any, system: str, user: str, example: Example) -> dict[str, Any]:
     """One judge call; the verdict as a dict. GraderError when the endpoint fails or the verdict is not JSON."""
     import openai
@@ -71,7 +79,7 @@ def _ask(grader: Any, system: str, user: str, example: Example) -> dict[str, Any
             temperature=0,
         )
     except openai.APIStatusError as e:
-        detail = re.sub(r"^Error code: \d+ - ", "", str(e.message))[:300]
+        detail = (_error_message(e.body) or re.sub(r"^Error code: \d+ - ", "", str(e.message)))[:300]
         raise GraderError(
             f"the judge at {grader.base_url} answered HTTP {e.status_code}: {detail}",
             grader=grader.name,
