@@ -15,12 +15,16 @@ import contextlib
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from instil.errors import InstilError
@@ -131,7 +135,6 @@ def quickstart(
 
 
 def _run_loop(call: Callable[[Callable[[StageResult], None]], LoopResult]) -> LoopResult:
-    import time
 
     from transformers.utils import logging as hf_logging
 
@@ -459,7 +462,6 @@ def models_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the versions (and decisions) as JSON.")] = False,
 ) -> None:
     """List the job's model versions: status, pins, base model, training data, last decision and primary score."""
-    from dataclasses import asdict
 
     from instil.registry import list_decisions, list_versions
 
@@ -476,7 +478,6 @@ def models_cmd(
     if not versions:
         console.print(f"{job.name} has no model versions yet: run [bold]instil train[/]")
         return
-    from rich import box
 
     short = lambda ref: (ref or "-").removeprefix(f"{job.name}:")  # noqa: E731
     holdouts = {v.scored_on for v in versions if v.scored_on}
@@ -712,7 +713,6 @@ def data_validate(
 
 
 def _print_findings(report, limit: int) -> None:
-    from rich.markup import escape
 
     for f in report.findings[:limit]:
         colour = "red" if f.severity == "error" else "yellow"
@@ -1060,7 +1060,6 @@ def datasets(
 def _print_eval_report(report: EvalReport) -> None:
     """One evaluation as two tables that fit 80 columns: quality (every grader with its 95% interval, the pass rate),
     then speed and cost; win rates and reuse on lines of their own."""
-    from rich import box
 
     title = f"run {report.run_id}: {report.holdout}, {report.n_examples} examples (primary: {report.primary})"
     graders = list(report.candidates[0].graders)
@@ -1121,7 +1120,6 @@ def _print_error(e: InstilError) -> None:
 
 
 def _escape(text: str) -> str:
-    from rich.markup import escape
 
     return escape(text)
 

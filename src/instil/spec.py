@@ -9,9 +9,11 @@ against the spec file's folder.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 import typing
 from functools import cache
+from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -532,7 +534,6 @@ def _trl_config_fields(method: str) -> frozenset[str]:
 
 
 def _suggest(name: str, known: set[str] | frozenset[str]) -> str:
-    import difflib
 
     close = difflib.get_close_matches(name, sorted(known), n=1)
     return f"; did you mean '{close[0]}'?" if close else ""
@@ -861,7 +862,6 @@ def _format_loc(loc: list) -> str:
 
 def write_starter_spec(path: str | Path, *, overwrite: bool = False) -> Path:
     """Write the commented starter spec to ``path``; refuses to overwrite unless told to."""
-    from importlib.resources import files
 
     path = Path(path)
     if path.exists() and not overwrite:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from transformers import TrainerCallback
 
 from instil.train.masking import IGNORE_INDEX
@@ -76,8 +78,6 @@ class RichProgress(TrainerCallback):
         self._eval_loss: float | None = None
 
     def on_train_begin(self, args, state, control, **kwargs):
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),

@@ -22,6 +22,7 @@ hashes is refused. The Trainer loads ``optimizer.pt``, ``scheduler.pt``, ``scale
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -114,7 +115,6 @@ def checkpoint_folder(home: Path | str, job: str, key: str) -> Path:
 
 # ---- writing ---------------------------------------------------------------------------------------------------------
 def _sha256_file(path: Path) -> str:
-    import hashlib
 
     h = hashlib.sha256()
     with path.open("rb") as f:

@@ -29,6 +29,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from instil.data.records import Example, sha256_hex
 from instil.env import cuda_available, home_dir
@@ -129,13 +130,6 @@ def _build_tiny_cached(examples: list[Example], arch: str, cache_dir: Path) -> P
     return target
 
 
-def _remove_tree(path: Path) -> None:
-    import shutil
-
-    if path.exists():
-        shutil.rmtree(path)
-
-
 def _offline() -> bool:
     # Read at call time: huggingface_hub reads HF_HUB_OFFLINE once, at import.
     return any(
@@ -188,7 +182,6 @@ def _hub_reachable() -> bool:
     """
     if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
         return True
-    from urllib.parse import urlsplit
 
     parts = urlsplit(_hub_endpoint())
     port = parts.port or (443 if parts.scheme == "https" else 80)

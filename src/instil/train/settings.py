@@ -19,6 +19,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from instil.env import cuda_available
 from instil.spec import JobSpec
 
@@ -68,7 +70,6 @@ def resolve_max_length(spec: JobSpec, *, longest: int, context: int | None) -> S
 
 def validation_split(n: int, seed: int) -> tuple[list[int], list[int]]:
     """Indexes of (train, validation) rows: a seeded random slice of the training split."""
-    import numpy as np
 
     if n < MIN_FOR_VALIDATION:
         return list(range(n)), []

@@ -20,6 +20,7 @@ import json
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Literal
 
@@ -163,7 +164,6 @@ def tiny_cache_key(examples: Iterable[Example], settings: TinySettings) -> str:
     Library versions are in it because a new tokenizers, transformers or torch may build other bytes from the same
     data and seed.
     """
-    from importlib import metadata
 
     return sha256_hex(
         canonical_json(
