@@ -18,7 +18,8 @@ from instil.data.records import Example, Message
 from instil.errors import DataError, InstilError, ModelError, NotFoundError
 from instil.spec import JobSpec, parse_spec
 from instil.store import Store
-from instil.train.export import EXPORT_FILE, export_model, model_kind
+from instil.train.export import EXPORT_FILE, export_model
+from instil.train.models import model_kind
 from instil.train.plots import plot_loss
 from instil.train.sft import train_sft
 

@@ -163,6 +163,21 @@ def test_the_cli_quickstart_prints_stages_table_gates_and_report(turned, monkeyp
     assert "random-initialised" in out and "HTML report:" in out and str(result.report.html_path.name) in out
 
 
+def test_each_eval_run_has_one_page_and_stopping_after_evaluate_still_writes_it(turned, monkeypatch):
+    result, _, home = turned
+    monkeypatch.setenv("INSTIL_HOME", str(home))
+    stopped = run(result.spec.root / "instil.yaml", iterations=2, until="evaluate")
+    assert [s.name for s in stopped.stages][-1] == "evaluate"
+    assert "promote" not in {s.name for s in stopped.stages} and not stopped.promotions
+    with Store.open(home=home) as store:
+        runs = store.list_runs(result.spec.name, kind="eval")
+        pages = {r.id: [a for a in store.list_artifacts(r.id) if a.kind == "report_html"] for r in runs}
+    # The baseline, each turn's evaluation (written after its gate) and each gate's own run: one page each.
+    assert all(len(p) == 1 for p in pages.values()), {k: len(v) for k, v in pages.items()}
+    assert Path(pages[stopped.report.run_id][0].path) == stopped.report.html_path
+    assert stopped.report.html_path.is_file()
+
+
 def test_a_broken_data_file_stops_at_validate_and_keeps_earlier_work(tmp_path):
     spec = _small_job(tmp_path / "job")
     data = tmp_path / "job" / "data" / "golden.jsonl"

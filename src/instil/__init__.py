@@ -11,6 +11,8 @@ The Python API is the product; the `instil` command wraps it.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from instil.data import (
     Example,
     Message,
@@ -36,6 +38,9 @@ from instil.errors import (
 )
 from instil.spec import JobSpec, load_spec, parse_spec, write_starter_spec
 from instil.store import DatasetVersion, Store
+
+if TYPE_CHECKING:  # loaded on first use, below
+    from instil.loop import quickstart, run
 
 __version__ = instil_version()
 

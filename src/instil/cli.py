@@ -462,7 +462,6 @@ def models_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the versions (and decisions) as JSON.")] = False,
 ) -> None:
     """List the job's model versions: status, pins, base model, training data, last decision and primary score."""
-
     from instil.registry import list_decisions, list_versions
 
     job = _load(spec)
@@ -1060,7 +1059,6 @@ def datasets(
 def _print_eval_report(report: EvalReport) -> None:
     """One evaluation as two tables that fit 80 columns: quality (every grader with its 95% interval, the pass rate),
     then speed and cost; win rates and reuse on lines of their own."""
-
     title = f"run {report.run_id}: {report.holdout}, {report.n_examples} examples (primary: {report.primary})"
     graders = list(report.candidates[0].graders)
     quality = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)

@@ -1,4 +1,4 @@
-"""Writing files so that a crash never leaves a half-written one: everything instil writes goes through here.
+"""Writing files so that a crash never leaves a half-written one: what instil writes whole goes through here.
 
     write_atomic(path, text)                  # a str or bytes, in one rename
     with replacing(folder) as staging:        # a file or folder built at `staging`, renamed onto `folder` at the end
@@ -6,7 +6,8 @@
 
 The work happens under a temporary name beside the target (same folder, so the rename is atomic on POSIX and
 Windows) and is moved into place with ``os.replace`` only when it finished; on any error the temporary is removed
-and the target is left as it was.
+and the target is left as it was. (Content-addressed blobs, whose name is their hash, are named only once written:
+:mod:`instil.store.blobs` moves them into place itself.)
 """
 
 from __future__ import annotations

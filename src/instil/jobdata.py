@@ -42,6 +42,7 @@ __all__ = [
     "curate_job",
     "dataset_name",
     "frozen_holdout",
+    "holdout_index",
     "read_sources",
     "split_job",
     "validate_job",

@@ -35,7 +35,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -90,7 +90,8 @@ class StageResult:
     """Wall time."""
     detail: StageDetail | None = None
     """The stage's own result (validation reports, curation, split, training, evaluation, promotion); None when it
-    was skipped, or found nothing to do."""
+    was skipped or found nothing to do. ``evaluate`` always runs (taking every result recorded before, so it is cheap)
+    and keeps its report, even when its inputs were unchanged."""
     skipped: bool = False
     """True when its inputs had not changed since it last finished, so nothing was redone."""
     iteration: int = 1
@@ -219,6 +220,10 @@ class _Stop(Exception):
     """Ends the loop early: ``until`` reached, or nothing left to learn from."""
 
 
+class _Redo(Exception):
+    """What a stage recorded is gone (a deleted blob, model folder or decision): do its work again."""
+
+
 class _Loop:
     """The loop over one job: its fixed settings, and one method per stage.
 
@@ -283,31 +288,38 @@ class _Loop:
         self,
         key: str,
         inputs: str,
-        recorded: Callable[[dict[str, Any]], T | None],
+        recorded: Callable[[dict[str, Any]], T],
         work: Callable[[], tuple[T, str, StageDetail, dict[str, Any]]],
     ) -> _Done[T]:
         """Skip a stage whose inputs are unchanged since it last finished and whose output is still there.
 
-        ``recorded(entry)`` rebuilds the value from what the stage recorded (None: it is gone, do the work again);
+        ``recorded(entry)`` rebuilds the value from what the stage recorded, raising :class:`_Redo` when that is gone;
         ``work()`` does the stage and returns (value, summary, detail, outputs to record).
         """
         entry = self.state.done(key, inputs)
-        if entry is not None and (value := recorded(entry)) is not None:
-            return _Done(value, entry["summary"], skipped=True)
+        if entry is not None:
+            try:
+                return _Done(recorded(entry), entry["summary"], skipped=True)
+            except _Redo:
+                pass
         value, summary, detail, outputs = work()
         self.state.mark(key, inputs, "finished", summary=summary, **outputs)
         return _Done(value, summary, detail)
 
     @contextmanager
     def report_page(self, report: EvalReport) -> Iterator[None]:
-        """Write the evaluation's HTML page once, after the gate (or when the turn stops before it)."""
+        """Write the evaluation's HTML page once, with the run's gate decisions: after the gate, or when the loop
+        stops before it (``until``). A failed gate leaves the page unwritten, and its error stands alone."""
         try:
             yield
-        finally:
-            decisions = [
-                {**asdict(p.decision), "candidate": p.candidate, "reference": p.reference}
-                for p in self.result.promotions
-            ]
+        except _Stop:
+            self._write_page(report)
+            raise
+        self._write_page(report)
+
+    def _write_page(self, report: EvalReport) -> None:
+        with _naming_errors("promote"):
+            decisions = [p.report_row() for p in self.result.promotions]
             write_report(report, self.store, decisions=decisions, title=f"{self.spec.name}: the loop")
 
     # ---- the stages ---------------------------------------------------------------------------------------------
@@ -352,7 +364,7 @@ class _Loop:
             )
             return cur.curated.sha256, summary, cur, {"curated": cur.curated.sha256}
 
-        return self.unless_unchanged(key, inputs, lambda entry: self._blob(entry.get("curated")), work)
+        return self.unless_unchanged(key, inputs, lambda entry: self._blob(entry["curated"]), work)
 
     def learn(self, key: str, before: _Carry) -> _Done[str | None]:
         current, pool = before.production, latest_version(self.store, dataset_name(self.spec, "pool"))
@@ -375,7 +387,10 @@ class _Loop:
             sha = outcome.corrections.sha256 if outcome.corrections is not None else None
             return sha, outcome.summary(), outcome, {"corrections": sha}
 
-        return self.unless_unchanged(key, inputs, lambda entry: self._blob(entry.get("corrections")), work)
+        def recorded(entry: dict[str, Any]) -> str | None:
+            return None if entry["corrections"] is None else self._blob(entry["corrections"])
+
+        return self.unless_unchanged(key, inputs, recorded, work)
 
     def split(self, key: str, corrections: str | None) -> _Done[DatasetVersion]:
         curated = self.store.get_dataset(dataset_name(self.spec, "curated"))
@@ -384,10 +399,13 @@ class _Loop:
         # rather than hashed into the inputs (a re-frozen holdout still makes split run again).
         inputs = _hash(curated.sha256, self.spec.split.model_dump(mode="json"), corrections)
 
-        def recorded(entry: dict[str, Any]) -> DatasetVersion | None:
-            if holdout is None or entry.get("holdout") != holdout.sha256 or not self._blob(entry.get("train")):
-                return None
-            return version_with_hash(self.store, dataset_name(self.spec, "train"), entry["train"])
+        def recorded(entry: dict[str, Any]) -> DatasetVersion:
+            if holdout is None or entry.get("holdout") != holdout.sha256:
+                raise _Redo  # the holdout was re-frozen since
+            try:
+                return version_with_hash(self.store, dataset_name(self.spec, "train"), self._blob(entry["train"]))
+            except DataError:
+                raise _Redo from None
 
         def work() -> tuple[DatasetVersion, str, StageDetail, dict[str, Any]]:
             sp = split_job(self.spec, self.store)
@@ -413,13 +431,13 @@ class _Loop:
             self.spec.model.model_dump(mode="json"),
             [c.to_dict() for c in candidates],
         )
-        if (entry := self.state.done(key, inputs)) is not None:
-            return _Done(None, entry["summary"], skipped=True)
-        report = self._evaluate(candidates)
-        write_report(report, self.store)
-        summary = _scores(report)
-        self.state.mark(key, inputs, "finished", summary=summary, run_id=report.run_id)
-        return _Done(report, summary, report)
+
+        def work() -> tuple[EvalReport | None, str, StageDetail, dict[str, Any]]:
+            report = self._evaluate(candidates)
+            write_report(report, self.store)  # its page: no gate decides on the baseline
+            return report, _scores(report), report, {"run_id": report.run_id}
+
+        return self.unless_unchanged(key, inputs, lambda entry: None, work)
 
     def train(self, key: str, train: DatasetVersion) -> _Done[ModelVersion]:
         spec = self.spec
@@ -447,7 +465,12 @@ class _Loop:
             )
             return res.model, summary, res, {"model_id": res.model.id}
 
-        return self.unless_unchanged(key, inputs, lambda entry: self._model(entry.get("model_id")), work)
+        def recorded(entry: dict[str, Any]) -> ModelVersion:
+            if (model := self._model(entry.get("model_id"))) is None:
+                raise _Redo
+            return model
+
+        return self.unless_unchanged(key, inputs, recorded, work)
 
     def evaluate(self, key: str, model: ModelVersion, previous: ModelVersion | None) -> _Done[EvalReport]:
         candidates: list[Candidate] = prompted_baselines(self.spec)
@@ -469,25 +492,23 @@ class _Loop:
             self.spec.gate.model_dump(mode="json"),
             previous.id if previous is not None else None,
         )
-        entry = self.state.done(key, inputs)
-        promotion = find_decision(self.spec, self.store, entry["decision_id"]) if entry is not None else None
-        if promotion is not None and entry is not None:
+
+        def recorded(entry: dict[str, Any]) -> ModelVersion | None:
+            if (promotion := find_decision(self.spec, self.store, entry["decision_id"])) is None:
+                raise _Redo
             self.result.promotions.append(promotion)
-            return _Done(self._model(entry.get("production_id")), entry["summary"], promotion, skipped=True)
-        promotion = promote(self.spec, self.store, model.version)
-        self.result.promotions.append(promotion)
-        current = production(self.store, self.spec.name)
-        verdict = "promoted" if promotion.promoted else "refused"
-        summary = f"{promotion.candidate} {verdict} over {promotion.reference}: {_gate_line(promotion)}"
-        self.state.mark(
-            key,
-            inputs,
-            "finished",
-            summary=summary,
-            decision_id=promotion.decision_id,
-            production_id=current.id if current is not None else None,
-        )
-        return _Done(current, summary, promotion)
+            return self._model(entry.get("production_id"))
+
+        def work() -> tuple[ModelVersion | None, str, StageDetail, dict[str, Any]]:
+            promotion = promote(self.spec, self.store, model.version)
+            self.result.promotions.append(promotion)
+            current = production(self.store, self.spec.name)
+            verdict = "promoted" if promotion.promoted else "refused"
+            summary = f"{promotion.candidate} {verdict} over {promotion.reference}: {_gate_line(promotion)}"
+            outputs = {"decision_id": promotion.decision_id, "production_id": current.id if current else None}
+            return current, summary, promotion, outputs
+
+        return self.unless_unchanged(key, inputs, recorded, work)
 
     # ---- small helpers ------------------------------------------------------------------------------------------
     def _evaluate(self, candidates: list[Candidate]) -> EvalReport:
@@ -495,9 +516,11 @@ class _Loop:
         self.result.reports.append(report)
         return report
 
-    def _blob(self, sha256: str | None) -> str | None:
-        """``sha256`` when its blob is still in the store, else None."""
-        return sha256 if sha256 and self.store.blob_path(sha256).exists() else None
+    def _blob(self, sha256: str | None) -> str:
+        """``sha256``, when its blob is still in the store (else :class:`_Redo`)."""
+        if not sha256 or not self.store.blob_path(sha256).exists():
+            raise _Redo
+        return sha256
 
     def _model(self, model_id: int | None) -> ModelVersion | None:
         """The job's model version with that id, when its folder is still there."""
@@ -622,5 +645,5 @@ def _set_base_model(spec_path: Path, model: str) -> None:
     backup = spec_path.with_suffix(".yaml.orig")
     if not backup.exists():
         shutil.copyfile(spec_path, backup)
-    spec_path.write_text("".join(out), encoding="utf-8")
+    write_atomic(spec_path, "".join(out))
     load_spec(spec_path)  # fail now, naming the line, if the edit broke it

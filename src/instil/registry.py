@@ -33,6 +33,7 @@ from typing import Any, Literal
 from instil.errors import DataError, InstilError, NotFoundError
 from instil.eval.candidates import Candidate, default_candidates, model_candidate, prompted_baselines
 from instil.eval.compare import evaluate
+from instil.eval.report import write_report
 from instil.eval.results import EvalReport, ExampleResult
 from instil.eval.reuse import eval_inputs_sha256
 from instil.eval.stats import Comparison, GateDecision, gate_decision
@@ -108,6 +109,10 @@ class Promotion:
         if self.dry_run:
             return "would promote" if self.decision.promoted else "would refuse"
         return "promoted" if self.promoted else "refused"
+
+    def report_row(self) -> dict[str, Any]:
+        """The decision as the HTML report shows it (:func:`instil.eval.report.write_html`'s ``decisions``)."""
+        return {**asdict(self.decision), "candidate": self.candidate, "reference": self.reference}
 
     def to_dict(self) -> dict[str, Any]:
         """Everything, JSON-safe (NaN and infinities become None)."""
@@ -335,6 +340,7 @@ def promote(
         baselines=baselines,
     )
     if dry_run:
+        write_report(report, store, decisions=[promotion.report_row()], title=f"{spec.name}: gate (dry run)")
         return promotion
     numbers = promotion.to_dict()
     numbers["eval_inputs_sha256"] = eval_inputs_sha256(spec)
@@ -350,7 +356,9 @@ def promote(
         run_id=report.run_id,
         numbers={**numbers, "promoted": decision.promoted},
     )
-    return Promotion.from_record(info)
+    recorded = Promotion.from_record(info)
+    write_report(report, store, decisions=[recorded.report_row()], title=f"{spec.name}: gate on {holdout.ref}")
+    return recorded
 
 
 def decide(

@@ -862,7 +862,6 @@ def _format_loc(loc: list) -> str:
 
 def write_starter_spec(path: str | Path, *, overwrite: bool = False) -> Path:
     """Write the commented starter spec to ``path``; refuses to overwrite unless told to."""
-
     path = Path(path)
     if path.exists() and not overwrite:
         raise InstilError(f"{path} exists already", hint="pass --force (overwrite=True) to replace it")

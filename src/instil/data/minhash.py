@@ -67,7 +67,6 @@ def shingle_text(text: str) -> str:
 
 def stable_hash64(text: str) -> int:
     """A 64-bit hash of a string that is the same in every process (unlike ``hash()``)."""
-
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
 
 

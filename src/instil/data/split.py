@@ -28,6 +28,7 @@ from instil.data import minhash
 from instil.data.curate import Fingerprints, _hash_labels, fingerprint, iter_jsonl
 from instil.data.records import Example, canonical_json, sha256_hex
 from instil.errors import DataError, HoldoutLeakError
+from instil.files import replacing
 from instil.spec import SplitSpec
 
 __all__ = [
@@ -206,9 +207,9 @@ class HoldoutIndex:
         return cls(content_hash, [fp.keys[i] for i in rows], fp.input_hash[rows], fp.input_sig[rows], threshold)
 
     def save(self, path: str | Path) -> Path:
-        """Write ``index.json`` and ``index.npz`` into the folder ``path``."""
+        """Write ``index.json`` and ``index.npz`` into the folder ``path``, both or neither (a folder that is there
+        already is kept: it is named by the holdout's content hash, so it holds the same index)."""
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
         meta = {
             "version": INDEX_VERSION,
             "content_hash": self.content_hash,
@@ -218,8 +219,10 @@ class HoldoutIndex:
             "ngram": self.ngram,
             "seed": self.seed,
         }
-        (path / "index.json").write_text(json.dumps(meta), encoding="utf-8")
-        np.savez_compressed(path / "index.npz", input_hashes=self.input_hashes, signatures=self.signatures)
+        with replacing(path, keep_existing=True) as staging:
+            staging.mkdir()
+            (staging / "index.json").write_text(json.dumps(meta), encoding="utf-8")
+            np.savez_compressed(staging / "index.npz", input_hashes=self.input_hashes, signatures=self.signatures)
         return path
 
     @classmethod

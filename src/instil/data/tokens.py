@@ -17,13 +17,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from instil.data.records import Example, Message
 from instil.errors import DependencyError, InstilError
-
-if TYPE_CHECKING:
-    from instil.spec import JobSpec
+from instil.spec import JobSpec
 
 __all__ = ["ExampleTokens", "TokenCounter"]
 

@@ -15,8 +15,9 @@ each candidate against the first with the pairwise judge when the spec has one, 
 mean with a 95% bootstrap interval and its pass rate with a Wilson interval; latency p50/p95; mean tokens in and out;
 cost per 1,000 requests and per successful outcome, success being a pass of the primary grader; the primary grader per
 tag; the win rate), check the failure modes of each tuned model (:mod:`instil.eval.failure_modes`), then record an
-``eval`` run linked to the holdout, one evaluation per candidate, the per-example results as JSONL, ``report.json``
-and the self-contained ``report.html`` (:mod:`instil.eval.report`).
+``eval`` run linked to the holdout, one evaluation per candidate, the per-example results as JSONL and
+``report.json``. The caller writes the self-contained ``report.html`` once it has all that goes on the page
+(:func:`instil.eval.report.write_report`).
 
 Cost: a local request costs its share of its batch's time at ``eval.machine_price_per_hour``; an endpoint request its
 tokens at the endpoint's per-million prices.
@@ -41,7 +42,7 @@ from instil.eval.graders import Grader, LabelAccuracy, Output, PairwiseJudge, bu
 from instil.eval.results import CandidateSummary, EvalReport, ExampleResult, GraderSummary, SliceSummary, WinRate
 from instil.eval.reuse import ReusableRuns, candidate_identity, eval_inputs_sha256
 from instil.eval.stats import bootstrap_ci, wilson_interval
-from instil.files import write_atomic
+from instil.files import replacing, write_atomic
 from instil.jobdata import dataset_name, frozen_holdout
 from instil.spec import JobSpec
 from instil.store import DatasetVersion, Store
@@ -84,10 +85,11 @@ def evaluate(
     :class:`GraderError` and the run is recorded as failed.
 
     ``reuse`` takes a candidate's per-example results from the newest succeeded eval run that recorded them under
-    the same holdout (sha256), the same :func:`eval_inputs_sha256`, the same ``limit`` and ``max_new_tokens``, and
-    the same :func:`candidate_identity`, instead of generating them again; its summary names that run
-    (``reused_from``). A new eval run is recorded all the same, with every candidate. A reused tuned candidate's
-    failure-mode checks are reused too when they were recorded under the same settings.
+    the same holdout (sha256), the same :func:`~instil.eval.reuse.eval_inputs_sha256`, the same ``limit`` and
+    ``max_new_tokens``, and the same :func:`~instil.eval.reuse.candidate_identity`, instead of generating them
+    again; its summary names that run (``reused_from``). A new eval run is recorded all the same, with every
+    candidate. A reused tuned candidate's failure-mode checks are reused too when they were recorded under the same
+    settings.
 
     ``failure_modes`` runs :func:`~instil.eval.failure_modes.check_failure_modes` on each tuned candidate (it
     generates on a sample of the training split, and on ``eval.regression_set`` when set). Where the spec has a
@@ -246,7 +248,7 @@ def _judge_pairs(
 
     With ``reuse``, verdicts recorded by an earlier run that played the same two candidates, first against the same
     first, with the same answers, are taken instead of asking the judge again (the judge is part of
-    :func:`eval_inputs_sha256`)."""
+    :func:`~instil.eval.reuse.eval_inputs_sha256`)."""
     recorded = earlier.verdicts(identities, first, rows) if earlier is not None else None
     if recorded is not None:
         return [replace(r, win=w) for r, w in zip(rows, recorded, strict=True)]
@@ -376,7 +378,7 @@ def _write_examples(store: Store, spec: JobSpec, run_id: int, rows: Sequence[Exa
     folder = Path(store.home) / "evals" / spec.name / f"run-{run_id}"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "examples.jsonl"
-    with path.open("w", encoding="utf-8") as f:
+    with replacing(path) as staging, staging.open("w", encoding="utf-8") as f:
         for r in rows:
             f.write(json.dumps(asdict(r), ensure_ascii=False) + "\n")
     return path

@@ -153,7 +153,7 @@ class CandidateSummary:
 
 @dataclass
 class EvalReport:
-    """What :func:`evaluate` measured and recorded."""
+    """What :func:`instil.eval.compare.evaluate` measured and recorded."""
 
     job: str
     """The job's name."""

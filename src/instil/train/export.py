@@ -30,17 +30,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 from instil.env import library_versions
 from instil.errors import InstilError, ModelError, StoreError
+from instil.files import replacing
 from instil.store import ModelVersion, Store
-from instil.train.models import load_for_inference, trained_base, weights_sha256
+from instil.train.models import load_for_inference, trained_base, version_kind, weights_sha256
 
-__all__ = ["EXPORT_FILE", "export_model", "model_kind"]
+__all__ = ["EXPORT_FILE", "export_model"]
 
 EXPORT_FILE = "instil_export.json"
 """The provenance file written into every exported folder."""
@@ -48,27 +48,6 @@ _CARRIED = ("instil_train.json", "loss_history.json", "loss_curve.png")
 """Files of the training output carried into a merged export, when present."""
 _ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
-
-
-def model_kind(folder: Path) -> str:
-    """What a training output folder holds: ``lora``, ``qlora``, ``prompt_tuning`` (or another PEFT type, lower
-    case) for an adapter, ``full`` for a whole model.
-
-    LoRA and QLoRA adapters look the same on disk; the run's ``instil_train.json`` tells them apart.
-    """
-    folder = Path(folder)
-    config = folder / "adapter_config.json"
-    if config.is_file():
-        peft_type = str(_read_json(config).get("peft_type", "")).lower()
-        if peft_type == "lora" and _trained_adapter(folder) == "qlora":
-            return "qlora"
-        return peft_type or "unknown"
-    if (folder / "config.json").is_file():
-        return "full"
-    raise ModelError(
-        f"{folder} holds neither an adapter (adapter_config.json) nor a model (config.json)",
-        hint="check the folder was written by `instil train` and is complete; the store records where each model is",
-    )
 
 
 def export_model(store: Store, job: str, *, version: int | None = None, dest: Path, merge: bool = True) -> Path:
@@ -89,9 +68,7 @@ def export_model(store: Store, job: str, *, version: int | None = None, dest: Pa
     dest = Path(dest)
     if dest.exists():
         raise InstilError(f"export folder {dest} exists already", hint="pick a new --out folder or remove this one")
-    kind = model_kind(source)
-    if kind == "lora" and model.meta.get("adapter") == "qlora":
-        kind = "qlora"  # the same files on disk; the model version records which one trained it
+    kind = version_kind(model)  # LoRA and QLoRA are the same files on disk; the model version tells them apart
     if merge and kind not in ("lora", "qlora", "full"):
         raise ModelError(
             f"model {model.ref} is a {kind} adapter, which cannot be merged into its base: its virtual tokens are "
@@ -99,22 +76,18 @@ def export_model(store: Store, job: str, *, version: int | None = None, dest: Pa
             hint="export it with --no-merge (the adapter folder, loaded with peft's AutoPeftModelForCausalLM)",
         )
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = dest.parent / f".{dest.name}.partial-{os.getpid()}"
-    if staging.exists():
-        shutil.rmtree(staging)
-    try:
-        record: dict[str, Any] = {
-            "source": {
-                "job": model.job,
-                "version": model.version,
-                "ref": model.ref,
-                "path": str(source),
-                "run_id": model.run_id,
-                "kind": kind,
-            },
-            "base": {"base_model": model.base_model, "revision": model.revision},
-        }
+    record: dict[str, Any] = {
+        "source": {
+            "job": model.job,
+            "version": model.version,
+            "ref": model.ref,
+            "path": str(source),
+            "run_id": model.run_id,
+            "kind": kind,
+        },
+        "base": {"base_model": model.base_model, "revision": model.revision},
+    }
+    with replacing(dest) as staging:  # a crash never leaves a half-written export
         if kind in ("lora", "qlora") and merge:
             record["base"]["path"] = str(trained_base(model))
             record["adapter_files"] = _file_hashes(source, _ADAPTER_FILES)
@@ -133,17 +106,13 @@ def export_model(store: Store, job: str, *, version: int | None = None, dest: Pa
             raise ModelError(f"the export of {model.ref} holds pickle files {pickles}; instil ships safetensors only")
         record.update(merged=merged, weights_sha256=weights_sha256(staging), library_versions=library_versions())
         (staging / EXPORT_FILE).write_text(json.dumps(record, indent=1, default=str), encoding="utf-8")
-        os.replace(staging, dest)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     return dest
 
 
 def _merge(model: ModelVersion, out: Path) -> str:
     """Merge the LoRA adapter of ``model`` into its base and save model and tokenizer to ``out``; returns the dtype.
 
-    Merging runs in float32 on the CPU; the merged model is saved in the base's own dtype.
+    Merging runs in float32; the merged model is saved, from the CPU, in the base's own dtype.
     """
     import torch
 
@@ -179,24 +148,3 @@ def _file_hashes(folder: Path, names: tuple[str, ...]) -> dict[str, str]:
                     h.update(block)
             out[name] = h.hexdigest()
     return out
-
-
-def _trained_adapter(folder: Path) -> str | None:
-    """The adapter the run's ``instil_train.json`` records (``lora``, ``qlora``...), or None without one."""
-    summary = folder / "instil_train.json"
-    if not summary.is_file():
-        return None
-    setting = (_read_json(summary).get("settings") or {}).get("adapter") or {}
-    return setting.get("value") if isinstance(setting, dict) else None
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ModelError(
-            f"{path} is not readable JSON: {e}", hint="the training output is damaged; train the model again"
-        ) from None
-    return value if isinstance(value, dict) else {}

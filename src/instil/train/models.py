@@ -51,8 +51,10 @@ __all__ = [
     "load_model",
     "load_tokenizer",
     "model_info",
+    "model_kind",
     "resolve_base",
     "trained_base",
+    "version_kind",
     "weights_sha256",
 ]
 
@@ -489,7 +491,7 @@ def _load_version(
         return tokenizer, load_model(folder, dtype=dtype)
     from peft import PeftModel
 
-    qlora = merge and version.meta.get("adapter") == "qlora"
+    qlora = merge and version_kind(version) == "qlora"
     base_path = trained_base(version)
     base = load_model(
         base_path,
@@ -514,6 +516,34 @@ def _load_version(
     return tokenizer, model.merge_and_unload() if merge else model
 
 
+def model_kind(folder: Path) -> str:
+    """What a training output folder holds: ``lora``, ``qlora``, ``prompt_tuning`` (or another PEFT type, lower
+    case) for an adapter, ``full`` for a whole model.
+
+    LoRA and QLoRA adapters look the same on disk; the run's ``instil_train.json`` tells them apart.
+    """
+    folder = Path(folder)
+    config = folder / "adapter_config.json"
+    if config.is_file():
+        peft_type = str(_read_json(config).get("peft_type", "")).lower()
+        if peft_type == "lora" and _trained_adapter(folder) == "qlora":
+            return "qlora"
+        return peft_type or "unknown"
+    if (folder / "config.json").is_file():
+        return "full"
+    raise ModelError(
+        f"{folder} holds neither an adapter (adapter_config.json) nor a model (config.json)",
+        hint="check the folder was written by `instil train` and is complete; the store records where each model is",
+    )
+
+
+def version_kind(version: ModelVersion) -> str:
+    """What a trained version is: :func:`model_kind` of its folder, told apart as ``qlora`` also by the adapter its
+    model version records."""
+    kind = model_kind(Path(version.path))
+    return "qlora" if kind == "lora" and version.meta.get("adapter") == "qlora" else kind
+
+
 def trained_base(version: ModelVersion) -> Path | str:
     """The base a trained adapter version was trained on: the folder recorded at training, else the adapter's own
     record.
@@ -524,12 +554,8 @@ def trained_base(version: ModelVersion) -> Path | str:
     A recorded folder that no longer exists is an error, never a silent switch to another base.
     """
     recorded = (version.meta.get("model_info") or {}).get("path")
-    config = Path(version.path) / "adapter_config.json"
-    try:
-        adapter = json.loads(config.read_text(encoding="utf-8")) if config.is_file() else {}
-    except (OSError, ValueError) as e:
-        raise ModelError(f"{config} is not readable JSON: {e}", hint="the output is damaged; train it again") from None
-    for value in (recorded, adapter.get("base_model_name_or_path") if isinstance(adapter, dict) else None):
+    adapter = _read_json(Path(version.path) / "adapter_config.json")
+    for value in (recorded, adapter.get("base_model_name_or_path")):
         if not value:
             continue
         path = Path(str(value)).expanduser()
@@ -679,3 +705,24 @@ def _has_chat_template(folder: Path) -> bool:
         except (OSError, ValueError):
             return False
     return False
+
+
+def _trained_adapter(folder: Path) -> str | None:
+    """The adapter the run's ``instil_train.json`` records (``lora``, ``qlora``...), or None without one."""
+    summary = folder / "instil_train.json"
+    if not summary.is_file():
+        return None
+    setting = (_read_json(summary).get("settings") or {}).get("adapter") or {}
+    return setting.get("value") if isinstance(setting, dict) else None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ModelError(
+            f"{path} is not readable JSON: {e}", hint="the training output is damaged; train the model again"
+        ) from None
+    return value if isinstance(value, dict) else {}

@@ -70,7 +70,6 @@ def resolve_max_length(spec: JobSpec, *, longest: int, context: int | None) -> S
 
 def validation_split(n: int, seed: int) -> tuple[list[int], list[int]]:
     """Indexes of (train, validation) rows: a seeded random slice of the training split."""
-
     if n < MIN_FOR_VALIDATION:
         return list(range(n)), []
     k = min(MAX_VALIDATION, max(1, round(n * VALIDATION_FRACTION)))

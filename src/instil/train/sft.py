@@ -423,7 +423,6 @@ def _quiet() -> Iterator[None]:
     """Silence what datasets and transformers print on their own (the API prints nothing itself): progress bars,
     the deprecation of the ``gradient_checkpointing`` field TRL's config still carries, and the load-time note that a
     tied ``lm_head.weight`` has no tensor of its own in a checkpoint."""
-
     import datasets
     from transformers.utils import logging as hf_logging
 

@@ -164,7 +164,6 @@ def tiny_cache_key(examples: Iterable[Example], settings: TinySettings) -> str:
     Library versions are in it because a new tokenizers, transformers or torch may build other bytes from the same
     data and seed.
     """
-
     return sha256_hex(
         canonical_json(
             {
