@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from instil.cli import main
 
 
@@ -60,7 +62,7 @@ def _triage(tmp_path: Path, monkeypatch) -> Path:
     return spec
 
 
-def test_validate_reports_file_line_field_and_writes_rejects(tmp_path: Path, capsys):
+def test_validate_reports_file_line_field_and_writes_rejects(tmp_path: Path, instil_home: Path, capsys):
     good = '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}'
     bad = '{"messages": [{"role": "user", "content": "hi"}, {"role": "bot", "content": "yo"}]}'
     data = tmp_path / "train.jsonl"
@@ -69,7 +71,8 @@ def test_validate_reports_file_line_field_and_writes_rejects(tmp_path: Path, cap
     out = capsys.readouterr().out
     assert f"{data}:2: messages[1].role:" in out and "unrecognized_role" in out
     assert f"{data}:3:" in out and "invalid_json" in out
-    rejects = tmp_path / "train.rejects.jsonl"
+    rejects = instil_home / "rejects" / "train.rejects.jsonl"  # under the home, never beside the input
+    assert not (tmp_path / "train.rejects.jsonl").exists()
     rows = [json.loads(x) for x in rejects.read_text().split("\n") if x]
     assert [r["line"] for r in rows] == [2, 3]
     assert rows[0]["raw"] == bad
@@ -78,6 +81,80 @@ def test_validate_reports_file_line_field_and_writes_rejects(tmp_path: Path, cap
     assert report["n_valid"] == 1 and report["n_rejected"] == 2
     data.write_text(good + "\n")
     assert main(["data", "validate", str(data)]) == 0
+
+
+GOOD = '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}'
+
+
+def test_validate_never_writes_over_or_beside_its_input(tmp_path: Path, instil_home: Path, capsys):
+    # A valid file whose name looks like a rejects file was deleted, reported as "0 records ... ok".
+    data = tmp_path / "small.rejects.jsonl"
+    data.write_text((GOOD + "\n") * 50)
+    before = data.read_bytes()
+    assert main(["data", "validate", str(data)]) == 0
+    assert "50 records: 50 valid, 0 rejected" in capsys.readouterr().out
+    assert data.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir() if p != instil_home] == [data.name]  # nothing written beside it
+    # An output named as the input, or as the same file under another name, is refused; the input is kept.
+    link = tmp_path / "other-name.jsonl"
+    link.hardlink_to(data)
+    for target in (data, link):
+        assert main(["data", "validate", str(data), "--rejects", str(target)]) == 1
+        assert "would overwrite it" in capsys.readouterr().err
+        assert data.read_bytes() == before
+    # A name with dots keeps its own stem; rejects go under the home.
+    dotted = tmp_path / "a.b.c.jsonl"
+    dotted.write_text(GOOD + "\n{oops\n")
+    assert main(["data", "validate", str(dotted)]) == 1
+    rows = (instil_home / "rejects" / "a.b.c.rejects.jsonl").read_text().splitlines()
+    assert [json.loads(r)["line"] for r in rows] == [2]
+
+
+def test_a_spec_pointing_outside_its_folder_is_warned_and_writes_nothing_there(tmp_path: Path, capsys):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "data.jsonl").write_text(GOOD + "\n{oops\n")
+    job = tmp_path / "job"
+    job.mkdir()
+    spec = job / "instil.yaml"
+    spec.write_text(
+        "name: demo\nsystem_prompt: Be brief.\noutput: {type: text}\n"
+        "graders: [{name: em, type: exact_match, primary: true}]\ndata: [{path: ../elsewhere/data.jsonl}]\n"
+    )
+    assert main(["spec", "check", str(spec)]) == 0
+    assert "data[0].path '../elsewhere/data.jsonl' leads out of the spec's folder" in capsys.readouterr().err
+    assert main(["data", "validate", "--spec", str(spec)]) == 1
+    assert sorted(p.name for p in outside.iterdir()) == ["data.jsonl"]  # no rejects file beside the input
+
+
+@pytest.fixture
+def read_only_data(tmp_path: Path):
+    """A folder mounted read-only (root can write to a chmod-ed folder, not to a read-only mount)."""
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    (mount / "good.jsonl").write_text(GOOD + "\n")
+    (mount / "bad.jsonl").write_text(GOOD + "\n{oops\n")
+    subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_validation_of_read_only_data_works(read_only_data: Path, instil_home: Path, capsys):
+    assert main(["data", "validate", str(read_only_data / "good.jsonl")]) == 0
+    assert "1 records: 1 valid, 0 rejected" in capsys.readouterr().out
+    assert main(["data", "validate", str(read_only_data / "bad.jsonl")]) == 1
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.out + captured.err and "invalid_json" in captured.out
+    assert (instil_home / "rejects" / "bad.rejects.jsonl").is_file()
+    # Told to write into the read-only folder, it still reports every finding, and says the rejects were not written.
+    assert (
+        main(["data", "validate", str(read_only_data / "bad.jsonl"), "--rejects", str(read_only_data / "r.jsonl")]) == 1
+    )
+    out = capsys.readouterr().out
+    assert "invalid_json" in out and "rejects_unwritable" in out and "Read-only file system" in out
 
 
 def test_data_commands_on_the_example_job(tmp_path: Path, monkeypatch, capsys):

@@ -151,3 +151,45 @@ def test_public_api_is_sorted_and_importable():
     assert instil.__all__ == sorted(instil.__all__)
     for name in instil.__all__:
         assert hasattr(instil, name), name
+
+
+# ---- hostile specs ---------------------------------------------------------------------------------------------------
+def _alias_bomb(levels: int) -> str:
+    """A 'billion laughs' document: each level is nine aliases of the one below (9**levels values)."""
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, levels + 1)]
+    return MINIMAL + "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("levels", [6, 9, 30])
+def test_an_alias_bomb_is_refused_before_it_expands(levels: int):
+    # 6 levels took 24 s and 2.3 GB through the line index, 9 died with a MemoryError; 30 would be 9**30 values.
+    with pytest.raises(SpecError, match=r"expands to more than 100,000 values through aliases") as info:
+        parse_spec(_alias_bomb(levels), file="bomb.yaml")
+    assert info.value.problems[0].line is not None
+
+
+def test_aliases_within_the_bound_still_load():
+    text = MINIMAL.replace("data:\n  - {path: train.jsonl}\n", "") + (
+        "data:\n  - &src {path: train.jsonl, tags: [a]}\n  - *src\n"
+    )
+    spec = parse_spec(text, file="ok.yaml")
+    assert [s.path for s in spec.data] == ["train.jsonl", "train.jsonl"]
+
+
+def test_nesting_too_deep_to_read_is_a_spec_error_not_a_traceback():
+    with pytest.raises(SpecError, match="nested too deeply"):
+        parse_spec(MINIMAL + "deep: " + "[" * 5000 + "]" * 5000 + "\n", file="deep.yaml")
+
+
+def test_paths_that_leave_the_spec_folder_are_named(tmp_path: Path):
+    (tmp_path / "job").mkdir()
+    spec_file = tmp_path / "job" / "instil.yaml"
+    spec_file.write_text(
+        MINIMAL.replace("{path: train.jsonl}", "{path: train.jsonl}\n  - {path: ../../../../etc/passwd}")
+        + "eval: {regression_set: /tmp/elsewhere.jsonl}\n"
+    )
+    outside = load_spec(spec_file).paths_outside()
+    assert len(outside) == 2
+    assert outside[0].startswith("data[1].path '../../../../etc/passwd' leads out of the spec's folder, to /")
+    assert outside[1].startswith("eval.regression_set '/tmp/elsewhere.jsonl' leads out")

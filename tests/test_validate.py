@@ -168,7 +168,7 @@ def test_warnings_do_not_reject(tmp_path: Path) -> None:
         (1, "", "crlf"),
     }
     assert all(f.severity == "warning" for f in report.findings)
-    assert (tmp_path / "r.jsonl").read_text() == ""
+    assert not (tmp_path / "r.jsonl").exists()  # nothing rejected: no (empty) rejects file either
 
 
 def test_spec_contract_schema_labels_and_tools(tmp_path: Path) -> None:

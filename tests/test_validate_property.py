@@ -94,7 +94,11 @@ def _write(tmp: Path, lines: list[str], bom: bool, crlf: bool) -> Path:
 def test_valid_lines_are_exactly_the_oracle_and_unchanged(lines: list[tuple[str, bool]], bom: bool, crlf: bool) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = _write(Path(tmp), [t for t, _ in lines], bom, crlf)
+        before = path.read_bytes()
         report = validate_file(path, format="chat", rejects_path=Path(tmp) / "rejects.jsonl")
+        assert path.read_bytes() == before  # the input is only read
+        # The rejects file exists exactly when a line was rejected: nothing empty is left behind.
+        assert (Path(tmp) / "rejects.jsonl").exists() == (report.n_rejected > 0)
         rejected = {f.line for f in report.findings if f.severity == "error"}
         expected_valid = {i + 1 for i, (_, ok) in enumerate(lines) if ok}
         assert set(range(1, len(lines) + 1)) - rejected == expected_valid, report.format_findings()
@@ -104,7 +108,7 @@ def test_valid_lines_are_exactly_the_oracle_and_unchanged(lines: list[tuple[str,
         for n in expected_valid:
             assert records[n] == lines[n - 1][0]
         # split on "\n" only: str.splitlines also breaks at U+0085 and U+2028, which JSON strings may hold raw
-        rows = (Path(tmp) / "rejects.jsonl").read_text(encoding="utf-8").split("\n")[:-1]
+        rows = (Path(tmp) / "rejects.jsonl").read_text(encoding="utf-8").split("\n")[:-1] if report.n_rejected else []
         assert len(rows) == report.n_rejected
         for row in map(json.loads, rows):
             assert row["raw"] == lines[row["line"] - 1][0]

@@ -623,6 +623,8 @@ def spec_check(spec: SpecArg = Path("instil.yaml")) -> None:
     console.print(table)
     if missing:
         err.print(f"[yellow]warning:[/] data file(s) not found yet: {', '.join(missing)}")
+    for outside in job.paths_outside():
+        err.print(f"[yellow]warning:[/] {_escape(outside)}", soft_wrap=True)
     console.print("[green]spec is valid[/]")
 
 
@@ -674,7 +676,10 @@ def data_validate(
     ] = "auto",
     rejects: Annotated[
         Path | None,
-        typer.Option(help="Where rejected lines go (default: <file>.rejects.jsonl beside the first file)."),
+        typer.Option(
+            help="Where rejected lines go (default: rejects/<first file's stem>.rejects.jsonl in the instil home, "
+            "$INSTIL_HOME or .instil beside the spec or in the current folder)."
+        ),
     ] = None,
     tokenizer: Annotated[str | None, typer.Option(help="A local tokenizer folder to count tokens with.")] = None,
     max_tokens: Annotated[int | None, typer.Option(help="Longest example allowed, in tokens.")] = None,
@@ -684,6 +689,7 @@ def data_validate(
     """Check data files line by line; every finding names its file, line and field. Exit 1 on errors."""
     from instil.data.tokens import TokenCounter
     from instil.data.validate import validate_files
+    from instil.env import home_dir
 
     job = None
     if spec is None and not files and Path("instil.yaml").exists():
@@ -697,13 +703,12 @@ def data_validate(
         if format == "auto" and len({s.format for s in job.data}) == 1:
             format = job.data[0].format
     counter = TokenCounter.from_tokenizer(tokenizer) if tokenizer else None
-    rejects = rejects or files[0].with_name(files[0].name.split(".")[0] + ".rejects.jsonl")
+    # Outputs go under the instil home, never beside an input (which may be read-only, or anywhere).
+    home = home_dir(job.root if job is not None else Path.cwd())
+    rejects = rejects or home / "rejects" / f"{files[0].stem}.rejects.jsonl"
     report = validate_files(
         files, format=format, spec=job, counter=counter, max_tokens=max_tokens, rejects_path=rejects
     )
-    if report.n_rejected == 0 and rejects.exists() and rejects.stat().st_size == 0:
-        rejects.unlink()
-        report.rejects_path = None
     if as_json:
         console.print_json(json.dumps(report.to_dict()))
         return 0 if report.ok else 1

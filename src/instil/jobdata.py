@@ -71,9 +71,14 @@ def validate_job(
     """Validate every data source of the job against the spec (output contract, model context)."""
     counter = counter or TokenCounter.from_spec(spec)
     out = []
+    names: set[str] = set()
     for src in spec.data:
         path = _existing(spec, src)
-        rejects = (rejects_dir / f"{path.stem}.rejects.jsonl") if rejects_dir is not None else None
+        name = path.stem
+        while name in names:  # two sources of one name in different folders keep a rejects file each
+            name += "_"
+        names.add(name)
+        rejects = (rejects_dir / f"{name}.rejects.jsonl") if rejects_dir is not None else None
         report = validate_file(
             path,
             format=src.format,

@@ -747,6 +747,21 @@ class JobSpec(_Strict):
         p = Path(path).expanduser()
         return p if p.is_absolute() else self._root / p
 
+    def paths_outside(self) -> list[str]:
+        """The spec's data paths (``data[].path``, ``eval.regression_set``) that lead out of the spec's folder
+        (``../``, an absolute path elsewhere, a link): allowed, since data may live anywhere, but worth a look, since
+        a spec can point a command at any file the user can read."""
+        root = self._root.resolve()
+        named = [(f"data[{i}].path", s.path) for i, s in enumerate(self.data)]
+        if self.eval.regression_set is not None:
+            named.append(("eval.regression_set", self.eval.regression_set))
+        out = []
+        for field, value in named:
+            where = self.resolve(value).resolve()
+            if not where.is_relative_to(root):
+                out.append(f"{field} {value!r} leads out of the spec's folder, to {where}")
+        return out
+
 
 # ---- loading ---------------------------------------------------------------------------------------------------------
 def load_spec(path: str | Path) -> JobSpec:
@@ -765,11 +780,14 @@ def parse_spec(text: str, *, file: str | None = None, root: Path | None = None) 
     """Validate a spec given as YAML text."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+        _refuse_alias_bombs(node, file)
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         raise SpecError([Problem("", f"not valid YAML: {getattr(e, 'problem', e)}", line)], file=file) from None
+    except RecursionError:
+        raise SpecError([Problem("", "the YAML is nested too deeply to read", None)], file=file) from None
     if not isinstance(data, dict):
         raise SpecError([Problem("", "the spec must be a YAML mapping (key: value lines)", 1)], file=file)
     lines = _line_index(node)
@@ -782,12 +800,53 @@ def parse_spec(text: str, *, file: str | None = None, root: Path | None = None) 
     return spec
 
 
+MAX_EXPANDED_NODES = 100_000
+"""The most YAML nodes a spec may expand to through aliases (``*name``): far past any real spec, far short of a
+"billion laughs" document, whose few kilobytes expand to billions of nodes."""
+
+
+def _refuse_alias_bombs(node: yaml.Node | None, file: str | None) -> None:
+    """Count the nodes the document expands to, each shared (aliased) node once per use, without expanding it."""
+    sizes: dict[int, int] = {}
+
+    def size(n: yaml.Node) -> int:
+        if id(n) in sizes:
+            return sizes[id(n)]
+        sizes[id(n)] = 1  # a node that contains itself (a recursive alias) counts once
+        children = [c for kv in n.value for c in kv] if isinstance(n, yaml.MappingNode) else n.value
+        total = 1 + sum(size(c) for c in children) if isinstance(n, yaml.MappingNode | yaml.SequenceNode) else 1
+        sizes[id(n)] = total
+        if total > MAX_EXPANDED_NODES:
+            raise SpecError(
+                [
+                    Problem(
+                        "",
+                        f"the YAML expands to more than {MAX_EXPANDED_NODES:,} values through aliases (*name): "
+                        "write the values out, or use fewer aliases",
+                        n.start_mark.line + 1,
+                    )
+                ],
+                file=file,
+            )
+        return total
+
+    if node is not None:
+        size(node)
+
+
 def _line_index(node: yaml.Node | None) -> dict[tuple, int]:
-    """Map each path in the YAML document (tuples of keys and indices) to the 1-based line where it starts."""
+    """Map each path in the YAML document (tuples of keys and indices) to the 1-based line where it starts.
+
+    An aliased node is walked where its anchor is and not again at each alias, so the index grows with the text,
+    not with what aliases expand to."""
     out: dict[tuple, int] = {}
+    walked: set[int] = set()
 
     def walk(n: yaml.Node, path: tuple) -> None:
         out[path] = n.start_mark.line + 1
+        if id(n) in walked:
+            return
+        walked.add(id(n))
         if isinstance(n, yaml.MappingNode):
             for k, v in n.value:
                 key = k.value

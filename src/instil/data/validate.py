@@ -38,11 +38,18 @@ is valid. Validation never alters or drops a valid line: it only reads.
     crlf                          warning   CRLF line endings (accepted)
     format_unknown                warning   the format could not be detected; the file is checked as chat
     unreadable                    error     the file does not exist or cannot be opened
+    rejects_unwritable            warning   the rejects file cannot be written (a read-only folder); findings stand
+
+The rejects file is written under a temporary name and moved into place only when a line was rejected, and an
+output that is one of the inputs (the same path or the same file under another name) is refused: validation never
+writes over, or deletes, what it reads.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +69,7 @@ from instil.data.formats import (
 from instil.data.records import ROLES, Example
 from instil.data.tokens import TokenCounter
 from instil.errors import DataError, DataFormatError
+from instil.files import staging_path
 from instil.spec import JobSpec
 
 __all__ = ["Finding", "ValidationReport", "validate_file", "validate_files"]
@@ -219,19 +227,88 @@ def validate_files(
         limit, limit_name = counter.context_length, f"the context length of {counter.name}"
     if limit is not None and counter is None:
         counter = TokenCounter.estimate()
-    report = ValidationReport(rejects_path=rejects_path, max_findings=max_findings)
+    paths = [Path(p) for p in paths]
+    if rejects_path is not None:
+        _refuse_input_as_output(Path(rejects_path), paths)
+    report = ValidationReport(rejects_path=None, max_findings=max_findings)
     checker = _Checker(spec, counter, limit, limit_name)
-    rejects: IO[str] | None = None
+    rejects = _Rejects(Path(rejects_path) if rejects_path is not None else None)
     try:
-        if rejects_path is not None:
-            rejects_path.parent.mkdir(parents=True, exist_ok=True)
-            rejects = rejects_path.open("w", encoding="utf-8", newline="\n")
         for path in paths:
-            _validate_one(Path(path), format, columns, checker, report, rejects)
+            _validate_one(path, format, columns, checker, report, rejects)
+        report.rejects_path = rejects.finish(report)
     finally:
-        if rejects is not None:
-            rejects.close()
+        rejects.discard()
     return report
+
+
+def _refuse_input_as_output(target: Path, inputs: list[Path]) -> None:
+    """An output path that is one of the inputs (by path or by inode: a link, a second name) is refused."""
+    for path in inputs:
+        same = target.resolve() == path.resolve()
+        if not same and target.exists() and path.exists():
+            try:
+                same = os.path.samefile(target, path)
+            except OSError:
+                same = False
+        if same:
+            raise DataError(
+                f"the rejects file {target} is the input {path}: validating would overwrite it",
+                hint="pass another --rejects path (by default rejects go under the job's home, .instil/rejects/)",
+            )
+
+
+class _Rejects:
+    """The rejects file, written under a temporary name beside its target and moved into place only when something
+    was rejected: no empty file is left, and an existing file at the target is only replaced by a complete one."""
+
+    def __init__(self, target: Path | None) -> None:
+        self.target = target
+        self.staging: Path | None = None
+        self.file: IO[str] | None = None
+        self.failed: str | None = None
+
+    def write(self, row: dict[str, Any]) -> None:
+        if self.target is None or self.failed is not None:
+            return
+        if self.file is None:
+            try:
+                self.target.parent.mkdir(parents=True, exist_ok=True)
+                staging = staging_path(self.target)
+                self.file = staging.open("w", encoding="utf-8", newline="\n")
+                self.staging = staging
+            except OSError as e:  # a read-only folder: the report still stands, without the rejects file
+                self.failed = f"{e.strerror or e}"
+                return
+        self.file.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+    def finish(self, report: ValidationReport) -> Path | None:
+        """Move the rejects into place; the target's path, or None when nothing was written."""
+        if self.failed is not None and self.target is not None:
+            report.add(
+                Finding(
+                    str(self.target),
+                    None,
+                    "",
+                    "rejects_unwritable",
+                    "warning",
+                    f"cannot write the rejects file: {self.failed}; pass --rejects with a writable path",
+                )
+            )
+        if self.file is None or self.staging is None or self.target is None:
+            return None
+        self.file.close()
+        self.file = None
+        os.replace(self.staging, self.target)
+        self.staging = None
+        return self.target
+
+    def discard(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        if self.staging is not None:
+            with contextlib.suppress(OSError):
+                self.staging.unlink(missing_ok=True)
 
 
 def _validate_one(
@@ -240,7 +317,7 @@ def _validate_one(
     columns: dict[str, str] | None,
     checker: _Checker,
     report: ValidationReport,
-    rejects: IO[str] | None,
+    rejects: _Rejects,
 ) -> None:
     file = str(path)
     report.files.append(file)
@@ -274,10 +351,8 @@ def _validate_one(
             report.n_lines += 1
             if errors:
                 report.n_rejected += 1
-                if rejects is not None:
-                    errs = [{"code": f.code, "field": f.field, "message": f.message} for f in errors]
-                    row = {"line": rec.line, "source": file, "errors": errs, "raw": rec.raw}
-                    rejects.write(json.dumps(row, ensure_ascii=False) + "\n")
+                errs = [{"code": f.code, "field": f.field, "message": f.message} for f in errors]
+                rejects.write({"line": rec.line, "source": file, "errors": errs, "raw": rec.raw})
             else:
                 report.n_valid += 1
     except (DataError, OSError) as e:
