@@ -120,7 +120,8 @@ def test_each_error_names_line_and_field(tmp_path: Path, record: object, field: 
     good = (
         chat(U, A)
         if fmt == "chat"
-        else {"input": {"messages": [U]}, "preferred_output": [A], "non_preferred_output": [A]}
+        # A pair whose two outputs differ: equal ones teach nothing (preference_identical).
+        else {"input": {"messages": [U]}, "preferred_output": [A], "non_preferred_output": [{**A, "content": "?"}]}
     )
     path = write(tmp_path / "d.jsonl", [good, record, good])
     report = validate_file(path, format=fmt, rejects_path=tmp_path / "rejects.jsonl")
@@ -316,3 +317,38 @@ def test_too_long_uses_the_spec_tokenizer_and_max_length(tmp_path: Path) -> None
     report = validate_file(write(tmp_path / "d.jsonl", [chat(U, A), chat(long, A)]), spec=spec)
     assert codes(report.findings) == {(2, "", "too_long")}
     assert "model.max_length" in report.findings[0].message and "estimated" not in report.findings[0].message
+
+
+# ---- gaps found by hostile input -------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("codec", "name"), [("utf-16", "UTF-16LE"), ("utf-16-le", "UTF-16LE"), ("utf-16-be", "UTF-16BE")]
+)
+def test_a_utf16_file_is_one_clear_finding_not_a_line_of_invalid_json_each(tmp_path: Path, codec: str, name: str):
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(("\n".join(json.dumps(chat(U, A)) for _ in range(5)) + "\n").encode(codec))
+    report = validate_file(path)
+    assert [(f.code, f.severity) for f in report.findings] == [("encoding", "error")]
+    assert f"the file is {name}, not UTF-8" in report.findings[0].message and report.n_lines == 0
+
+
+def test_a_preference_pair_with_equal_outputs_is_rejected(tmp_path: Path):
+    same = [{"role": "assistant", "content": "On its way."}]
+    pref = {"input": {"messages": [U]}, "preferred_output": same, "non_preferred_output": same}
+    differ = {**pref, "non_preferred_output": [{"role": "assistant", "content": "No idea."}]}
+    report = validate_file(write(tmp_path / "p.jsonl", [pref, differ]), format="preference")
+    assert codes(report.findings) == {(1, "non_preferred_output", "preference_identical")}
+    assert (report.n_valid, report.n_rejected) == (1, 1)
+    chat_pair = chat(U, A, rejected=[A])
+    report = validate_file(write(tmp_path / "c.jsonl", [chat_pair]))
+    assert codes(report.findings) == {(1, "rejected", "preference_identical")}
+
+
+def test_an_example_past_any_small_context_is_flagged_without_a_tokenizer(tmp_path: Path):
+    huge = chat(U, {"role": "assistant", "content": "word " * 30_000})  # 150,000 characters
+    report = validate_file(write(tmp_path / "d.jsonl", [huge, chat(U, A)]))
+    [long] = report.findings
+    assert (long.line, long.code, long.severity) == (1, "very_long", "warning") and report.n_valid == 2
+    assert "about 37,5" in long.message and "32,768 tokens" in long.message
+    # With a limit to check, the limit decides: too long is an error, and nothing else is said.
+    limited = validate_file(tmp_path / "d.jsonl", max_tokens=4096)
+    assert [f.code for f in limited.findings] == ["too_long"]

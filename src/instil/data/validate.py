@@ -39,6 +39,9 @@ is valid. Validation never alters or drops a valid line: it only reads.
     format_unknown                warning   the format could not be detected; the file is checked as chat
     unreadable                    error     the file does not exist or cannot be opened
     rejects_unwritable            warning   the rejects file cannot be written (a read-only folder); findings stand
+    encoding                      error     the file is UTF-16 or UTF-32, not UTF-8 (one finding for the file)
+    preference_identical          error     a preference pair whose preferred and rejected outputs are the same
+    very_long                     warning   with no token limit to check: longer than most small models' context
 
 The rejects file is written under a temporary name and moved into place only when a line was rejected, and an
 output that is one of the inputs (the same path or the same file under another name) is refused: validation never
@@ -75,6 +78,8 @@ from instil.spec import JobSpec
 __all__ = ["Finding", "ValidationReport", "validate_file", "validate_files"]
 
 Severity = Literal["error", "warning"]
+VERY_LONG_CHARS = 32_768 * 4
+"""Without a token limit to check against, an example past this many characters (about 32k tokens) is flagged."""
 _CHAT_KEYS = {"messages", "tools", "parallel_tool_calls", "metadata", "rejected"}
 _PREFERENCE_KEYS = {"input", "preferred_output", "non_preferred_output", "metadata"}
 
@@ -242,6 +247,24 @@ def validate_files(
     return report
 
 
+def _utf16(path: Path) -> str | None:
+    """``UTF-16LE``/``UTF-16BE`` (or -32) when the file starts with that byte order mark, or when its first bytes are
+    ASCII with a zero byte beside each (UTF-16 without a mark); None otherwise."""
+    with path.open("rb") as f:
+        head = f.read(4096)
+    for bom, name in ((b"\xff\xfe\x00\x00", "UTF-32LE"), (b"\x00\x00\xfe\xff", "UTF-32BE")):
+        if head.startswith(bom):
+            return name
+    for bom, name in ((b"\xff\xfe", "UTF-16LE"), (b"\xfe\xff", "UTF-16BE")):
+        if head.startswith(bom):
+            return name
+    pairs = head[: len(head) // 2 * 2]
+    if len(pairs) >= 8 and pairs.count(0) >= len(pairs) * 0.4:
+        evens, odds = pairs[0::2].count(0), pairs[1::2].count(0)
+        return "UTF-16LE" if odds > evens else "UTF-16BE"
+    return None
+
+
 def _refuse_input_as_output(target: Path, inputs: list[Path]) -> None:
     """An output path that is one of the inputs (by path or by inode: a link, a second name) is refused."""
     for path in inputs:
@@ -323,6 +346,19 @@ def _validate_one(
     report.files.append(file)
     if not path.exists():
         report.add(Finding(file, None, "", "unreadable", "error", "file not found; check the path"))
+        return
+    if path.is_file() and (encoding := _utf16(path)) is not None:
+        report.add(
+            Finding(
+                file,
+                None,
+                "",
+                "encoding",
+                "error",
+                f"the file is {encoding}, not UTF-8: re-encode it "
+                f"(iconv -f {encoding} -t UTF-8 {path.name} > out.jsonl)",
+            )
+        )
         return
     fmt = format
     if fmt == "auto":
@@ -414,6 +450,14 @@ class _Checker:
             self._messages(d["messages"], "messages", tools, add)
         if isinstance(d.get("rejected"), list):
             self._messages(d["rejected"], "rejected", tools, add)
+            msgs = d["messages"] if isinstance(d.get("messages"), list) else []
+            if len(d["rejected"]) == 1 and msgs and msgs[-1] == d["rejected"][0]:
+                add(
+                    "rejected",
+                    "preference_identical",
+                    "error",
+                    "the rejected output is the same as the final assistant message: the pair teaches nothing",
+                )
         elif d.get("rejected") is not None:
             add("rejected", "missing_messages_list", "error", "rejected must be a list of assistant messages")
         if d.get("metadata") is not None and not isinstance(d["metadata"], dict):
@@ -443,6 +487,13 @@ class _Checker:
                         "error",
                         "an output message must be an assistant's",
                     )
+        if d.get("preferred_output") and d.get("preferred_output") == d.get("non_preferred_output"):
+            add(
+                "non_preferred_output",
+                "preference_identical",
+                "error",
+                "the preferred and non-preferred outputs are the same: the pair teaches nothing",
+            )
 
     def _tools(self, tools: Any, path: str, add: Callable[..., None]) -> set[str]:
         names = set(self.spec_tools)
@@ -626,6 +677,17 @@ class _Checker:
                 "warning",
                 "the conversation continues after its last assistant message; those messages are never learned",
             )
+        if self.limit is None:
+            # No limit to check against: still warn about what no small model's context holds.
+            chars = sum(len(m.text()) for m in msgs)
+            if chars > VERY_LONG_CHARS:
+                add(
+                    "",
+                    "very_long",
+                    "warning",
+                    f"about {chars // 4:,} tokens ({chars:,} characters at ~4 a token): more than most small models' "
+                    f"context ({VERY_LONG_CHARS // 4:,} tokens); pass --max-tokens or set model.max_length to check",
+                )
         if self.counter is not None and self.limit is not None:
             n = self.counter.count_example(ex).total
             if n > self.limit:
