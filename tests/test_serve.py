@@ -237,6 +237,81 @@ def test_models_health_and_errors_in_openai_shape(tiny, server):
     assert c.chat.completions.create(model=NAME, messages=chat("Hi"), max_tokens=2).usage.completion_tokens >= 1
 
 
+def post(url: str, body: bytes, content_type: str | None = "application/json", chunked: bool = False) -> tuple:
+    """A raw POST to /chat/completions: (status, the error body)."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    where = urlsplit(url)
+    conn = http.client.HTTPConnection(where.hostname, where.port, timeout=30)
+    headers = {"authorization": f"Bearer {KEY}"} | ({"content-type": content_type} if content_type else {})
+    if chunked:
+        conn.request(
+            "POST",
+            where.path + "/chat/completions",
+            iter([body[i : i + 65536] for i in range(0, len(body), 65536)]),
+            headers=headers,
+            encode_chunked=True,
+        )
+    else:
+        conn.request("POST", where.path + "/chat/completions", body, headers=headers)
+    response = conn.getresponse()
+    status, data = response.status, json.loads(response.read() or b"{}")
+    conn.close()
+    return status, data.get("error", data)
+
+
+def test_bad_input_is_the_clients_fault_and_says_which_field(tiny, server):
+    url, _ = server
+    ok = {"model": NAME, "messages": chat("Hi"), "max_tokens": 2}
+
+    def refused(body: object, status: int = 400, **kw: object) -> dict:
+        raw_body = body if isinstance(body, bytes) else json.dumps(body).encode()
+        got, error = post(url, raw_body, **kw)
+        assert got == status, (got, error)
+        return error
+
+    # A seed outside int64 was a 500 ("Overflow when unpacking long long"), even with greedy decoding.
+    assert refused({**ok, "seed": 2**64})["param"] == "seed"
+    # A lone surrogate, valid JSON escape, was a 500 from the tokenizer.
+    lone = json.dumps({**ok, "messages": chat("x")}).replace('"x"', '"\\ud800"').encode()
+    assert refused(lone)["param"] == "messages[1]"
+    # Strict booleans: "yes" is not true.
+    assert refused({**ok, "stream": "yes"})["param"] == "stream"
+    # A tool whose parameters are not a JSON Schema was accepted with 200.
+    tool = {"type": "function", "function": {"name": "f", "parameters": "zzz"}}
+    error = refused({**ok, "tools": [tool]})
+    assert error["param"] == "tools[0].function.parameters" and "JSON Schema" in error["message"]
+    bad_schema = {"type": "function", "function": {"name": "f", "parameters": {"type": "objekt"}}}
+    assert refused({**ok, "tools": [bad_schema]})["param"] == "tools[0].function.parameters"
+    # A body sent as another content type: say that it must be JSON.
+    error = refused(json.dumps(ok).encode(), content_type="text/plain")
+    assert "must be a JSON object" in error["message"] and "application/json" in error["message"]
+    # Over the context: honest counts, never negative ones.
+    error = refused({**ok, "messages": chat(" ".join(f"w{i}" for i in range(3000))), "max_tokens": None})
+    assert error["code"] == "context_length_exceeded" and "-" not in error["message"].split("tokens")[0]
+    assert "positions" in error["message"]
+    # Still answering after every refusal.
+    assert post(url, json.dumps(ok).encode())[0] == 200
+
+
+def test_bodies_past_the_bound_are_refused_before_they_are_read(tiny):
+    model, tokenizer, renderer = tiny
+    app = create_app(model, tokenizer, renderer, model_name=NAME, api_key=KEY, max_body_bytes=256 * 1024)
+    big = json.dumps({"model": NAME, "messages": chat("x " * 200_000)}).encode()  # about 400 KB
+    with serve_app(app) as url:
+        for chunked in (False, True):  # by Content-Length, and counted as a chunked body streams in
+            status, error = post(url, big, chunked=chunked)
+            assert (status, error["code"]) == (413, "body_too_large"), (chunked, error)
+            assert "262,144 bytes" in error["message"]
+        # Under the bound but far past the context (4,096 positions, 32 characters each): refused at once, before
+        # rendering or tokenizing.
+        long = json.dumps({"model": NAME, "messages": chat("x " * 80_000)}).encode()  # about 160 KB
+        status, error = post(url, long)
+        assert status == 400 and error["code"] == "context_length_exceeded" and "characters" in error["message"]
+        assert post(url, json.dumps({"model": NAME, "messages": chat("Hi"), "max_tokens": 2}).encode())[0] == 200
+
+
 def test_concurrent_requests_are_all_answered_correctly(tiny, server):
     url, records = server
     c = openai.OpenAI(base_url=url, api_key=KEY, max_retries=0, timeout=60.0)

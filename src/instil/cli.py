@@ -387,6 +387,9 @@ def serve(
         str | None,
         typer.Option(help="The environment variable holding the API key clients must send (default: no key)."),
     ] = None,
+    max_body_kb: Annotated[
+        int, typer.Option(min=1, help="The largest request body read, in KiB; a larger one is answered 413.")
+    ] = 2048,
 ) -> None:
     """Serve a trained model (or the base) behind an OpenAI-compatible API: /v1/chat/completions, /v1/models."""
     from transformers.utils import logging as hf_logging
@@ -405,7 +408,17 @@ def serve(
 
     job = _load(spec)
     with _open_store(job) as store:
-        serve_job(job, store, version=version, base=base, host=host, port=port, api_key_env=api_key_env, ready=ready)
+        serve_job(
+            job,
+            store,
+            version=version,
+            base=base,
+            host=host,
+            port=port,
+            api_key_env=api_key_env,
+            ready=ready,
+            max_body_bytes=max_body_kb * 1024,
+        )
 
 
 # ---- registry --------------------------------------------------------------------------------------------------------

@@ -60,6 +60,11 @@ __all__ = ["ServedRequest", "create_app"]
 
 log = logging.getLogger("instil.serve")
 
+MAX_BODY_BYTES = 2 * 1024 * 1024
+"""The largest request body :func:`create_app` reads by default (2 MiB: far past what a model's context holds)."""
+MAX_CHARS_PER_TOKEN = 32
+"""A prompt longer than the model's context times this many characters cannot fit, whatever the tokenizer."""
+
 
 @dataclass(frozen=True)
 class ServedRequest:
@@ -112,11 +117,11 @@ class _ChatRequest(BaseModel):
     top_p: float | None = Field(default=None, gt=0, le=1)
     n: int | None = Field(default=None, ge=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
-    stream: bool = False
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)  # OpenAI's seed is an int64
+    stream: bool = Field(default=False, strict=True)  # "yes" is not true
     stream_options: dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
-    logprobs: bool | None = None
+    logprobs: bool | None = Field(default=None, strict=True)
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
 
@@ -219,20 +224,22 @@ class _Worker:
             return False
         job.prompt_tokens = len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
         room = self.cap if self.context is None else min(self.cap, self.context - job.prompt_tokens)
-        if job.max_tokens is None:
-            job.max_tokens = room
-        if room < 1 or job.max_tokens > room:
-            limit = f"the model's {self.context} positions" if self.context else "the context"
-            job.future.set_exception(
-                _ApiError(
-                    400,
-                    f"the prompt is {job.prompt_tokens} tokens; with {job.max_tokens} new tokens it runs past {limit} "
-                    "(lower max_tokens or shorten the messages)",
-                    param="messages",
-                    code="context_length_exceeded",
+        asked = job.max_tokens
+        if room < 1 or (asked is not None and asked > room):
+            if room < 1:
+                why = f"the prompt is {job.prompt_tokens:,} tokens, and the model has {self.context:,} positions"
+                what = "shorten the messages"
+            else:
+                why = (
+                    f"the prompt is {job.prompt_tokens:,} tokens, which leaves {room:,} of the model's "
+                    f"{self.context:,} positions, and max_tokens asks for {asked:,}"
                 )
+                what = "lower max_tokens or shorten the messages"
+            job.future.set_exception(
+                _ApiError(400, f"{why} ({what})", param="messages", code="context_length_exceeded")
             )
             return False
+        job.max_tokens = room if asked is None else asked
         return True
 
     def _run(self, jobs: list[_Job]) -> None:
@@ -280,6 +287,7 @@ def create_app(
     default_tools: list[dict[str, Any]] | None = None,
     batch_size: int = 8,
     on_request: Callable[[ServedRequest], None] | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
 ) -> Any:
     """A FastAPI app serving ``model`` under the name ``model_name`` with OpenAI's chat completions API.
 
@@ -289,6 +297,7 @@ def create_app(
     ``default_system_prompt`` / ``default_tools`` are used by requests without a system message / without tools.
     ``batch_size``: the most queued requests generated together. ``on_request`` is called with a
     :class:`ServedRequest` after each answer (in a worker thread; an exception in it is logged, the answer stands).
+    ``max_body_bytes`` bounds a request's body: a larger one is answered 413 before it is read whole.
     """
     try:
         from fastapi import FastAPI
@@ -296,10 +305,16 @@ def create_app(
         from starlette.concurrency import run_in_threadpool
     except ImportError:
         raise DependencyError("serving needs fastapi and uvicorn", hint="pip install fastapi uvicorn") from None
-    if max_new_tokens_cap < 1 or batch_size < 1:
-        raise ValueError(f"max_new_tokens_cap ({max_new_tokens_cap}) and batch_size ({batch_size}) must be at least 1")
+    if max_new_tokens_cap < 1 or batch_size < 1 or max_body_bytes < 1:
+        raise ValueError(
+            f"max_new_tokens_cap ({max_new_tokens_cap}), batch_size ({batch_size}) and max_body_bytes "
+            f"({max_body_bytes}) must be at least 1"
+        )
 
     worker = _Worker(model, tokenizer, renderer, max_new_tokens_cap, batch_size)
+    # No tokenizer turns more than this many characters into the context's tokens: longer prompts are refused at
+    # once, before they are rendered or tokenized on the worker's thread.
+    max_chars = worker.context * MAX_CHARS_PER_TOKEN if worker.context else None
     started = int(time.time())
 
     @asynccontextmanager
@@ -310,6 +325,7 @@ def create_app(
     app = FastAPI(title=f"instil: {model_name}", lifespan=lifespan, docs_url=None, redoc_url=None)
 
     _handle_errors(app)
+    app.add_middleware(_BodyLimit, max_bytes=max_body_bytes)  # inside the key check, which runs first
     _require_key(app, api_key)
 
     def model_card() -> dict[str, Any]:
@@ -334,7 +350,9 @@ def create_app(
         began = time.perf_counter()
         if body.model != model_name:
             raise _unknown_model(body.model, model_name)
-        job, stops, want_tools, messages, tools = _job(body, default_system_prompt, default_tools, max_new_tokens_cap)
+        job, stops, want_tools, messages, tools = _job(
+            body, default_system_prompt, default_tools, max_new_tokens_cap, max_chars
+        )
         worker.submit(job)
         try:
             gen: Generation = await asyncio.wrap_future(job.future)
@@ -458,7 +476,11 @@ def _answer(
 
 
 def _job(
-    body: _ChatRequest, default_system: str | None, default_tools: list[dict[str, Any]] | None, cap: int
+    body: _ChatRequest,
+    default_system: str | None,
+    default_tools: list[dict[str, Any]] | None,
+    cap: int,
+    max_chars: int | None = None,
 ) -> tuple[_Job, list[str], bool, list[dict[str, Any]], list[dict[str, Any]] | None]:
     """Check what a local model cannot honour, and turn the request into a queued job."""
     max_tokens = body.max_completion_tokens or body.max_tokens
@@ -498,7 +520,30 @@ def _job(
                 "a tool is {'type': 'function', 'function': {'name': ..., 'parameters': ...}}",
                 param=f"tools[{k}]",
             )
+        if "parameters" in fn:
+            problem = _schema_problem(fn["parameters"])
+            if problem is not None:
+                raise _ApiError(
+                    400, f"parameters must be a JSON Schema: {problem}", param=f"tools[{k}].function.parameters"
+                )
 
+    for k, m in enumerate(body.messages):  # a lone surrogate ("\ud800") is valid JSON, but no text a model reads
+        if not _encodable(m.model_dump()):
+            raise _ApiError(
+                400, "the message holds text that is not valid Unicode (a lone surrogate)", param=f"messages[{k}]"
+            )
+    if tools is not None and not _encodable(tools):
+        raise _ApiError(400, "the tools hold text that is not valid Unicode (a lone surrogate)", param="tools")
+    chars = sum(len(json.dumps(m.model_dump(), ensure_ascii=False)) for m in body.messages)
+    if max_chars is not None and chars > max_chars:
+        # Cheap and early: no tokenizer needs this many characters to fill the model's context.
+        raise _ApiError(
+            400,
+            f"the messages are {chars:,} characters, far more than the model's context holds ({max_chars:,} "
+            "characters at most are read)",
+            param="messages",
+            code="context_length_exceeded",
+        )
     messages: list[Message] = []
     for k, m in enumerate(body.messages):
         content = m.content
@@ -530,6 +575,72 @@ def _job(
     return job, stops, choice != "none", [m.to_dict() for m in messages], tools
 
 
+class _BodyLimit:
+    """ASGI middleware: a body over ``max_bytes`` gets 413, from its Content-Length before anything is read, or as
+    soon as a body sent without one (chunked) passes the bound; a body within it is read here and handed on whole."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_bytes:
+            await self._too_large().response()(scope, receive, send)
+            return
+        chunks, size, message = [], 0, {"more_body": True}
+        while message.get("more_body", False):
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away: let the app see it
+                await self.app(scope, _replaying([message], receive), send)
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:
+                await self._too_large().response()(scope, receive, send)
+                return
+        whole = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        await self.app(scope, _replaying([whole], receive), send)
+
+    def _too_large(self) -> _ApiError:
+        return _ApiError(
+            413, f"the request body is over {self.max_bytes:,} bytes, the most this server reads", code="body_too_large"
+        )
+
+
+def _replaying(messages: list[dict[str, Any]], receive: Callable) -> Callable:
+    """A ``receive`` that hands out ``messages`` first, then what the client sends next (a disconnect)."""
+    pending = list(messages)
+
+    async def replay() -> dict[str, Any]:
+        return pending.pop(0) if pending else await receive()
+
+    return replay
+
+
+def _encodable(value: Any) -> bool:
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _schema_problem(schema: Any) -> str | None:
+    """Why ``schema`` is not a JSON Schema (an object whose keywords check), or None when it is one."""
+    if not isinstance(schema, dict):
+        return f"got {type(schema).__name__} {json.dumps(schema)[:40]}, not an object"
+    import jsonschema  # at call time: most requests carry no tools
+
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as e:
+        return f"{e.message} (at {'/'.join(str(p) for p in e.path) or 'the top'})"
+    return None
+
+
 def _validation_error(errors: Any) -> _ApiError:
     """The first validation problem as a 400 that names the field (``messages[1].role``), as OpenAI does."""
     first = dict(errors[0]) if errors else {}
@@ -537,6 +648,8 @@ def _validation_error(errors: Any) -> _ApiError:
     param = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".") or None
     if first.get("type") == "json_invalid":
         return _ApiError(400, "the request body is not valid JSON")
+    if not loc and first.get("type") in ("model_attributes_type", "dict_type", "model_type"):
+        return _ApiError(400, "the request body must be a JSON object, sent with Content-Type: application/json")
     message = str(first.get("msg", "invalid request"))
     if first.get("type") == "missing":
         message = "required"
