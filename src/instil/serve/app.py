@@ -527,14 +527,15 @@ def _job(
                     400, f"parameters must be a JSON Schema: {problem}", param=f"tools[{k}].function.parameters"
                 )
 
-    for k, m in enumerate(body.messages):  # a lone surrogate ("\ud800") is valid JSON, but no text a model reads
-        if not _encodable(m.model_dump()):
+    texts = [json.dumps(m.model_dump(), ensure_ascii=False) for m in body.messages]  # each message read once
+    for k, text in enumerate(texts):  # a lone surrogate ("\ud800") is valid JSON, but no text a model reads
+        if not _encodable(text):
             raise _ApiError(
                 400, "the message holds text that is not valid Unicode (a lone surrogate)", param=f"messages[{k}]"
             )
-    if tools is not None and not _encodable(tools):
+    if tools is not None and not _encodable(json.dumps(tools, ensure_ascii=False)):
         raise _ApiError(400, "the tools hold text that is not valid Unicode (a lone surrogate)", param="tools")
-    chars = sum(len(json.dumps(m.model_dump(), ensure_ascii=False)) for m in body.messages)
+    chars = sum(len(text) for text in texts)
     if max_chars is not None and chars > max_chars:
         # Cheap and early: no tokenizer needs this many characters to fill the model's context.
         raise _ApiError(
@@ -620,9 +621,9 @@ def _replaying(messages: list[dict[str, Any]], receive: Callable) -> Callable:
     return replay
 
 
-def _encodable(value: Any) -> bool:
+def _encodable(text: str) -> bool:
     try:
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
+        text.encode("utf-8")
     except UnicodeEncodeError:
         return False
     return True
