@@ -171,9 +171,17 @@ def test_stop_strings_streaming_and_sampling(tiny, server):
     chunks = list(stream)
     assert {ch.object for ch in chunks} == {"chat.completion.chunk"} and len({ch.id for ch in chunks}) == 1
     assert chunks[0].choices[0].delta.role == "assistant"
-    assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == text
+    pieces = [ch.choices[0].delta.content for ch in chunks if ch.choices and ch.choices[0].delta.content]
+    assert "".join(pieces) == text
+    assert len(pieces) >= whole.usage.completion_tokens // 4  # token by token, not the whole answer in one chunk
     assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] == whole.choices[0].finish_reason
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+
+    # A stop string is held back while it may still be forming, so the stream never sends what the answer cuts.
+    streamed_cut = c.chat.completions.create(
+        model=NAME, messages=chat(TICKETS[1]), max_tokens=CAP, stop=[stop], stream=True
+    )
+    assert "".join(ch.choices[0].delta.content or "" for ch in streamed_cut if ch.choices) == text[: text.find(stop)]
 
     # Sampling: a seed makes it repeatable.
     a, b = (
@@ -291,6 +299,8 @@ def test_bad_input_is_the_clients_fault_and_says_which_field(tiny, server):
     error = refused({**ok, "messages": chat(" ".join(f"w{i}" for i in range(3000))), "max_tokens": None})
     assert error["code"] == "context_length_exceeded" and "-" not in error["message"].split("tokens")[0]
     assert "positions" in error["message"]
+    # A positive temperature too small to divide by (found by the fuzz test: NaN probabilities, a 500) is greedy.
+    assert post(url, json.dumps({**ok, "temperature": 1e-99}).encode())[0] == 200
     # Still answering after every refusal.
     assert post(url, json.dumps(ok).encode())[0] == 200
 
@@ -334,6 +344,117 @@ def test_concurrent_requests_are_all_answered_correctly(tiny, server):
     assert not errors, errors
     assert answers == {k: local(tiny, chat(TICKETS[k]), 8 + k % 3).text for k in range(len(TICKETS))}
     assert len(records) - before == len(TICKETS)
+    # Different max_tokens no longer keep requests apart: each row stops at its own limit within one batch.
+    assert max(r.batch_size for r in records[before:]) > 1
+
+
+# ---- under load: cancelled clients, a full queue, tokenizing off the engine --------------------------------------
+LONG = [TICKETS[0], TICKETS[4]]
+"""Tickets the tiny model answers for 400 tokens without ending its turn (about 0.5 s each on 2 cores)."""
+
+
+def test_the_engine_drops_or_stops_cancelled_jobs_and_their_batch_mates_go_on(tiny):
+    from instil.serve.engine import Engine, Job
+
+    model, tokenizer, renderer = tiny
+
+    def job(t: str, n: int) -> Job:
+        ids = tokenizer(renderer.prompt(chat(t)), add_special_tokens=False)["input_ids"]
+        return Job(list(ids), max_tokens=n)
+
+    engine = Engine(model, tokenizer, renderer, batch_size=4, max_queue=16)
+    try:
+        keeper = job(LONG[0], 400)
+        engine.submit(keeper)
+        gone = [job(t, 400) for t in TICKETS]
+        for j in gone:
+            engine.submit(j)
+            j.cancel()  # dropped while queued, or stopped at its next token if its batch had begun
+        kept = job(LONG[1], 30)
+        engine.submit(kept)
+        assert kept.future.result(timeout=60).text == local(tiny, chat(LONG[1]), 30).text
+        assert keeper.future.result(timeout=60).output_tokens == 400
+        for j in gone:
+            assert j.future.cancelled() or j.future.result(timeout=60).output_tokens <= 1
+        assert engine.stats.cancelled == len(gone) and engine.stats.generated == 2
+    finally:
+        engine.stop()
+
+
+def test_clients_that_hang_up_are_not_generated_for(tiny):
+    import socket
+    import time as clock
+
+    model, tokenizer, renderer = tiny
+    app = create_app(model, tokenizer, renderer, model_name=NAME, max_new_tokens_cap=400, batch_size=2)
+    with serve_app(app) as url:
+        port = int(url.split(":")[2].split("/")[0])
+        for k in range(8):  # eight clients send a long request and hang up at once
+            body = json.dumps({"model": NAME, "messages": chat(LONG[k % 2]), "max_tokens": 400}).encode()
+            head = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            with socket.create_connection(("127.0.0.1", port)) as s:
+                s.sendall(head.encode() + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        engine = app.state.engine
+        deadline = clock.monotonic() + 30
+        while engine.stats.cancelled < 8 and clock.monotonic() < deadline:
+            clock.sleep(0.05)
+        assert engine.stats.cancelled == 8 and engine.stats.generated == 0
+        began = clock.monotonic()
+        r = client(url, "none").chat.completions.create(model=NAME, messages=chat("Hi"), max_tokens=4)
+        assert r.usage.completion_tokens == 4
+        assert clock.monotonic() - began < 5  # nothing left of the eight to wait for (they were 8 x 0.5 s)
+
+
+def test_a_full_queue_answers_429_with_retry_after(tiny):
+    model, tokenizer, renderer = tiny
+    app = create_app(model, tokenizer, renderer, model_name=NAME, max_new_tokens_cap=400, batch_size=1, max_queue=1)
+    statuses: list[int] = []
+    retry_after: list[str] = []
+    with serve_app(app) as url:
+
+        def ask(k: int) -> None:
+            body = json.dumps({"model": NAME, "messages": chat(LONG[k % 2]), "max_tokens": 400}).encode()
+            request = urllib.request.Request(
+                url + "/chat/completions", data=body, headers={"content-type": "application/json"}
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=60) as r:
+                    statuses.append(r.status)
+            except urllib.error.HTTPError as e:
+                statuses.append(e.code)
+                error = json.loads(e.read())["error"]
+                assert error["code"] == "server_busy" and error["type"] == "rate_limit_error", error
+                retry_after.append(e.headers["Retry-After"])
+
+        threads = [threading.Thread(target=ask, args=(k,)) for k in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+    # One generating and one waiting at any time: of six at once, at least two are answered and the rest told when
+    # to come back.
+    assert sorted(set(statuses)) == [200, 429] and statuses.count(200) >= 2 and len(statuses) == 6
+    assert all(r.isdigit() and int(r) >= 1 for r in retry_after)
+
+
+def test_prompts_are_tokenized_off_the_engines_thread(tiny):
+    model, tokenizer, renderer = tiny
+    threads: set[str] = set()
+
+    class Watched:  # the real tokenizer, noting which thread encodes
+        def __call__(self, *args, **kwargs):
+            threads.add(threading.current_thread().name)
+            return tokenizer(*args, **kwargs)
+
+        def __getattr__(self, name):
+            return getattr(tokenizer, name)
+
+    app = create_app(model, Watched(), renderer, model_name=NAME)
+    with serve_app(app) as url:
+        c = client(url, "none")
+        for t in TICKETS[:3]:
+            c.chat.completions.create(model=NAME, messages=chat(t), max_tokens=3)
+    assert threads and "instil-serve-generate" not in threads
 
 
 # ---- a job's model as an endpoint candidate --------------------------------------------------------------------------

@@ -390,6 +390,9 @@ def serve(
     max_body_kb: Annotated[
         int, typer.Option(min=1, help="The largest request body read, in KiB; a larger one is answered 413.")
     ] = 2048,
+    max_queue: Annotated[
+        int, typer.Option(min=1, help="The most requests waiting for the model; past it, 429 with Retry-After.")
+    ] = 256,
 ) -> None:
     """Serve a trained model (or the base) behind an OpenAI-compatible API: /v1/chat/completions, /v1/models."""
     from transformers.utils import logging as hf_logging
@@ -418,6 +421,7 @@ def serve(
             api_key_env=api_key_env,
             ready=ready,
             max_body_bytes=max_body_kb * 1024,
+            max_queue=max_queue,
         )
 
 

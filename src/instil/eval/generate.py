@@ -31,7 +31,9 @@ from instil.errors import ModelError
 __all__ = [
     "MAX_NEW_TOKENS_CAP",
     "Generation",
+    "Row",
     "generate_local",
+    "generate_rows",
     "parse_tool_calls",
     "stop_token_ids",
 ]
@@ -119,8 +121,6 @@ def generate_local(
 
     Raises :class:`ModelError` when a prompt plus ``max_new_tokens`` does not fit the model's context.
     """
-    from transformers import GenerationConfig
-
     if batch_size < 1 or max_new_tokens < 1:
         raise ValueError(f"batch_size ({batch_size}) and max_new_tokens ({max_new_tokens}) must be at least 1")
     prompts = [renderer.prompt(ex, tools=tools, system_prompt_override=system_prompt) for ex in examples]
@@ -128,19 +128,7 @@ def generate_local(
     _check_context(model, examples, encoded, max_new_tokens)
 
     stops = stop_token_ids(tokenizer, renderer, model)
-    # Padding never reaches the model's attention (the mask hides it); without a pad token any id does, EOS is usual.
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
-    config = GenerationConfig(
-        max_new_tokens=max_new_tokens,
-        do_sample=do_sample,
-        temperature=temperature if do_sample else None,
-        top_p=top_p if do_sample else None,
-        top_k=None,
-        use_cache=True,
-        eos_token_id=stops,
-        pad_token_id=pad_id,
-        bos_token_id=getattr(tokenizer, "bos_token_id", None),
-    )
+    config = _config(tokenizer, stops, max_new_tokens, do_sample, temperature, top_p)
     stop_set = set(stops)
     device = _device(model)
     # A model fresh from training may still be in train mode, where dropout (LoRA's too) would make greedy answers
@@ -176,51 +164,126 @@ def _run(
     max_batch_tokens: int | None,
     progress: Callable[[int, int], None] | None,
 ) -> list[Generation]:
-    import torch
-    from transformers import StoppingCriteriaList
-
-    pad_id = config.pad_token_id
-
     # Longest first: similar lengths share a batch (little padding), and running out of memory shows at once.
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
     results: list[Generation | None] = [None] * len(encoded)
     done = 0
     for batch in _batches(order, [len(e) for e in encoded], batch_size, max_batch_tokens):
-        width = max(len(encoded[i]) for i in batch)
-        input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        attention = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, i in enumerate(batch):
-            n = len(encoded[i])
-            input_ids[row, width - n :] = torch.tensor(encoded[i], dtype=torch.long)
-            attention[row, width - n :] = 1
-        first = _FirstToken()
-        began = time.perf_counter()
-        with torch.inference_mode():
-            out = model.generate(
-                input_ids=input_ids.to(device),
-                attention_mask=attention.to(device),
-                generation_config=config,
-                stopping_criteria=StoppingCriteriaList([first]),
-            )
-        elapsed = time.perf_counter() - began
-        first_token_s = (first.at - began) if first.at is not None else elapsed
-        new_tokens = out[:, width:].tolist()
-        for row, i in enumerate(batch):
-            text, output_tokens, finish_reason = _finish(tokenizer, renderer, new_tokens[row], stop_set)
-            results[i] = Generation(
-                text=text,
-                input_tokens=len(encoded[i]),
-                output_tokens=output_tokens,
-                latency_s=elapsed,
-                first_token_s=first_token_s,
-                finish_reason=finish_reason,
-                batch_size=len(batch),
-                tool_calls=parse_tool_calls(text),
-            )
+        rows = [Row(encoded[i], config.max_new_tokens) for i in batch]
+        for i, gen in zip(
+            batch, _generate_rows(model, tokenizer, renderer, rows, config, stop_set, device), strict=True
+        ):
+            results[i] = gen
         done += len(batch)
         if progress is not None:
             progress(done, len(order))
     return [r for r in results if r is not None]
+
+
+@dataclass
+class Row:
+    """One prompt of a batch for :func:`generate_rows`, with what the server needs beyond evaluation."""
+
+    ids: list[int]
+    """The rendered prompt's token ids (no padding)."""
+    max_new_tokens: int
+    """This row's own limit; its batch-mates may go on longer."""
+    on_token: Callable[[int], None] | None = None
+    """Called with each token id as it is generated (from the generating thread), the stop token included."""
+    cancelled: Callable[[], bool] | None = None
+    """Polled after each token: True stops this row there (its client went away); its batch-mates go on."""
+
+
+def generate_rows(
+    model: Any,
+    tokenizer: Any,
+    renderer: Any,
+    rows: Sequence[Row],
+    *,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+) -> list[Generation]:
+    """Generate ``rows`` as one batch, each to its own ``max_new_tokens``, with the settings, padding and stop tokens
+    of :func:`generate_local` (so greedy answers are the ones evaluation measured); results in the order of ``rows``.
+
+    The caller checks the context (prompt plus limit within the model's positions). A row stopped by ``cancelled``
+    gets the text generated so far, with ``finish_reason`` ``length``."""
+    if not rows:
+        return []
+    if min(r.max_new_tokens for r in rows) < 1:
+        raise ValueError("every row's max_new_tokens must be at least 1")
+    stops = stop_token_ids(tokenizer, renderer, model)
+    config = _config(tokenizer, stops, max(r.max_new_tokens for r in rows), do_sample, temperature, top_p)
+    was_training = bool(getattr(model, "training", False))
+    model.eval()
+    try:
+        return _generate_rows(model, tokenizer, renderer, list(rows), config, set(stops), _device(model))
+    finally:
+        model.train(was_training)
+
+
+def _config(
+    tokenizer: Any, stops: list[int], max_new_tokens: int, do_sample: bool, temperature: float, top_p: float
+) -> Any:
+    from transformers import GenerationConfig
+
+    # Padding never reaches the model's attention (the mask hides it); without a pad token any id does, EOS is usual.
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        temperature=temperature if do_sample else None,
+        top_p=top_p if do_sample else None,
+        top_k=None,
+        use_cache=True,
+        eos_token_id=stops,
+        pad_token_id=pad_id,
+        bos_token_id=getattr(tokenizer, "bos_token_id", None),
+    )
+
+
+def _generate_rows(
+    model: Any, tokenizer: Any, renderer: Any, rows: list[Row], config: Any, stop_set: set[int], device: Any
+) -> list[Generation]:
+    import torch
+    from transformers import StoppingCriteriaList
+
+    width = max(len(r.ids) for r in rows)
+    input_ids = torch.full((len(rows), width), config.pad_token_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    for k, r in enumerate(rows):
+        input_ids[k, width - len(r.ids) :] = torch.tensor(r.ids, dtype=torch.long)
+        attention[k, width - len(r.ids) :] = 1
+    steps = _Steps(rows, stop_set)
+    began = time.perf_counter()
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=input_ids.to(device),
+            attention_mask=attention.to(device),
+            generation_config=config,
+            stopping_criteria=StoppingCriteriaList([steps]),
+        )
+    elapsed = time.perf_counter() - began
+    first_token_s = (steps.first_at - began) if steps.first_at is not None else elapsed
+    new_tokens = out[:, width:].tolist()
+    results = []
+    for k, r in enumerate(rows):
+        # A row stopped before the batch's end runs on with padding: only its own tokens are its answer.
+        text, output_tokens, finish_reason = _finish(tokenizer, renderer, new_tokens[k][: steps.lengths[k]], stop_set)
+        results.append(
+            Generation(
+                text=text,
+                input_tokens=len(r.ids),
+                output_tokens=output_tokens,
+                latency_s=elapsed,
+                first_token_s=first_token_s,
+                finish_reason=finish_reason,
+                batch_size=len(rows),
+                tool_calls=parse_tool_calls(text),
+            )
+        )
+    return results
 
 
 def _batches(order: list[int], lengths: list[int], batch_size: int, max_tokens: int | None) -> list[list[int]]:
@@ -239,19 +302,48 @@ def _batches(order: list[int], lengths: list[int], batch_size: int, max_tokens: 
     return batches
 
 
-class _FirstToken:
-    """A stopping criterion that stops nothing: generate calls it right after each new token, so its first call
-    marks the first token. Duck-typed (``StoppingCriteriaList`` only calls it), so this module imports no torch."""
+class _Steps:
+    """A stopping criterion that generate calls after each new token: it marks the first token's time, hands each
+    row its new token, and stops a row at its own limit, at a stop token or when it is cancelled. Duck-typed
+    (``StoppingCriteriaList`` only calls it), so this module imports no torch at import time."""
 
-    def __init__(self) -> None:
-        self.at: float | None = None
+    def __init__(self, rows: list[Row], stops: set[int]) -> None:
+        import torch
+
+        self.rows = rows
+        self.first_at: float | None = None
+        self.steps = 0
+        self.limits = torch.tensor([r.max_new_tokens for r in rows])
+        self.stops = torch.tensor(sorted(stops))
+        self.done = torch.zeros(len(rows), dtype=torch.bool)
+        self._lengths = torch.zeros(len(rows), dtype=torch.long)
+        self.listening = [k for k, r in enumerate(rows) if r.on_token is not None]
+        self.cancels = [r.cancelled for r in rows] if any(r.cancelled for r in rows) else None
+
+    @property
+    def lengths(self) -> list[int]:
+        """Tokens each row generated before it stopped (its stop token included)."""
+        return self._lengths.tolist()
 
     def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
         import torch
 
-        if self.at is None:
-            self.at = time.perf_counter()
-        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        if self.first_at is None:
+            self.first_at = time.perf_counter()
+        self.steps += 1
+        last = input_ids[:, -1].cpu()
+        running = ~self.done
+        self._lengths += running
+        if self.listening:
+            tokens = last.tolist()
+            for k in self.listening:
+                if running[k]:
+                    self.rows[k].on_token(tokens[k])  # type: ignore[misc]
+        ended = torch.isin(last, self.stops) | (self.steps >= self.limits)
+        if self.cancels is not None:
+            ended |= torch.tensor([bool(c and c()) for c in self.cancels])
+        self.done |= ended
+        return self.done.to(input_ids.device)
 
 
 def _finish(tokenizer: Any, renderer: Any, new_ids: list[int], stops: set[int]) -> tuple[str, int, FinishReason]:

@@ -11,7 +11,7 @@ What a request gets, and where it differs from OpenAI's hosted API:
 
 - The prompt is rendered exactly as training and evaluation render it (:meth:`ChatRenderer.prompt` through
   :func:`~instil.eval.generate.generate_local`), so a served answer is the answer ``instil eval`` measured.
-- Greedy unless ``temperature`` > 0 (then sampling with ``top_p``; ``seed`` is honoured on a best-effort basis, as
+- Greedy unless ``temperature`` >= 0.001 (then sampling with ``top_p``; ``seed`` is honoured on a best-effort basis, as
   OpenAI does). An omitted ``temperature`` means greedy, not OpenAI's 1: the served model answers what was evaluated.
 - ``stop`` strings cut the decoded answer (generation itself stops at the end-of-turn token); ``usage`` counts the
   tokens generated.
@@ -19,14 +19,19 @@ What a request gets, and where it differs from OpenAI's hosted API:
 - ``tool_calls`` are parsed from Hermes-style ``<tool_call>{...}</tool_call>`` blocks; ``content`` is the text
   around them (None when there is none). ``tool_choice`` may be ``auto`` or ``none`` (a model cannot be forced).
 - ``stream: true`` is answered as server-sent events, ``chat.completion.chunk`` objects ending with
-  ``data: [DONE]``; the answer is generated whole first, so its text arrives in one chunk.
+  ``data: [DONE]``, the text as its tokens are generated. What could still turn out to be part of a stop string or a
+  tool-call tag is held back until it cannot; tool calls arrive whole, after the text.
 - A request without a system message gets ``default_system_prompt`` (a trained model's short prompt, as it was
   trained), and one without ``tools`` gets ``default_tools`` (the job's).
 - Errors are OpenAI's JSON ``{"error": {"message", "type", "param", "code"}}``: 400 for a bad request (``param``
   names the field), 401 for a missing or wrong key, 404 for an unknown model or route, 500 for a server fault.
 
-Concurrency: one worker thread owns the model (generation is not thread-safe). Requests queue; those waiting when a
-batch starts are generated together by ``generate_local``'s batching, whose greedy answers equal one-by-one answers.
+Concurrency (:mod:`instil.serve.engine`): one thread owns the model (generation is not thread-safe). A request is
+checked cheaply first (a prompt past 32 characters per context position is refused unread), then rendered and
+tokenized on a request thread, never the engine's, so a long prompt holds up nobody. Requests waiting when a batch
+starts are generated together, each to its own ``max_tokens``; greedy answers equal one-by-one answers. A client that
+disconnects has its request dropped from the queue, or stopped at its next token. Past ``max_queue`` waiting requests
+the answer is 429 with ``Retry-After``; past ``max_body_bytes`` a body is refused 413 before it is read.
 
 Extending it: what sits in front of generation (trace capture, routing between versions, canary and shadow) wraps the
 ASGI app this returns, as Starlette middleware (``app.add_middleware``) or an ASGI callable around it, and reads each
@@ -40,7 +45,7 @@ import concurrent.futures
 import hmac
 import json
 import logging
-import queue
+import math
 import re
 import threading
 import time
@@ -54,7 +59,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from instil.data.records import Example, Message
 from instil.errors import ChatTemplateError, DependencyError
-from instil.eval.generate import MAX_NEW_TOKENS_CAP, Generation, generate_local, parse_tool_calls
+from instil.eval.generate import MAX_NEW_TOKENS_CAP, Generation, parse_tool_calls, stop_token_ids
+from instil.serve.engine import Engine, Job, QueueFull
 
 __all__ = ["ServedRequest", "create_app"]
 
@@ -62,6 +68,10 @@ log = logging.getLogger("instil.serve")
 
 MAX_BODY_BYTES = 2 * 1024 * 1024
 """The largest request body :func:`create_app` reads by default (2 MiB: far past what a model's context holds)."""
+MAX_QUEUE = 256
+"""The most requests :func:`create_app` lets wait for the model by default; past it, 429 with ``Retry-After``."""
+GREEDY_BELOW = 1e-3
+"""A ``temperature`` under this is answered greedily, as 0 is."""
 MAX_CHARS_PER_TOKEN = 32
 """A prompt longer than the model's context times this many characters cannot fit, whatever the tokenizer."""
 
@@ -78,6 +88,8 @@ class ServedRequest:
     """``prompt_tokens``, ``completion_tokens`` and ``total_tokens``, as in the response."""
     latency_s: float
     """Seconds from the request's arrival to its answer, queueing included: what the client waited."""
+    first_token_s: float | None
+    """Seconds from the request's arrival to its first generated token, queueing included (None: no token)."""
     id: str
     """The response's id (``chatcmpl-...``)."""
     model: str
@@ -137,141 +149,17 @@ class _ApiError(Exception):
         param: str | None = None,
         code: str | None = None,
         type: str = "invalid_request_error",
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
+        self.headers = headers
 
     def response(self) -> Any:
         from fastapi.responses import JSONResponse
 
         body = {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
-        return JSONResponse({"error": body}, status_code=self.status)
-
-
-# ---- the worker that owns the model ----------------------------------------------------------------------------------
-@dataclass
-class _Job:
-    example: Example
-    max_tokens: int | None
-    """None: as many as the cap and the context allow."""
-    temperature: float
-    top_p: float
-    seed: int | None
-    future: concurrent.futures.Future
-    prompt_tokens: int = 0
-    batch_size: int = 1
-
-
-class _Worker:
-    """One thread generates; requests wait in a queue, and those queued together are batched."""
-
-    def __init__(self, model: Any, tokenizer: Any, renderer: Any, cap: int, batch_size: int) -> None:
-        self.model, self.tokenizer, self.renderer = model, tokenizer, renderer
-        self.cap, self.batch_size = cap, batch_size
-        self.context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-        self.queue: queue.Queue[_Job | None] = queue.Queue()
-        self.thread: threading.Thread | None = None
-        self.lock = threading.Lock()
-
-    def submit(self, job: _Job) -> None:
-        with self.lock:
-            if self.thread is None or not self.thread.is_alive():
-                self.thread = threading.Thread(target=self._loop, name="instil-serve-generate", daemon=True)
-                self.thread.start()
-        self.queue.put(job)
-
-    def stop(self) -> None:
-        with self.lock:
-            thread, self.thread = self.thread, None
-        if thread is not None:
-            self.queue.put(None)
-            thread.join(timeout=30)
-
-    def _loop(self) -> None:
-        while True:
-            first = self.queue.get()
-            if first is None:
-                return
-            jobs, stopping = [first], False
-            while len(jobs) < self.batch_size:
-                try:
-                    more = self.queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    stopping = True
-                    break
-                jobs.append(more)
-            admitted = []
-            for j in jobs:
-                try:
-                    if self._admit(j):
-                        admitted.append(j)
-                except Exception as e:  # answered as a 500; the worker lives on for the next requests
-                    log.exception("could not prepare a request")
-                    j.future.set_exception(e)
-            self._run(admitted)
-            if stopping:
-                return
-
-    def _admit(self, job: _Job) -> bool:
-        """Render and count one prompt before it joins a batch, so one bad request fails alone (400), not its
-        batch-mates; also settles how many tokens it may generate."""
-        try:
-            prompt = self.renderer.prompt(job.example)
-        except ChatTemplateError as e:
-            job.future.set_exception(_ApiError(400, str(e), param="messages"))
-            return False
-        job.prompt_tokens = len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
-        room = self.cap if self.context is None else min(self.cap, self.context - job.prompt_tokens)
-        asked = job.max_tokens
-        if room < 1 or (asked is not None and asked > room):
-            if room < 1:
-                why = f"the prompt is {job.prompt_tokens:,} tokens, and the model has {self.context:,} positions"
-                what = "shorten the messages"
-            else:
-                why = (
-                    f"the prompt is {job.prompt_tokens:,} tokens, which leaves {room:,} of the model's "
-                    f"{self.context:,} positions, and max_tokens asks for {asked:,}"
-                )
-                what = "lower max_tokens or shorten the messages"
-            job.future.set_exception(
-                _ApiError(400, f"{why} ({what})", param="messages", code="context_length_exceeded")
-            )
-            return False
-        job.max_tokens = room if asked is None else asked
-        return True
-
-    def _run(self, jobs: list[_Job]) -> None:
-        groups: dict[tuple, list[_Job]] = {}
-        for j in jobs:  # one generate call takes one max_new_tokens and one sampling setting
-            groups.setdefault((j.max_tokens, j.temperature, j.top_p, j.seed), []).append(j)
-        for (max_tokens, temperature, top_p, seed), group in groups.items():
-            try:
-                if seed is not None:
-                    import torch
-
-                    torch.manual_seed(seed)
-                sample = temperature > 0
-                gens = generate_local(
-                    self.model,
-                    self.tokenizer,
-                    self.renderer,
-                    [j.example for j in group],
-                    system_prompt=None,
-                    max_new_tokens=max_tokens,
-                    batch_size=len(group),
-                    do_sample=sample,
-                    temperature=temperature if sample else 1.0,
-                    top_p=top_p if sample else 1.0,
-                )
-            except BaseException as e:  # answered as a 500 to each request of the group; the worker lives on
-                log.exception("generation failed for a batch of %d request(s)", len(group))
-                for j in group:
-                    j.future.set_exception(e)
-                continue
-            for j, g in zip(group, gens, strict=True):
-                j.future.set_result(g)
+        return JSONResponse({"error": body}, status_code=self.status, headers=self.headers)
 
 
 # ---- the app ---------------------------------------------------------------------------------------------------------
@@ -288,6 +176,7 @@ def create_app(
     batch_size: int = 8,
     on_request: Callable[[ServedRequest], None] | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
+    max_queue: int = MAX_QUEUE,
 ) -> Any:
     """A FastAPI app serving ``model`` under the name ``model_name`` with OpenAI's chat completions API.
 
@@ -298,31 +187,36 @@ def create_app(
     ``batch_size``: the most queued requests generated together. ``on_request`` is called with a
     :class:`ServedRequest` after each answer (in a worker thread; an exception in it is logged, the answer stands).
     ``max_body_bytes`` bounds a request's body: a larger one is answered 413 before it is read whole.
+    ``max_queue``: the most requests waiting for the model; past it, 429 with ``Retry-After``.
     """
     try:
-        from fastapi import FastAPI
-        from fastapi.responses import StreamingResponse
+        from fastapi import FastAPI, Request
+        from fastapi.responses import Response, StreamingResponse
         from starlette.concurrency import run_in_threadpool
     except ImportError:
         raise DependencyError("serving needs fastapi and uvicorn", hint="pip install fastapi uvicorn") from None
-    if max_new_tokens_cap < 1 or batch_size < 1 or max_body_bytes < 1:
+    if max_new_tokens_cap < 1 or batch_size < 1 or max_body_bytes < 1 or max_queue < 1:
         raise ValueError(
-            f"max_new_tokens_cap ({max_new_tokens_cap}), batch_size ({batch_size}) and max_body_bytes "
-            f"({max_body_bytes}) must be at least 1"
+            f"max_new_tokens_cap ({max_new_tokens_cap}), batch_size ({batch_size}), max_body_bytes "
+            f"({max_body_bytes}) and max_queue ({max_queue}) must be at least 1"
         )
 
-    worker = _Worker(model, tokenizer, renderer, max_new_tokens_cap, batch_size)
+    engine = Engine(model, tokenizer, renderer, batch_size=batch_size, max_queue=max_queue)
+    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    prompter = _Prompter(tokenizer, renderer, max_new_tokens_cap, context)
     # No tokenizer turns more than this many characters into the context's tokens: longer prompts are refused at
-    # once, before they are rendered or tokenized on the worker's thread.
-    max_chars = worker.context * MAX_CHARS_PER_TOKEN if worker.context else None
+    # once, before they are rendered or tokenized.
+    max_chars = context * MAX_CHARS_PER_TOKEN if context else None
+    stop_ids = set(stop_token_ids(tokenizer, renderer, model))
     started = int(time.time())
 
     @asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
         yield
-        await run_in_threadpool(worker.stop)
+        await run_in_threadpool(engine.stop)
 
     app = FastAPI(title=f"instil: {model_name}", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.engine = engine  # for metrics and tests: queue depth, cancelled and generated counts
 
     _handle_errors(app)
     app.add_middleware(_BodyLimit, max_bytes=max_body_bytes)  # inside the key check, which runs first
@@ -345,41 +239,70 @@ def create_app(
             raise _unknown_model(name, model_name)
         return model_card()
 
+    def record(asked: _Asked, job: Job, text: str, finish: str, usage: dict, calls: Any, rid: str, began: float):
+        return ServedRequest(
+            messages=asked.messages,
+            text=text,
+            usage=usage,
+            latency_s=time.perf_counter() - began,
+            first_token_s=(job.first_token_at - began) if job.first_token_at is not None else None,
+            id=rid,
+            model=model_name,
+            finish_reason=finish,
+            tool_calls=calls,
+            tools=asked.tools,
+            batch_size=job.batch_size,
+        )
+
     @app.post("/v1/chat/completions", response_model=None)
-    async def chat_completions(body: _ChatRequest) -> Any:
+    async def chat_completions(body: _ChatRequest, request: Request) -> Any:
         began = time.perf_counter()
         if body.model != model_name:
             raise _unknown_model(body.model, model_name)
-        job, stops, want_tools, messages, tools = _job(
-            body, default_system_prompt, default_tools, max_new_tokens_cap, max_chars
-        )
-        worker.submit(job)
-        try:
-            gen: Generation = await asyncio.wrap_future(job.future)
-        except _ApiError:
-            raise
-        except Exception as e:
-            raise _ApiError(500, f"generation failed: {type(e).__name__}: {e}", type="server_error") from e
-        text, finish, message, usage, calls = _answer(gen, stops, want_tools)
+        asked = _check(body, default_system_prompt, default_tools, max_new_tokens_cap, max_chars)
+        job = await run_in_threadpool(prompter.job, asked)  # off the event loop and off the engine's thread
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        if on_request is not None:
-            record = ServedRequest(
-                messages=messages,
-                text=text,
-                usage=usage,
-                latency_s=time.perf_counter() - began,
-                id=rid,
-                model=model_name,
-                finish_reason=finish,
-                tool_calls=calls,
-                tools=tools,
-                batch_size=gen.batch_size,
-            )
-            await run_in_threadpool(_call_hook, on_request, record)
         if body.stream:
             include_usage = bool((body.stream_options or {}).get("include_usage"))
-            chunks = _chunks(rid, created, model_name, message, finish, usage if include_usage else None)
-            return StreamingResponse(chunks, media_type="text/event-stream")
+            tokens: asyncio.Queue[int | None] = asyncio.Queue()
+            loop = asyncio.get_running_loop()
+            job.on_token = lambda t: loop.call_soon_threadsafe(tokens.put_nowait, t)
+            job.future.add_done_callback(lambda f: loop.call_soon_threadsafe(tokens.put_nowait, None))
+            _submit(engine, job)  # a full queue is a 429 before the stream starts
+
+            async def events() -> AsyncIterator[str]:
+                stream = _Stream(rid, created, model_name, include_usage)
+                text = _TextSoFar(tokenizer, stop_ids, [*renderer.stop_strings, *asked.stops], asked.want_tools)
+                try:
+                    yield stream.chunk({"role": "assistant", "content": ""})
+                    while (token := await tokens.get()) is not None:
+                        if delta := text.push(token):
+                            yield stream.chunk({"content": delta})
+                    try:
+                        gen = job.future.result()
+                    except Exception as e:  # the status is sent already: the error goes in the stream, as OpenAI's
+                        log.exception("generation failed for %s", rid)
+                        yield stream.error(f"generation failed: {type(e).__name__}: {e}")
+                        return
+                    answer, finish, message, usage, calls = _answer(gen, asked.stops, asked.want_tools)
+                    for chunk in stream.rest(message, text.sent, finish, usage):
+                        yield chunk
+                    if on_request is not None:
+                        hook_record = record(asked, job, answer, finish, usage, calls, rid, began)
+                        await run_in_threadpool(_call_hook, on_request, hook_record)
+                finally:
+                    if not job.future.done():  # the client went away mid-stream
+                        job.cancel()
+
+            return StreamingResponse(events(), media_type="text/event-stream")
+
+        _submit(engine, job)
+        gen = await _unless_gone(job, request)
+        if gen is None:  # nobody is there to read an answer
+            return Response(status_code=499)
+        text, finish, message, usage, calls = _answer(gen, asked.stops, asked.want_tools)
+        if on_request is not None:
+            await run_in_threadpool(_call_hook, on_request, record(asked, job, text, finish, usage, calls, rid, began))
         return {
             "id": rid,
             "object": "chat.completion",
@@ -391,6 +314,46 @@ def create_app(
         }
 
     return app
+
+
+def _submit(engine: Engine, job: Job) -> None:
+    try:
+        engine.submit(job)
+    except QueueFull as e:
+        raise _ApiError(
+            429,
+            f"the server is busy: {e.waiting} requests are waiting for the model; retry in {e.retry_after_s:.0f} s",
+            type="rate_limit_error",
+            code="server_busy",
+            headers={"Retry-After": str(math.ceil(e.retry_after_s))},
+        ) from None
+
+
+async def _unless_gone(job: Job, request: Any) -> Generation | None:
+    """The job's generation, or None when the client disconnects first (the job is then cancelled)."""
+    answer = asyncio.ensure_future(asyncio.wrap_future(job.future))
+
+    async def disconnect() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    gone = asyncio.ensure_future(disconnect())
+    try:
+        await asyncio.wait({answer, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if not answer.done():
+        job.cancel()
+        answer.cancel()
+        return None
+    try:
+        return answer.result()
+    except _ApiError:
+        raise
+    except concurrent.futures.CancelledError:
+        return None
+    except Exception as e:
+        raise _ApiError(500, f"generation failed: {type(e).__name__}: {e}", type="server_error") from e
 
 
 def _handle_errors(app: Any) -> None:
@@ -475,14 +438,14 @@ def _answer(
     return text, finish, message, usage, calls
 
 
-def _job(
+def _check(
     body: _ChatRequest,
     default_system: str | None,
     default_tools: list[dict[str, Any]] | None,
     cap: int,
     max_chars: int | None = None,
-) -> tuple[_Job, list[str], bool, list[dict[str, Any]], list[dict[str, Any]] | None]:
-    """Check what a local model cannot honour, and turn the request into a queued job."""
+) -> "_Asked":
+    """Check what a local model cannot honour, cheaply (no tokenizer), and read the request's conversation."""
     max_tokens = body.max_completion_tokens or body.max_tokens
     if max_tokens is not None and max_tokens > cap:
         field = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
@@ -571,9 +534,74 @@ def _job(
     # reference and prompts with everything before it, so earlier assistant turns stay in the prompt.
     example = Example([*messages, Message("assistant", "")], tools=tools)
 
-    temperature = body.temperature or 0.0
-    job = _Job(example, max_tokens, temperature, body.top_p or 1.0, body.seed, concurrent.futures.Future())
-    return job, stops, choice != "none", [m.to_dict() for m in messages], tools
+    return _Asked(
+        example=example,
+        max_tokens=max_tokens,
+        # Sampling at a temperature this low is greedy decoding in all but overflow (1e-99 made the logits inf).
+        temperature=0.0 if (body.temperature or 0.0) < GREEDY_BELOW else body.temperature,
+        top_p=body.top_p or 1.0,
+        seed=body.seed,
+        stops=stops,
+        want_tools=choice != "none",
+        messages=[m.to_dict() for m in messages],
+        tools=tools,
+    )
+
+
+@dataclass
+class _Asked:
+    """A checked request, before it is tokenized: what to generate from, and how to answer."""
+
+    example: Example
+    max_tokens: int | None
+    """None: as many as the cap and the context allow."""
+    temperature: float
+    top_p: float
+    seed: int | None
+    stops: list[str]
+    want_tools: bool
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] | None
+
+
+class _Prompter:
+    """Renders and tokenizes a checked request into an engine :class:`Job`, on the caller's thread (never the
+    engine's), and refuses a prompt that leaves no room in the model's context."""
+
+    def __init__(self, tokenizer: Any, renderer: Any, cap: int, context: int | None) -> None:
+        self.tokenizer, self.renderer, self.cap, self.context = tokenizer, renderer, cap, context
+        # Fast tokenizers share one Rust object that refuses concurrent mutable use ("Already borrowed"): one
+        # request is tokenized at a time, on a request thread, while the engine generates.
+        self.lock = threading.Lock()
+
+    def job(self, asked: _Asked) -> Job:
+        try:
+            prompt = self.renderer.prompt(asked.example)
+        except ChatTemplateError as e:
+            raise _ApiError(400, str(e), param="messages") from None
+        with self.lock:
+            ids = list(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        n = len(ids)
+        room = self.cap if self.context is None else min(self.cap, self.context - n)
+        wanted = asked.max_tokens
+        if room < 1 or (wanted is not None and wanted > room):
+            if room < 1:
+                why = f"the prompt is {n:,} tokens, and the model has {self.context:,} positions"
+                what = "shorten the messages"
+            else:
+                why = (
+                    f"the prompt is {n:,} tokens, which leaves {room:,} of the model's {self.context:,} positions, "
+                    f"and max_tokens asks for {wanted:,}"
+                )
+                what = "lower max_tokens or shorten the messages"
+            raise _ApiError(400, f"{why} ({what})", param="messages", code="context_length_exceeded")
+        return Job(
+            ids,
+            max_tokens=room if wanted is None else wanted,
+            temperature=asked.temperature,
+            top_p=asked.top_p,
+            seed=asked.seed,
+        )
 
 
 class _BodyLimit:
@@ -684,37 +712,79 @@ def _call_hook(hook: Callable[[ServedRequest], None], record: ServedRequest) -> 
         log.exception("the on_request hook failed for %s", record.id)
 
 
-async def _chunks(
-    rid: str, created: int, model: str, message: dict[str, Any], finish: str, usage: dict[str, int] | None
-) -> AsyncIterator[str]:
-    """The answer as OpenAI's stream: a role chunk, the content, the tool calls, the finish, usage, [DONE]."""
+class _Stream:
+    """OpenAI's ``chat.completion.chunk`` events for one response."""
 
-    def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> str:
+    def __init__(self, rid: str, created: int, model: str, include_usage: bool) -> None:
+        self.head = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model}
+        self.include_usage = include_usage
+
+    def chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> str:
         body: dict[str, Any] = {
-            "id": rid,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
+            **self.head,
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}],
         }
-        if usage is not None:
+        if self.include_usage:
             body["usage"] = None  # with include_usage, every chunk carries the field; only the last one fills it
         return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
-    yield chunk({"role": "assistant", "content": ""})
-    if message.get("content"):
-        yield chunk({"content": message["content"]})
-    for k, call in enumerate(message.get("tool_calls") or []):
-        yield chunk({"tool_calls": [{"index": k, **call}]})
-    yield chunk({}, finish)
-    if usage is not None:
-        last = {
-            "id": rid,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "choices": [],
-            "usage": usage,
-        }
-        yield f"data: {json.dumps(last)}\n\n"
-    yield "data: [DONE]\n\n"
+    def rest(self, message: dict[str, Any], sent: str, finish: str, usage: dict[str, int]) -> list[str]:
+        """The events after the streamed text: what of the content was held back, the tool calls, the finish,
+        usage, ``[DONE]``."""
+        events = []
+        content = message.get("content") or ""
+        if content.startswith(sent):
+            if content[len(sent) :]:
+                events.append(self.chunk({"content": content[len(sent) :]}))
+        else:  # never seen: the streamed text is always a prefix of the answer; say so rather than send it twice
+            log.warning("%s: the streamed text is not a prefix of the answer; the rest is not sent", self.head["id"])
+        for k, call in enumerate(message.get("tool_calls") or []):
+            events.append(self.chunk({"tool_calls": [{"index": k, **call}]}))
+        events.append(self.chunk({}, finish))
+        if self.include_usage:
+            events.append(f"data: {json.dumps({**self.head, 'choices': [], 'usage': usage})}\n\n")
+        events.append("data: [DONE]\n\n")
+        return events
+
+    def error(self, message: str) -> str:
+        body = {"error": {"message": message, "type": "server_error", "param": None, "code": None}}
+        return f"data: {json.dumps(body)}\n\ndata: [DONE]\n\n"
+
+
+class _TextSoFar:
+    """The answer's text as its tokens arrive, and how much of it can be sent without ever taking it back: not a
+    trailing piece of a character, of a stop string or of a tool-call tag, nor trailing whitespace (the answer is
+    stripped), nor anything from a tool call on (tool calls go out whole at the end)."""
+
+    _TOOL_TAG = "<tool_call>"
+
+    def __init__(self, tokenizer: Any, stop_ids: set[int], stop_strings: list[str], tools: bool) -> None:
+        self.tokenizer, self.stop_ids = tokenizer, stop_ids
+        self.stop_strings = [s for s in stop_strings if s]
+        self.held = [*self.stop_strings, self._TOOL_TAG] if tools else list(self.stop_strings)
+        self.tools = tools
+        self.ids: list[int] = []
+        self.sent = ""
+        self.ended = False
+
+    def push(self, token: int) -> str:
+        """The new text that can be sent now ("" when nothing can)."""
+        if self.ended:
+            return ""
+        if token in self.stop_ids:
+            self.ended = True
+            return ""
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=False).lstrip()
+        cut = min((at for s in self.held if (at := text.find(s)) >= 0), default=None)
+        if cut is not None:
+            text, self.ended = text[:cut], True
+        else:
+            text = text.rstrip("\ufffd")
+            overlap = max((k for s in self.held for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+            text = text[: len(text) - overlap]
+        text = text.rstrip()
+        if not text.startswith(self.sent):
+            return ""
+        delta, self.sent = text[len(self.sent) :], text
+        return delta

@@ -22,7 +22,7 @@ from instil.errors import DependencyError, InstilError, NotFoundError
 from instil.eval.candidates import Candidate, load_candidate
 from instil.eval.generate import MAX_NEW_TOKENS_CAP
 from instil.registry import resolve
-from instil.serve.app import MAX_BODY_BYTES, ServedRequest, create_app
+from instil.serve.app import MAX_BODY_BYTES, MAX_QUEUE, ServedRequest, create_app
 from instil.spec import JobSpec
 from instil.store import ModelVersion, Store
 
@@ -90,6 +90,7 @@ def job_app(
     on_request: Callable[[ServedRequest], None] | None = None,
     served: ServedModel | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
+    max_queue: int = MAX_QUEUE,
 ) -> Any:
     """The FastAPI app serving the job's model (see :func:`load_served`); ``served`` skips the loading."""
     served = served or load_served(spec, store, version=version, base=base)
@@ -105,6 +106,7 @@ def job_app(
         batch_size=spec.eval.batch_size,
         on_request=on_request,
         max_body_bytes=max_body_bytes,
+        max_queue=max_queue,
     )
 
 
@@ -134,12 +136,14 @@ def serve_job(
     on_request: Callable[[ServedRequest], None] | None = None,
     ready: Callable[[ServedModel, str], None] | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
+    max_queue: int = MAX_QUEUE,
 ) -> None:
     """Load the job's model and serve it on ``host:port`` until interrupted (Ctrl-C stops it cleanly).
 
     ``api_key_env`` names the environment variable with the key clients must send (read once, never logged).
     ``ready(served, base_url)`` is called once the model is loaded, before the server starts listening.
-    ``max_body_bytes`` bounds each request's body (413 past it).
+    ``max_body_bytes`` bounds each request's body (413 past it); ``max_queue`` the requests waiting for the model
+    (429 with ``Retry-After`` past it).
     """
     try:
         import uvicorn
@@ -155,6 +159,7 @@ def serve_job(
         on_request=on_request,
         served=served,
         max_body_bytes=max_body_bytes,
+        max_queue=max_queue,
     )
     if ready is not None:
         shown = f"[{host}]" if ":" in host else host

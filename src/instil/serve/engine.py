@@ -1,0 +1,254 @@
+"""The generation side of the server: one thread owns the model and generates queued requests in batches.
+
+    engine = Engine(model, tokenizer, renderer, batch_size=8, max_queue=64)
+    job = Job(ids, max_tokens=64, on_token=tokens.put)     # ids: the rendered prompt, tokenized by the caller
+    engine.submit(job)                                       # QueueFull past max_queue waiting requests
+    generation = job.future.result()                         # or job.cancel() when the client has gone
+
+Everything that can be done without the model (rendering, tokenizing, the context check) is done by the caller, on its
+own thread, so one long prompt never holds up the requests queued behind it. Requests waiting when a batch starts are
+generated together by :func:`~instil.eval.generate.generate_rows`, each to its own ``max_tokens``, with the padding and
+stop tokens evaluation uses: greedy answers are the evaluated ones. A cancelled request is dropped before its batch
+starts, or stopped at its next token when it is already generating; its batch-mates go on.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from instil.eval.generate import Row, generate_rows
+
+__all__ = ["Engine", "EngineStats", "Job", "QueueFull"]
+
+log = logging.getLogger("instil.serve")
+
+MAX_BATCH_TOKENS = 32_768
+"""The largest batch :class:`Engine` generates by default, in padded tokens: rows x (longest prompt + most new
+tokens). A long prompt then runs with few batch-mates instead of padding many short ones to its length."""
+
+
+class QueueFull(Exception):
+    """The engine holds ``max_queue`` waiting requests already; ``retry_after_s`` estimates when there is room."""
+
+    def __init__(self, waiting: int, retry_after_s: float) -> None:
+        super().__init__(f"{waiting} requests are waiting")
+        self.waiting, self.retry_after_s = waiting, retry_after_s
+
+
+@dataclass
+class Job:
+    """One request for the engine: a tokenized prompt and how to generate from it."""
+
+    ids: list[int]
+    max_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    on_token: Callable[[int], None] | None = None
+    """Called with each new token id, from the engine's thread (streaming); it must return at once."""
+    future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
+    """Resolves to the :class:`~instil.eval.generate.Generation`, or to the error that failed its batch."""
+    gone: threading.Event = field(default_factory=threading.Event)
+    first_token_at: float | None = None
+    """``time.perf_counter()`` when its first token was generated."""
+    batch_size: int = 1
+    """How many requests its batch generated together."""
+
+    def cancel(self) -> None:
+        """The client has gone: drop the request if it is still queued, stop it at its next token if not."""
+        self.gone.set()
+        self.future.cancel()  # succeeds only while queued; a running job is stopped by `gone`
+
+
+@dataclass
+class EngineStats:
+    """Counters since the engine started (read them for metrics; they only grow)."""
+
+    generated: int = 0
+    """Requests answered."""
+    cancelled: int = 0
+    """Requests dropped or stopped because their client went away."""
+    failed: int = 0
+    """Requests whose batch raised."""
+    batches: int = 0
+    """Batches run (a batch of one counts)."""
+    batch_seconds: float = 0.0
+    """Seconds spent generating."""
+
+
+class Engine:
+    """One thread generates; requests wait in a bounded queue, and those waiting together are batched."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        renderer: Any,
+        *,
+        batch_size: int = 8,
+        max_queue: int = 64,
+        max_batch_tokens: int = MAX_BATCH_TOKENS,
+    ) -> None:
+        if batch_size < 1 or max_queue < 1 or max_batch_tokens < 1:
+            raise ValueError(
+                f"batch_size ({batch_size}), max_queue ({max_queue}) and max_batch_tokens ({max_batch_tokens}) must "
+                "be at least 1"
+            )
+        self.model, self.tokenizer, self.renderer = model, tokenizer, renderer
+        self.batch_size, self.max_queue, self.max_batch_tokens = batch_size, max_queue, max_batch_tokens
+        self._held: Job | None = None  # taken from the queue but left for the next batch (it would not fit this one)
+        self.stats = EngineStats()
+        self._queue: queue.Queue[Job | None] = queue.Queue()
+        self._waiting = 0  # jobs submitted and not yet taken into a batch (the queue also holds the stop marker)
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def waiting(self) -> int:
+        """Requests queued and not yet generating."""
+        return self._waiting
+
+    def submit(self, job: Job) -> None:
+        """Queue ``job``; raises :class:`QueueFull` when ``max_queue`` requests are waiting already."""
+        with self._lock:
+            if self._waiting >= self.max_queue:
+                raise QueueFull(self._waiting, self._retry_after())
+            self._waiting += 1
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="instil-serve-generate", daemon=True)
+                self._thread.start()
+        self._queue.put(job)
+
+    def stop(self) -> None:
+        """Finish the batch in hand and stop the thread (queued requests are cancelled)."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._queue.put(None)
+            thread.join(timeout=30)
+
+    def _retry_after(self) -> float:
+        """Seconds until the waiting requests have been generated, at the recent pace (1 s before any batch ran)."""
+        per_batch = self.stats.batch_seconds / self.stats.batches if self.stats.batches else 1.0
+        return max(1.0, per_batch * (self._waiting / self.batch_size + 1))
+
+    def _take(self) -> tuple[list[Job], bool]:
+        """The next batch: the first queued job (waiting for one) and what else is queued now, as long as the batch's
+        padded size (rows x (longest prompt + most new tokens)) stays within ``max_batch_tokens``; True when
+        stopping."""
+        first, self._held = (self._held, None) if self._held is not None else (self._queue.get(), None)
+        if first is None:
+            return [], True
+        jobs, stopping = [first], False
+        width, new = len(first.ids), first.max_tokens
+        while len(jobs) < self.batch_size:
+            try:
+                more = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if more is None:
+                stopping = True
+                break
+            w, n = max(width, len(more.ids)), max(new, more.max_tokens)
+            if (len(jobs) + 1) * (w + n) > self.max_batch_tokens:
+                self._held = more  # first in the next batch: the queue's order is kept
+                break
+            jobs.append(more)
+            width, new = w, n
+        with self._lock:
+            self._waiting -= len(jobs)  # a held job still waits
+        live = []
+        for j in jobs:
+            # Running from here: a later cancel() cannot succeed, the job is stopped through `gone` instead.
+            if j.gone.is_set() or not j.future.set_running_or_notify_cancel():
+                self.stats.cancelled += 1
+                continue
+            live.append(j)
+        return live, stopping
+
+    def _loop(self) -> None:
+        while True:
+            jobs, stopping = self._take()
+            if jobs:
+                self._run(jobs)
+            if stopping:
+                self._drain()
+                return
+
+    def _drain(self) -> None:
+        if self._held is not None and self._held.future.cancel():
+            self.stats.cancelled += 1
+        self._held = None
+        while True:
+            try:
+                j = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if j is not None and j.future.cancel():
+                self.stats.cancelled += 1
+
+    def _run(self, jobs: list[Job]) -> None:
+        groups: dict[tuple, list[Job]] = {}
+        for j in jobs:  # one generate call takes one sampling setting; greedy answers ignore the seed
+            key = (j.temperature, j.top_p, j.seed) if j.temperature > 0 else (0.0, 1.0, None)
+            groups.setdefault(key, []).append(j)
+        for (temperature, top_p, seed), group in groups.items():
+            for j in group:
+                j.batch_size = len(group)
+            rows = [Row(j.ids, j.max_tokens, on_token=_streamed(j), cancelled=j.gone.is_set) for j in group]
+            began = time.perf_counter()
+            try:
+                if seed is not None:
+                    import torch
+
+                    torch.manual_seed(seed)
+                sample = temperature > 0
+                started = time.perf_counter()
+                gens = generate_rows(
+                    self.model,
+                    self.tokenizer,
+                    self.renderer,
+                    rows,
+                    do_sample=sample,
+                    temperature=temperature if sample else 1.0,
+                    top_p=top_p if sample else 1.0,
+                )
+            except BaseException as e:  # answered as a 500 to each request of the group; the engine lives on
+                log.exception("generation failed for a batch of %d request(s)", len(group))
+                self.stats.failed += len(group)
+                for j in group:
+                    j.future.set_exception(e)
+                continue
+            finally:
+                self.stats.batches += 1
+                self.stats.batch_seconds += time.perf_counter() - began
+            for j, g in zip(group, gens, strict=True):
+                if j.first_token_at is None and g.output_tokens:
+                    j.first_token_at = started + g.first_token_s
+                if j.gone.is_set():
+                    self.stats.cancelled += 1
+                else:
+                    self.stats.generated += 1
+                j.future.set_result(g)
+
+
+def _streamed(job: Job) -> Callable[[int], None] | None:
+    """The job's token callback, noting when its first token came; None for a job that is not streamed (its first
+    token's time then comes from its generation: the batch's start plus its prefill)."""
+    if job.on_token is None:
+        return None
+    forward = job.on_token
+
+    def on_token(token: int) -> None:
+        if job.first_token_at is None:
+            job.first_token_at = time.perf_counter()
+        forward(token)
+
+    return on_token
