@@ -92,7 +92,22 @@ def test_a_loss_stuck_at_ln_vocab_is_random_guessing():
 
 # ---- AnomalyCallback on a real run -----------------------------------------------------------------------------------
 def test_a_diverging_run_is_stopped_at_the_nan_and_reported(tmp_path: Path, store: Store):
+    import torch
+    from transformers import TrainerCallback
+
     from instil.train.sft import build_trainer, prepare_sft
+
+    class _BlowUpAt(TrainerCallback):
+        """Poisons the weights after a given step, as a diverging run does. (A huge learning rate is not a reliable
+        way there: with some optimizer and torch builds the tiny model saturates to a flat, finite loss instead.)"""
+
+        def __init__(self, step: int):
+            self.step = step
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step == self.step:
+                with torch.no_grad():
+                    model.get_input_embeddings().weight.fill_(float("nan"))
 
     spec = parse_spec(
         """
@@ -101,7 +116,7 @@ system_prompt: Name the colour.
 graders: [{name: em, type: exact_match, primary: true}]
 data: [{path: data.jsonl}]
 model: {base: tiny}
-training: {adapter: full, batch_size: 4, learning_rate: 1.0e6}
+training: {adapter: full, batch_size: 4}
 """,
         root=tmp_path,
     )
@@ -111,11 +126,12 @@ training: {adapter: full, batch_size: 4, learning_rate: 1.0e6}
     plan = prepare_sft(spec, store, max_steps=10)
     live: list[Anomaly] = []
     callback = AnomalyCallback(on_anomaly=live.append)
-    trainer = build_trainer(plan, tmp_path / "checkpoints", callbacks=[callback])
+    trainer = build_trainer(plan, tmp_path / "checkpoints", callbacks=[_BlowUpAt(3), callback])
     trainer.train()
 
     assert callback.stopped is not None and callback.stopped.kind == "nan"
     step = callback.stopped.step
+    assert step == 4  # the first step after the weights went bad
     assert trainer.state.global_step == step < 10  # stopped where the NaN appeared, not at max_steps
     assert live == callback.anomalies and callback.anomalies[-1] is callback.stopped
     assert callback.to_list()[-1]["step"] == step and callback.to_list()[-1]["level"] == "error"
