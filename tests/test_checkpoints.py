@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -129,11 +130,19 @@ with Store.open(home={str(store.home)!r}) as store:
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
     killed = store.list_runs("colors", kind="train")[-1]
-    assert killed.status == "running"  # nothing could record the end
+    assert killed.status == "running" and killed.pid is not None  # nothing could record the end...
+    with Store.open(home=store.home) as reopened:  # ...until the next open finds its process gone
+        marked = reopened.get_run(killed.id)
+        assert reopened.mark_interrupted() == []  # open() did it
+    assert marked.status == "interrupted"
+    assert f"its process (pid {killed.pid} on {killed.host}) is gone" in (marked.error or "")
+    assert marked.finished_at is not None and marked.finished_at <= marked.heartbeat_at
 
     result = sft.train_sft(job(tmp_path), store, max_steps=STEPS, progress=False, resume=True)
     run = store.get_run(result.run_id)
     assert run.config["resumed_from"]["step"] == 6 and run.config["resumed_from"]["run_id"] == killed.id
+    assert run.resumed_from == (killed.id, 6) and result.resumed == f"resumed from run {killed.id} at step 6"
+    assert run.status == "succeeded" and store.get_run(killed.id).status == "interrupted"
     assert result.metrics.steps == STEPS
     assert max_difference(weights(result.output_dir), reference) <= 1e-6
 
@@ -272,3 +281,30 @@ def test_the_cli_exits_130_on_ctrl_c_and_resume_continues(
     runs = store.list_runs("colors", kind="train")
     assert [r.status for r in runs] == ["cancelled", "succeeded"]
     assert runs[-1].config["resumed_from"]["step"] == 3
+
+
+def test_a_moved_home_serves_its_own_weights_not_the_original_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from instil.train.models import job_base, load_for_inference, trained_base
+
+    project = tmp_path / "project"
+    home = project / ".instil"
+    monkeypatch.setenv("INSTIL_HOME", str(home))
+    spec = parse_spec(JOB_YAML.replace("adapter: full", "adapter: lora"), root=project)
+    with Store.open(home=home) as store:
+        put_train(store)
+        trained = sft.train_sft(spec, store, max_steps=2, progress=False).model
+    assert str(home) in trained.path and str(home) in trained.meta["model_info"]["path"]
+
+    copy = tmp_path / "restored"
+    shutil.copytree(project, copy)  # a backup restored elsewhere; the original is gone
+    shutil.rmtree(project)
+    monkeypatch.setenv("INSTIL_HOME", str(copy / ".instil"))
+    with Store.open(home=copy / ".instil") as store:
+        version = store.get_model("colors")
+        assert Path(version.path).is_relative_to(copy.resolve())
+        assert Path(trained_base(version)).is_relative_to(copy.resolve())
+        assert Path(job_base(parse_spec(JOB_YAML, root=copy), store)).is_relative_to(copy.resolve())
+        loaded = load_for_inference(version)
+        assert loaded.model is not None
+        artifacts = store.list_artifacts(version.run_id)
+        assert artifacts and all(Path(a.path).is_relative_to(copy.resolve()) for a in artifacts)

@@ -261,3 +261,46 @@ def test_convert_between_formats_round_trips(tmp_path: Path, capsys):
     assert [m["role"] for m in row["messages"]] == ["user", "assistant"]
     assert row["messages"][1]["content"] == "hi"
     assert main(["data", "convert", str(src), str(tmp_path / "x.jsonl"), "--to", "nope"]) == 1
+
+
+def test_runs_lists_interrupted_runs_and_what_resumed_them(tmp_path: Path, instil_home: Path, capsys, monkeypatch):
+    from rich.console import Console
+
+    from instil.store import Store
+
+    monkeypatch.setattr("instil.cli.console", Console(width=250, highlight=False))  # one table row per line
+    spec = tmp_path / "instil.yaml"
+    spec.write_text(
+        "name: colors\nsystem_prompt: Name the colour.\ngraders: [{name: em, type: exact_match, primary: true}]\n"
+        "data: [{path: train.jsonl}]\n"
+    )
+    die = (
+        "import os\nfrom instil.store import Store\n"
+        f"s = Store.open(home={str(instil_home)!r})\nprint(s.start_run('colors', 'train'), flush=True)\nos._exit(9)\n"
+    )
+    killed, stranded = (
+        int(subprocess.run([sys.executable, "-c", die], capture_output=True, text=True, check=False).stdout)
+        for _ in range(2)
+    )
+    with Store.open(home=instil_home) as store:
+        resumed = store.start_run("colors", "train", {"resumed_from": {"run_id": killed, "step": 6}})
+        store.finish_run(resumed, "succeeded")
+
+    assert main(["runs", str(spec)]) == 0
+    out = capsys.readouterr().out
+    lines = {int(line.split()[0]): line for line in out.splitlines() if line.strip()[:1].isdigit()}
+    assert list(lines) == [resumed, stranded, killed]  # newest first
+    assert "succeeded" in lines[resumed] and f"resumed from run {killed} at step 6" in lines[resumed]
+    assert "interrupted" in lines[killed] and f"resumed by run {resumed}" in lines[killed]
+    assert "interrupted" in lines[stranded] and "instil train --resume continues it" in lines[stranded]
+    assert "is gone" in lines[stranded]
+
+    assert main(["runs", str(spec), "--status", "interrupted", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [(r["id"], r["status"], r["resumed_by"]) for r in data["runs"]] == [
+        (stranded, "interrupted", None),
+        (killed, "interrupted", resumed),
+    ]
+    assert main(["models", str(spec)]) == 0
+    err = capsys.readouterr().err
+    assert f"run {stranded} (train) was interrupted" in err and f"run {killed} " not in err

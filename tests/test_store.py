@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import multiprocessing
 import queue
+import shutil
+import signal
 import sqlite3
+import subprocess
+import sys
 import time
 import tracemalloc
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +109,7 @@ def test_migrations_produce_exactly_the_models(backend: str, request: pytest.Fix
     with Store.open(url_for(backend, request)) as s, s.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
         assert diff == []
-        assert MigrationContext.configure(conn).get_current_heads() == ("0002_registry",)
+        assert MigrationContext.configure(conn).get_current_heads() == ("0003_run_liveness",)
 
 
 # ---- blobs -----------------------------------------------------------------------------------------------------------
@@ -488,3 +494,189 @@ def test_sqlite_write_transactions_take_the_lock_up_front(store: Store) -> None:
         with engine.connect() as other, pytest.raises(Exception, match="locked"):
             other.exec_driver_sql("BEGIN IMMEDIATE")
     engine.dispose()
+
+
+# ---- liveness: runs whose process died -------------------------------------------------------------------------------
+def _set_run(s: Store, run_id: int, **values: Any) -> None:
+    """Rewrite columns of a run row behind the API's back (what another host or an old instil would have left)."""
+    sets = ", ".join(f"{k} = :{k}" for k in values)
+    with s.engine.begin() as conn:
+        conn.execute(text(f"UPDATE runs SET {sets} WHERE id = :id"), {**values, "id": run_id})
+
+
+def _start_run_and_die(home: str, url: str | None, how: str) -> int:
+    """In a child interpreter: start a run and die without finishing it (os._exit skips every cleanup, as SIGKILL)."""
+    script = f"""
+import os, signal, sys
+from instil.store import Store
+s = Store.open({url!r}, home={home!r})
+print(s.start_run("support", "train", {{"lr": 1}}), flush=True)
+if {how!r} == "kill":
+    os.kill(os.getpid(), signal.SIGKILL)
+os._exit(3)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode in (3, -signal.SIGKILL), done.stderr[-2000:]
+    return int(done.stdout.split()[0])
+
+
+@pytest.mark.parametrize("how", ["kill", "exit"])
+def test_a_run_whose_process_died_is_interrupted_on_the_next_open(how: str, instil_home: Path) -> None:
+    run_id = _start_run_and_die(str(instil_home), None, how)
+    with Store.open(home=instil_home) as s:
+        run = s.get_run(run_id)
+        assert run.status == "interrupted" and run.pid is not None and run.host
+        assert run.error is not None and f"its process (pid {run.pid} on {run.host}) is gone" in run.error
+        assert run.finished_at == run.heartbeat_at  # its last sign of life is the best guess of when it died
+        assert s.mark_interrupted() == []  # marked once
+        # It may not be finished twice, but a run marked by mistake that turns up may still say how it ended.
+        assert s.finish_run(run_id, "failed", error="came back").status == "failed"
+
+
+def test_live_runs_stay_running_and_a_late_heartbeat_counts_only_off_this_host(any_store: Store) -> None:
+    s = any_store
+    mine = s.start_run("support", "train")
+    now = datetime.now(UTC)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        # A run of another live process of this host, with a heartbeat long ago: its pid answers for it... unless
+        # that pid started after the run did (the pid was reused by a newer process).
+        alive, reused = s.start_run("support", "eval"), s.start_run("support", "eval")
+        time.sleep(1.5)  # the sleeper's start time is the run's start time at whole-second resolution
+        _set_run(s, alive, pid=sleeper.pid, created_at=now, heartbeat_at=now - timedelta(minutes=2))
+        _set_run(s, reused, pid=sleeper.pid, created_at=now - timedelta(hours=1))
+        # Another host: only the heartbeat tells.
+        fresh, stale = s.start_run("support", "curate"), s.start_run("support", "curate")
+        _set_run(s, fresh, host="gpu-7", pid=1, heartbeat_at=now - timedelta(minutes=1))
+        _set_run(s, stale, host="gpu-7", pid=1, heartbeat_at=now - timedelta(minutes=12))
+        # A run recorded by an instil from before pids and heartbeats.
+        legacy = s.start_run("support", "split")
+        _set_run(s, legacy, host=None, pid=None, heartbeat_at=None, created_at=now - timedelta(hours=3))
+
+        marked = {r.id: r for r in s.mark_interrupted()}
+        assert sorted(marked) == sorted([reused, stale, legacy])
+        assert "is gone" in (marked[reused].error or "")
+        assert (marked[stale].error or "").startswith("no heartbeat for 12 min (pid 1 on gpu-7)")
+        assert (marked[legacy].error or "").startswith("no heartbeat for 180 min;")
+        assert [s.get_run(i).status for i in (mine, alive, fresh)] == ["running"] * 3
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    with Store.open(s.engine.url.render_as_string(hide_password=False), home=s.home) as other:
+        assert other.get_run(alive).status == "interrupted"  # gone now
+        assert other.get_run(mine).status == "running"  # this process's store still beats for it
+
+
+def test_heartbeats_keep_a_run_alive_and_bring_back_one_marked_by_mistake(
+    any_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = any_store
+    run = s.start_run("support", "train")
+    long_ago = datetime.now(UTC) - timedelta(hours=1)
+    _set_run(s, run, status="interrupted", error="no heartbeat for 60 min", finished_at=long_ago, heartbeat_at=long_ago)
+    s.beat()
+    back = s.get_run(run)
+    assert (back.status, back.error, back.finished_at) == ("running", None, None)
+    assert back.heartbeat_at is not None and back.heartbeat_at > long_ago
+    s.finish_run(run, "succeeded")
+    s.beat()  # a finished run is no longer beaten for
+    assert s.get_run(run).status == "succeeded"
+
+    # The store's own thread beats on its own.
+    monkeypatch.setattr("instil.store.store.HEARTBEAT_S", 0.05)
+    with Store.open(s.engine.url.render_as_string(hide_password=False), home=s.home) as beating:
+        second = beating.start_run("support", "train")
+        _set_run(beating, second, heartbeat_at=long_ago)
+        deadline = time.monotonic() + 10
+        while beating.get_run(second).heartbeat_at == long_ago and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert beating.get_run(second).heartbeat_at > long_ago
+        thread = beating._beater
+    assert thread is not None and not thread.is_alive()  # close() stops it
+
+
+# ---- paths: a home can be moved --------------------------------------------------------------------------------------
+def test_paths_inside_the_home_are_stored_relative_and_follow_a_moved_home(tmp_path: Path) -> None:
+    home = tmp_path / "proj" / ".instil"
+    with Store.open(home=home) as s:
+        run = s.start_run("support", "train")
+        folder = home / "models" / "support" / "run-1"
+        base = home / "models" / "tiny" / "abc"
+        model = s.register_model(
+            "support",
+            base_model="tiny",
+            path=folder,
+            run_id=run,
+            meta={"model_info": {"path": str(base), "base": "tiny"}, "seed": 1},
+        )
+        hub = s.register_model(
+            "support",
+            base_model="Qwen/Qwen3-0.6B",
+            path="/srv/exported/support-2",
+            meta={"model_info": {"path": "Qwen/Qwen3-0.6B"}},
+        )
+        s.add_artifact(run, "model", folder, sha256="0" * 64)
+        s.add_artifact(run, "report", "/srv/reports/r.html")
+        assert model.path == str(folder.resolve()) and model.meta["model_info"]["path"] == str(base.resolve())
+        with s.engine.connect() as conn:
+            rows = conn.execute(text("SELECT path, meta FROM models ORDER BY id")).all()
+            artifacts = [r[0] for r in conn.execute(text("SELECT path FROM artifacts ORDER BY id"))]
+        assert [r[0] for r in rows] == ["models/support/run-1", "/srv/exported/support-2"]
+        assert '"models/tiny/abc"' in str(rows[0][1]) and "Qwen/Qwen3-0.6B" in str(rows[1][1])
+        assert artifacts == ["models/support/run-1", "/srv/reports/r.html"]
+
+    moved = tmp_path / "copy" / ".instil"
+    shutil.move(str(tmp_path / "proj"), str(tmp_path / "copy"))
+    with Store.open(home=moved) as s:
+        again = s.get_model("support", 1)
+        assert again.path == str((moved / "models" / "support" / "run-1").resolve())
+        assert again.meta["model_info"] == {"path": str((moved / "models/tiny/abc").resolve()), "base": "tiny"}
+        assert s.get_model("support", 2).path == "/srv/exported/support-2"  # outside the home: as it was
+        assert s.get_model("support", 2).meta["model_info"] == hub.meta["model_info"]  # a hub id is no path
+        assert [a.path for a in s.list_artifacts(run)] == [again.path, "/srv/reports/r.html"]
+
+
+def test_the_migration_makes_an_old_stores_paths_relative(tmp_path: Path) -> None:
+    from alembic import command
+
+    from instil.store.db import WRITE, alembic_config, create_store_engine
+
+    home = tmp_path / ".instil"
+    home.mkdir()
+    engine = create_store_engine(f"sqlite:///{home / 'instil.db'}")
+    config = alembic_config()
+    with engine.connect() as conn:  # a store as instil left it before paths were relative
+        conn.execution_options(**WRITE)
+        with conn.begin():
+            config.attributes["connection"] = conn
+            command.upgrade(config, "0002_registry")
+            now = datetime.now(UTC)
+            conn.execute(
+                text(
+                    "INSERT INTO runs (id, job, kind, status, config, created_at) "
+                    "VALUES (1, 'support', 'train', 'succeeded', '{}', :now)"
+                ),
+                {"now": now},
+            )
+            for i, path in enumerate([home / "models" / "a", Path("/elsewhere/b")], start=1):
+                meta = json.dumps({"model_info": {"path": str(home / "models" / "tiny" / "t")}})
+                conn.execute(
+                    text(
+                        "INSERT INTO models (id, job, version, run_id, base_model, path, status, created_at, meta) "
+                        "VALUES (:i, 'support', :i, 1, 'tiny', :path, 'candidate', :now, :meta)"
+                    ),
+                    {"i": i, "path": str(path), "now": now, "meta": meta},
+                )
+            conn.execute(
+                text("INSERT INTO artifacts (run_id, kind, path, created_at) VALUES (1, 'model', :p, :now)"),
+                {"p": str(home / "models" / "a"), "now": now},
+            )
+    engine.dispose()
+    with Store.open(home=home) as s, s.engine.connect() as conn:
+        assert [r[0] for r in conn.execute(text("SELECT path FROM models ORDER BY id"))] == [
+            "models/a",
+            "/elsewhere/b",
+        ]
+        assert conn.execute(text("SELECT path FROM artifacts")).scalar() == "models/a"
+        assert s.get_model("support", 1).meta["model_info"]["path"] == str((home / "models/tiny/t").resolve())
+        assert s.get_run(1).pid is None  # the new columns are there, empty for old runs

@@ -244,7 +244,8 @@ def train(
             raise typer.Exit(130) from None
     if result.notice:
         err.print(f"[yellow]note:[/] {result.notice}", soft_wrap=True)
-    table = Table("setting", "value", "from", title=f"run {result.run_id}: {result.model.ref}", title_justify="left")
+    title = f"run {result.run_id}: {result.model.ref}" + (f" ({result.resumed})" if result.resumed else "")
+    table = Table("setting", "value", "from", title=title, title_justify="left")
     for name, value, source in result.rows():
         table.add_row(name, str(value), source)
     m = result.metrics
@@ -485,6 +486,15 @@ def models_cmd(
     with _open_store(job) as store:
         versions = list_versions(store, job.name)
         history = list_decisions(store, job.name) if decisions else []
+        trains = store.list_runs(job.name, kind="train")
+    resumed = {r.resumed_from[0] for r in trains if r.resumed_from}
+    stranded = [r for r in trains if r.status == "interrupted" and r.id not in resumed]
+    for r in stranded:  # a training run that died and was never continued: say so where models are listed
+        err.print(
+            f"[yellow]run {r.id} (train) was interrupted[/] ({_escape(r.error or 'its process is gone')}): "
+            "[bold]instil train --resume[/] continues it; [bold]instil runs[/] lists every run",
+            soft_wrap=True,
+        )
     if as_json:
         out: dict = {"job": job.name, "versions": [v.to_dict() for v in versions]}
         if decisions:
@@ -1075,6 +1085,82 @@ def datasets(
                 "yes" if v.frozen else "",
             )
     console.print(table)
+
+
+@app.command()
+def runs(
+    spec: SpecArg = Path("instil.yaml"),
+    kind: Annotated[str | None, typer.Option(help="Only runs of this stage (train, eval, curate, split...).")] = None,
+    status: Annotated[
+        str | None, typer.Option(help="Only runs with this status (running, succeeded, failed, interrupted...).")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, help="Show the newest this many.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the runs as JSON.")] = False,
+) -> None:
+    """List the job's runs, newest first: status (a run whose process died is [yellow]interrupted[/]), when, how long,
+    where, and what resumed what."""
+    job = _load(spec)
+    with _open_store(job) as store:  # opening marks runs whose process is gone as interrupted
+        every = store.list_runs(job.name)
+    resumed_by: dict[int, int] = {}
+    for r in every:
+        if r.resumed_from and r.resumed_from[0] is not None:
+            resumed_by.setdefault(r.resumed_from[0], r.id)
+    shown = [r for r in every if (kind is None or r.kind == kind) and (status is None or r.status == status)]
+    shown = shown[::-1][:limit]
+    if as_json:
+        out = [
+            {
+                **{k: v for k, v in asdict(r).items() if k not in ("config", "datasets")},
+                "created_at": r.created_at.isoformat(),
+                "finished_at": r.finished_at.isoformat() if r.finished_at else None,
+                "heartbeat_at": r.heartbeat_at.isoformat() if r.heartbeat_at else None,
+                "resumed_from": {"run_id": r.resumed_from[0], "step": r.resumed_from[1]} if r.resumed_from else None,
+                "resumed_by": resumed_by.get(r.id),
+                "datasets": [{"version_id": v, "role": role} for v, role in r.datasets],
+            }
+            for r in shown
+        ]
+        console.print_json(json.dumps({"job": job.name, "runs": out}))
+        return
+    if not shown:
+        console.print(f"{job.name} has no runs" + (" like that" if kind or status else " yet: run [bold]instil run[/]"))
+        return
+    styles = {"succeeded": "green", "failed": "red", "interrupted": "yellow", "cancelled": "yellow", "running": "cyan"}
+    table = Table(title=f"{job.name} runs", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("run", "kind", "status", "started", "took", "where", "note"):
+        table.add_column(col, no_wrap=col != "note")
+    for r in shown:
+        end = r.finished_at or r.heartbeat_at
+        took = "-" if end is None else _duration((end - r.created_at).total_seconds())
+        notes = []
+        if r.resumed_from:
+            run_id, step = r.resumed_from
+            notes.append(f"resumed from {f'run {run_id}' if run_id is not None else 'a checkpoint'} at step {step}")
+        if r.id in resumed_by:
+            notes.append(f"resumed by run {resumed_by[r.id]}")
+        elif r.status == "interrupted" and r.kind == "train":
+            notes.append("instil train --resume continues it")
+        if r.error and r.status != "succeeded":
+            notes.append(r.error.splitlines()[0][:160])
+        table.add_row(
+            str(r.id),
+            r.kind,
+            f"[{styles.get(r.status, 'default')}]{r.status}[/]",
+            r.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            took + ("…" if r.status == "running" else ""),
+            _escape(f"{r.host} pid {r.pid}" if r.host else "-"),
+            _escape("; ".join(notes)),
+        )
+    console.print(table)
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"
 
 
 # ---- entry point -----------------------------------------------------------------------------------------------------

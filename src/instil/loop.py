@@ -461,7 +461,7 @@ class _Loop:
             m = res.metrics
             summary = (
                 f"{res.model.ref} on {train.ref}: {m.steps} steps, train loss {_fmt(m.train_loss)}, validation loss "
-                f"{_fmt(m.eval_loss)}, {m.tokens_per_second:,.0f} tokens/s{' (resumed)' if resume else ''}"
+                f"{_fmt(m.eval_loss)}, {m.tokens_per_second:,.0f} tokens/s{f' ({res.resumed})' if res.resumed else ''}"
             )
             return res.model, summary, res, {"model_id": res.model.id}
 

@@ -133,9 +133,14 @@ def alembic_config() -> Config:
     return config
 
 
-def migrate(engine: Engine) -> str:
-    """Bring the schema to the newest migration; returns the revision it is at. Safe to call from many processes."""
+def migrate(engine: Engine, home: Path | None = None) -> str:
+    """Bring the schema to the newest migration; returns the revision it is at. Safe to call from many processes.
+
+    ``home`` is the instil home the database belongs to: data migrations that record paths relative to it need it.
+    """
     config = alembic_config()
+    if home is not None:
+        config.attributes["home"] = Path(home)
     head = ScriptDirectory.from_config(config).get_current_head()
     where = safe_url(engine.url)
     try:

@@ -106,13 +106,18 @@ class Run(Base):
     job: Mapped[str] = mapped_column(String(128), index=True)
     kind: Mapped[str] = mapped_column(String(32))
     status: Mapped[str] = mapped_column(String(16))
-    """running, succeeded, failed or cancelled."""
+    """running, succeeded, failed, cancelled, or interrupted (its process died without saying how it ended)."""
     config: Mapped[dict[str, Any]] = mapped_column(JSON)
     """The resolved configuration the run used (enough to repeat it)."""
     created_at: Mapped[datetime] = mapped_column(_TS)
     finished_at: Mapped[datetime | None] = mapped_column(_TS)
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
+    pid: Mapped[int | None] = mapped_column(Integer)
+    """The process that runs it, on ``host``: how a later open tells a run that died from one still going."""
+    host: Mapped[str | None] = mapped_column(String(255))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(_TS)
+    """The last sign of life of a running run (its process beats every :data:`~instil.store.store.HEARTBEAT_S`)."""
 
 
 class RunDataset(Base):
@@ -142,6 +147,8 @@ class Model(Base):
     revision: Mapped[str | None] = mapped_column(String(128))
     """The base model's revision (commit hash), so the same weights can be fetched again."""
     path: Mapped[str] = mapped_column(Text)
+    """Relative to the instil home when the folder lies inside it (so a home can be moved and restored), else
+    absolute."""
     status: Mapped[str] = mapped_column(String(16))
     """candidate, production, retired (replaced by a promotion), refused (by the gate), rolled_back."""
     created_at: Mapped[datetime] = mapped_column(_TS)
@@ -172,6 +179,7 @@ class Artifact(Base):
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
     kind: Mapped[str] = mapped_column(String(32))
     path: Mapped[str] = mapped_column(Text)
+    """Relative to the instil home when inside it, else absolute (as :attr:`Model.path`)."""
     sha256: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(_TS)
 

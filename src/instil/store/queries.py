@@ -86,4 +86,7 @@ def run_info(s: Session, run: m.Run) -> RunInfo:
         metrics=dict(run.metrics) if run.metrics is not None else None,
         error=run.error,
         datasets=tuple((v, r) for v, r in links),
+        pid=run.pid,
+        host=run.host,
+        heartbeat_at=utc(run.heartbeat_at) if run.heartbeat_at else None,
     )

@@ -18,10 +18,13 @@ without losing a row. Values come back as frozen dataclasses (``types.py``), det
 
 from __future__ import annotations
 
+import os
 import re
+import socket
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from datetime import UTC, datetime
+from contextlib import contextmanager, suppress
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -50,14 +53,29 @@ from instil.store.types import (
     evaluation_info,
     model_version,
     pin_info,
+    store_meta,
+    store_path,
+    utc,
 )
 
-__all__ = ["DECISION_KINDS", "FINAL_STATUSES", "Store"]
+__all__ = ["DECISION_KINDS", "FINAL_STATUSES", "HEARTBEAT_S", "INTERRUPTED", "STALE_AFTER_S", "Store"]
 
 T = TypeVar("T")
 
 FINAL_STATUSES = ("succeeded", "failed", "cancelled")
 """The statuses a run can finish with."""
+
+INTERRUPTED = "interrupted"
+"""The status of a run whose process died (killed, crashed, the machine went down) before it could say how it ended:
+given by the next :meth:`Store.open` that finds it gone. A run that turns out to be alive after all beats itself back
+to ``running``, and may still finish normally."""
+
+HEARTBEAT_S = 30.0
+"""How often a process writes the heartbeat of the runs it has going."""
+
+STALE_AFTER_S = 300.0
+"""A running run with no heartbeat for this long is taken as interrupted, whichever host it ran on. On the host that
+ran it, a run whose process is gone is interrupted at once."""
 
 DECISION_KINDS = ("gate", "rollback")
 """What a registry decision is: the promotion gate's verdict, or a rollback."""
@@ -70,6 +88,25 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+_HOST = socket.gethostname()[:255]
+
+
+def _process_alive(pid: int, started: datetime) -> bool:
+    """Whether process ``pid`` of this host exists and is the one that was there at ``started`` (not a later
+    process that was given the same pid)."""
+    import psutil
+
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return process.create_time() <= started.timestamp() + 1.0  # a reused pid was created after the run
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:
+        return True  # there, but not ours to inspect: not known to be gone
+
+
 class Store:
     """Datasets and their lineage, runs, models, evaluations and artifacts of one instil home."""
 
@@ -80,6 +117,10 @@ class Store:
         self.blobs = BlobStore(home / "blobs")
         self._read = sessionmaker(engine, expire_on_commit=False)
         self._write = sessionmaker(engine.execution_options(**WRITE), expire_on_commit=False)
+        self._live: set[int] = set()  # the runs this store started and has not finished: it beats for them
+        self._beat_lock = threading.Lock()
+        self._beat_stop = threading.Event()
+        self._beater: threading.Thread | None = None
 
     # ---- opening and closing -----------------------------------------------------------------------------------------
     @classmethod
@@ -99,13 +140,19 @@ class Store:
             ) from None
         engine = create_store_engine(resolve_url(url, home_path))
         try:
-            migrate(engine)
+            migrate(engine, home_path)
         except BaseException:
             engine.dispose()
             raise
-        return cls(engine, home_path)
+        store = cls(engine, home_path)
+        with suppress(StoreError):  # a store open for reading only (or briefly locked) still opens
+            store.mark_interrupted()
+        return store
 
     def close(self) -> None:
+        self._beat_stop.set()
+        if self._beater is not None and self._beater is not threading.current_thread():
+            self._beater.join(timeout=5)
         self.engine.dispose()
 
     def __enter__(self) -> Store:
@@ -335,12 +382,24 @@ class Store:
         config = check_json(dict(config or {}), f"config of the {kind} run of {job!r}")
 
         def write(s: Session) -> int:
-            run = m.Run(job=job, kind=kind, status="running", config=config, created_at=_now())
+            now = _now()
+            run = m.Run(
+                job=job,
+                kind=kind,
+                status="running",
+                config=config,
+                created_at=now,
+                pid=os.getpid(),
+                host=_HOST,
+                heartbeat_at=now,
+            )
             s.add(run)
             s.flush()
             return run.id
 
-        return self._tx(write)
+        run_id = self._tx(write)
+        self._keep_alive(run_id)
+        return run_id
 
     def finish_run(
         self,
@@ -359,7 +418,7 @@ class Store:
 
         def write(s: Session) -> RunInfo:
             run = self._run_row(s, run_id)
-            if run.status != "running":
+            if run.status not in ("running", INTERRUPTED):  # an interrupted run that was alive after all may end
                 raise StoreError(
                     f"run {run_id} already finished ({run.status}); it cannot be finished again",
                     hint="Start a new run with start_run() to record another attempt.",
@@ -367,6 +426,82 @@ class Store:
             run.status, run.metrics, run.error, run.finished_at = status, metrics, error, _now()
             s.flush()
             return run_info(s, run)
+
+        info = self._tx(write)
+        with self._beat_lock:
+            self._live.discard(run_id)
+        return info
+
+    # ---- liveness: heartbeats, and runs whose process died ----------------------------------------------------------
+    def _keep_alive(self, run_id: int) -> None:
+        with self._beat_lock:
+            self._live.add(run_id)
+            if self._beater is None:
+                self._beater = threading.Thread(target=self._beat_loop, name="instil-store-heartbeat", daemon=True)
+                self._beater.start()
+
+    def _beat_loop(self) -> None:
+        while not self._beat_stop.wait(HEARTBEAT_S):
+            try:
+                self.beat()
+            except Exception:  # noqa: BLE001  a missed beat is harmless; the next one may get through
+                continue
+
+    def beat(self) -> None:
+        """Write the heartbeat of every run this store started and has not finished (a thread does every
+        :data:`HEARTBEAT_S`). A run marked interrupted meanwhile (its heartbeats were late) is running again."""
+        with self._beat_lock:
+            ids = sorted(self._live)
+        if not ids:
+            return
+
+        def write(s: Session) -> None:
+            for run in s.scalars(select(m.Run).where(m.Run.id.in_(ids))):
+                if run.status == INTERRUPTED:
+                    run.status, run.error, run.finished_at = "running", None, None
+                if run.status == "running":
+                    run.heartbeat_at = _now()
+
+        self._tx(write)
+
+    def mark_interrupted(self, *, stale_after_s: float | None = None) -> list[RunInfo]:
+        """Mark as ``interrupted`` every running run whose process is gone: on this host, by its pid (and that pid's
+        start time, so a reused pid does not count as alive); on any host, after ``stale_after_s`` (default
+        :data:`STALE_AFTER_S`) without a heartbeat. Returns the runs it marked. :meth:`open` calls it."""
+        stale = timedelta(seconds=STALE_AFTER_S if stale_after_s is None else stale_after_s)
+
+        def why_gone(run: m.Run, now: datetime) -> str | None:
+            beat = utc(run.heartbeat_at or run.created_at)
+            when = f"last heartbeat {beat:%Y-%m-%d %H:%M:%S} UTC"
+            if run.host == _HOST and run.pid is not None:
+                if run.pid == os.getpid():
+                    if run.id in self._live:
+                        return None  # this very store is beating for it
+                elif not _process_alive(run.pid, utc(run.created_at)):
+                    return f"its process (pid {run.pid} on {run.host}) is gone; {when}"
+            # Another host, an older instil that kept no pid, or a process that stopped beating: the heartbeat says.
+            if now - beat > stale:
+                where = f" (pid {run.pid} on {run.host})" if run.host else ""
+                return f"no heartbeat for {(now - beat).total_seconds() / 60:.0f} min{where}; {when}"
+            return None
+
+        def candidates(s: Session) -> list[int]:
+            now = _now()
+            return [r.id for r in s.scalars(select(m.Run).where(m.Run.status == "running")) if why_gone(r, now)]
+
+        if not self._query(candidates):
+            return []
+
+        def write(s: Session) -> list[RunInfo]:
+            now, marked = _now(), []
+            for run in s.scalars(select(m.Run).where(m.Run.status == "running").order_by(m.Run.id)):
+                reason = why_gone(run, now)
+                if reason:
+                    run.status, run.error = INTERRUPTED, reason
+                    run.finished_at = utc(run.heartbeat_at or run.created_at)
+                    marked.append(run)
+            s.flush()
+            return [run_info(s, r) for r in marked]
 
         return self._tx(write)
 
@@ -434,14 +569,14 @@ class Store:
                 run_id=run_id,
                 base_model=base_model,
                 revision=revision,
-                path=str(path),
+                path=store_path(path, self.home),
                 status=status,
                 created_at=_now(),
-                meta=meta,
+                meta=store_meta(meta, self.home),
             )
             s.add(row)
             s.flush()
-            return model_version(row)
+            return model_version(row, self.home)
 
         return self._tx(write)
 
@@ -460,7 +595,7 @@ class Store:
                     if versions
                     else "Train one first (`instil run` trains and registers it).",
                 )
-            return model_version(row)
+            return model_version(row, self.home)
 
         return self._query(read)
 
@@ -471,7 +606,7 @@ class Store:
             q = select(m.Model).order_by(m.Model.job, m.Model.version)
             if job is not None:
                 q = q.where(m.Model.job == job)
-            return [model_version(r) for r in s.scalars(q)]
+            return [model_version(r, self.home) for r in s.scalars(q)]
 
         return self._query(read)
 
@@ -602,7 +737,7 @@ class Store:
 
         def read(s: Session) -> ModelVersion | None:
             row = s.scalars(select(m.Model).where(m.Model.job == job, m.Model.status == "production")).first()
-            return model_version(row) if row is not None else None
+            return model_version(row, self.home) if row is not None else None
 
         return self._query(read)
 
@@ -741,17 +876,19 @@ class Store:
 
         def write(s: Session) -> ArtifactInfo:
             self._run_row(s, run_id)
-            row = m.Artifact(run_id=run_id, kind=kind, path=str(path), sha256=sha256, created_at=_now())
+            row = m.Artifact(
+                run_id=run_id, kind=kind, path=store_path(path, self.home), sha256=sha256, created_at=_now()
+            )
             s.add(row)
             s.flush()
-            return artifact_info(row)
+            return artifact_info(row, self.home)
 
         return self._tx(write)
 
     def list_artifacts(self, run_id: int) -> list[ArtifactInfo]:
         return self._query(
             lambda s: [
-                artifact_info(r)
+                artifact_info(r, self.home)
                 for r in s.scalars(select(m.Artifact).where(m.Artifact.run_id == run_id).order_by(m.Artifact.id))
             ]
         )

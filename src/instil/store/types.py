@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from instil.store import models as m
@@ -26,6 +27,9 @@ __all__ = [
     "evaluation_info",
     "model_version",
     "pin_info",
+    "resolve_path",
+    "store_meta",
+    "store_path",
     "utc",
 ]
 
@@ -77,7 +81,7 @@ class RunInfo:
     kind: str
     """curate, split, train, eval..."""
     status: str
-    """running, succeeded, failed or cancelled."""
+    """running, succeeded, failed, cancelled, or interrupted (its process died before it could say how it ended)."""
     config: dict[str, Any] = field(hash=False, compare=False)
     """The resolved configuration the run used."""
     created_at: datetime
@@ -90,6 +94,20 @@ class RunInfo:
     """What went wrong, for a failed run."""
     datasets: tuple[tuple[int, str], ...] = ()
     """(dataset version id, role) for each dataset version the run read or wrote."""
+    pid: int | None = None
+    """The process that ran it, on ``host`` (None for runs recorded before instil kept them)."""
+    host: str | None = None
+    heartbeat_at: datetime | None = None
+    """Its last sign of life."""
+
+    @property
+    def resumed_from(self) -> tuple[int | None, int] | None:
+        """(run id, step) of the checkpoint a resumed training run continued from; None for a fresh start."""
+        resumed = self.config.get("resumed_from")
+        if not isinstance(resumed, dict) or not isinstance(resumed.get("step"), int):
+            return None
+        run_id = resumed.get("run_id")
+        return (run_id if isinstance(run_id, int) else None, resumed["step"])
 
 
 @dataclass(frozen=True)
@@ -205,24 +223,65 @@ class PinInfo:
         return f"{self.job}@{self.version}" if self.version is not None else None
 
 
+# ---- paths: relative to the home inside it --------------------------------------------------------------------------
+def store_path(path: str | Path, home: Path) -> str:
+    """How the store records ``path``: relative to ``home`` (POSIX separators) when it lies inside it, so the home
+    can be moved, copied or restored and still name its own files; otherwise absolute."""
+    absolute = Path(path).expanduser().resolve()
+    try:
+        return PurePosixPath(*absolute.relative_to(home.expanduser().resolve()).parts).as_posix()
+    except ValueError:
+        return str(absolute)
+
+
+def resolve_path(stored: str, home: Path) -> str:
+    """The absolute path a recorded path names today: a relative one is inside ``home``, wherever it is now."""
+    path = Path(stored)
+    return str(path if path.is_absolute() else home.expanduser().resolve() / path)
+
+
+_IN_HOME = "path_in_home"
+"""Set in a stored ``model_info`` whose ``path`` the store made relative to the home (a hub id looks relative too)."""
+
+
+def store_meta(meta: dict[str, Any], home: Path) -> dict[str, Any]:
+    """A model's meta as the store records it: ``model_info.path`` (the base it was trained from; for ``tiny``, a
+    folder in the home) relative to the home when it lies inside it."""
+    info = meta.get("model_info")
+    if isinstance(info, dict) and isinstance(info.get("path"), str) and Path(info["path"]).is_absolute():
+        stored = store_path(info["path"], home)
+        if not Path(stored).is_absolute():
+            return {**meta, "model_info": {**info, "path": stored, _IN_HOME: True}}
+    return meta
+
+
+def _resolve_meta(meta: dict[str, Any], home: Path) -> dict[str, Any]:
+    info = meta.get("model_info")
+    if isinstance(info, dict) and info.get(_IN_HOME) and isinstance(info.get("path"), str):
+        info = {k: v for k, v in info.items() if k != _IN_HOME}
+        return {**meta, "model_info": {**info, "path": resolve_path(info["path"], home)}}
+    return meta
+
+
 # ---- from rows -------------------------------------------------------------------------------------------------------
 def utc(dt: datetime) -> datetime:
     """``dt`` as an aware UTC datetime: SQLite hands back naive ones, and every timestamp the store writes is UTC."""
     return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
 
 
-def model_version(row: m.Model) -> ModelVersion:
+def model_version(row: m.Model, home: Path) -> ModelVersion:
+    """The row's value, its paths resolved against ``home``."""
     return ModelVersion(
         id=row.id,
         job=row.job,
         version=row.version,
         base_model=row.base_model,
-        path=row.path,
+        path=resolve_path(row.path, home),
         status=row.status,
         created_at=utc(row.created_at),
         run_id=row.run_id,
         revision=row.revision,
-        meta=dict(row.meta or {}),
+        meta=_resolve_meta(dict(row.meta or {}), home),
     )
 
 
@@ -238,12 +297,12 @@ def evaluation_info(row: m.Evaluation) -> EvaluationInfo:
     )
 
 
-def artifact_info(row: m.Artifact) -> ArtifactInfo:
+def artifact_info(row: m.Artifact, home: Path) -> ArtifactInfo:
     return ArtifactInfo(
         id=row.id,
         run_id=row.run_id,
         kind=row.kind,
-        path=row.path,
+        path=resolve_path(row.path, home),
         created_at=utc(row.created_at),
         sha256=row.sha256,
     )

@@ -82,6 +82,16 @@ class TrainResult:
     """The logged losses: ``{"step", "epoch", "loss"}`` and ``{"step", "epoch", "eval_loss"}`` entries."""
     notice: str | None = None
     """A line to show the user (for the ``tiny`` model: that it started knowing nothing)."""
+    resumed_from: tuple[int | None, int] | None = None
+    """(run id, step) of the checkpoint this run continued from; None when it started afresh."""
+
+    @property
+    def resumed(self) -> str | None:
+        """``resumed from run N at step S`` for a resumed run, else None."""
+        if self.resumed_from is None:
+            return None
+        run_id, step = self.resumed_from
+        return f"resumed from {f'run {run_id}' if run_id is not None else 'a checkpoint'} at step {step}"
 
     def rows(self) -> list[tuple[str, Any, str]]:
         """(setting, value, source) for the run summary table."""
@@ -320,7 +330,8 @@ def train_sft(
         status = "cancelled" if isinstance(e, KeyboardInterrupt) else "failed"
         store.finish_run(run_id, status, error=f"{type(e).__name__}: {e}")
         raise
-    return TrainResult(run_id, model, target, metrics, plan.settings, history, plan.info.notice)
+    resumed = (resume_from.run_id, resume_from.step) if resume_from is not None else None
+    return TrainResult(run_id, model, target, metrics, plan.settings, history, plan.info.notice, resumed)
 
 
 def follow_sft(
