@@ -1133,6 +1133,8 @@ def runs(
     for r in shown:
         end = r.finished_at or r.heartbeat_at
         took = "-" if end is None else _duration((end - r.created_at).total_seconds())
+        if r.status == "interrupted":  # it died some time after its last heartbeat
+            took = f"≥{took}" if end is not None and end > r.created_at else "?"
         notes = []
         if r.resumed_from:
             run_id, step = r.resumed_from
@@ -1141,13 +1143,15 @@ def runs(
             notes.append(f"resumed by run {resumed_by[r.id]}")
         elif r.status == "interrupted" and r.kind == "train":
             notes.append("instil train --resume continues it")
-        if r.error and r.status != "succeeded":
+        if r.error and r.status == "interrupted":
+            notes.insert(0, r.error.split(";")[0].replace(f" (pid {r.pid} on {r.host})", ""))  # "where" has those
+        elif r.error and r.status != "succeeded":
             notes.append(r.error.splitlines()[0][:160])
         table.add_row(
             str(r.id),
             r.kind,
             f"[{styles.get(r.status, 'default')}]{r.status}[/]",
-            r.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            r.created_at.strftime("%m-%d %H:%M:%S"),
             took + ("…" if r.status == "running" else ""),
             _escape(f"{r.host} pid {r.pid}" if r.host else "-"),
             _escape("; ".join(notes)),
