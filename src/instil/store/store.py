@@ -485,11 +485,11 @@ class Store:
                 return f"no heartbeat for {(now - beat).total_seconds() / 60:.0f} min{where}; {when}"
             return None
 
-        def candidates(s: Session) -> list[int]:
+        def any_gone(s: Session) -> bool:  # a read first, so an open with nothing to mark takes no write lock
             now = _now()
-            return [r.id for r in s.scalars(select(m.Run).where(m.Run.status == "running")) if why_gone(r, now)]
+            return any(why_gone(r, now) for r in s.scalars(select(m.Run).where(m.Run.status == "running")))
 
-        if not self._query(candidates):
+        if not self._query(any_gone):
             return []
 
         def write(s: Session) -> list[RunInfo]:
