@@ -624,3 +624,7 @@ def test_cli_serve_runs_the_server_until_interrupted(tmp_path: Path, store: Stor
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert f"serving colors:base at {url}" in out
+    assert "1 traces captured, 1 stored" in out  # the answer was kept, and drained before the server exited
+    with Store.open(home=instil_home) as store:
+        (kept,) = store.list_traces()
+    assert kept.id == r.id and kept.model == "colors:base" and kept.source == "local" and kept.version is None

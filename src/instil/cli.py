@@ -394,36 +394,57 @@ def serve(
     max_queue: Annotated[
         int, typer.Option(min=1, help="The most requests waiting for the model; past it, 429 with Retry-After.")
     ] = 256,
+    proxy: Annotated[
+        bool,
+        typer.Option("--proxy", help="Forward to the spec's serve.upstream (the team's current model) instead."),
+    ] = False,
+    capture: Annotated[
+        bool | None,
+        typer.Option(
+            "--capture/--no-capture", help="Keep every request as a trace (default: the spec's serve.capture)."
+        ),
+    ] = None,
 ) -> None:
-    """Serve a trained model (or the base) behind an OpenAI-compatible API: /v1/chat/completions, /v1/models."""
+    """Serve a trained model (or the base) behind an OpenAI-compatible API: /v1/chat/completions, /v1/models.
+
+    With --proxy, forward every request to the spec's upstream instead. Either way each answer is kept as a trace
+    (instil traces lists them)."""
     from transformers.utils import logging as hf_logging
 
     from instil.serve import serve_job
 
     hf_logging.disable_progress_bar()
+    job = _load(spec)
+    keeping = job.serve.capture if capture is None else capture
 
-    def ready(served, url: str) -> None:
+    def ready(name: str, url: str) -> None:
+        said = f" (model={_escape(repr(name))})" if not proxy else ""
+        console.print(f"serving [bold]{_escape(name)}[/] at [bold]{url}[/]{said}; Ctrl-C stops", soft_wrap=True)
         console.print(
-            f"serving [bold]{served.name}[/] at [bold]{url}[/] (model={served.name!r}); Ctrl-C stops",
-            soft_wrap=True,
+            "traces are kept in the store (instil traces list)" if keeping else "no traces are kept (--no-capture)",
+            style="dim",
         )
         if api_key_env is None and host not in ("127.0.0.1", "localhost", "::1"):
             err.print(f"[yellow]warning:[/] listening on {host} without an API key (--api-key-env)", soft_wrap=True)
 
-    job = _load(spec)
     with _open_store(job) as store:
-        serve_job(
+        stats = serve_job(
             job,
             store,
             version=version,
             base=base,
+            proxy=proxy,
             host=host,
             port=port,
             api_key_env=api_key_env,
             ready=ready,
             max_body_bytes=max_body_kb * 1024,
             max_queue=max_queue,
+            capture=capture,
         )
+    if stats is not None:
+        left = f", {stats.spool_bytes:,} bytes still spooled for the next start" if stats.spool_bytes else ""
+        console.print(f"{stats.captured:,} traces captured, {stats.stored:,} stored{left}", style="dim", soft_wrap=True)
 
 
 # ---- registry --------------------------------------------------------------------------------------------------------

@@ -41,8 +41,10 @@ __all__ = [
     "LoraSpec",
     "ModelSpec",
     "OutputSpec",
+    "ServeSpec",
     "SplitSpec",
     "TrainingSpec",
+    "UpstreamSpec",
     "describe_fields",
     "load_spec",
     "parse_spec",
@@ -646,6 +648,99 @@ class EvalSpec(_Strict):
         return v
 
 
+class UpstreamSpec(_Strict):
+    """An OpenAI-compatible API that ``instil serve --proxy`` forwards requests to (the team's prompted model)."""
+
+    name: str = "default"
+    """The upstream's name in traces and metrics (letters, digits, '_', '-' and '.')."""
+    base_url: str
+    """Such as ``https://api.openai.com/v1``: requests go to ``<base_url>/chat/completions``."""
+    api_key_env: str | None = None
+    """The environment variable holding the upstream's key, sent in place of the client's. None: the client's own
+    ``Authorization`` header is forwarded (when the proxy itself asks for no key)."""
+    models: list[str] = []
+    """The model names routed to this upstream; empty: every model no other upstream names."""
+    input_price_per_million: float = 0.0
+    """Price of one million prompt tokens: a trace's cost."""
+    output_price_per_million: float = 0.0
+    """Price of one million completion tokens."""
+    timeout_s: float = 600.0
+    """How long an upstream answer may take before the client gets a 504."""
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}", v):
+            raise ValueError("use 1-64 letters, digits, '_', '-' and '.'")
+        return v
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not re.match(r"https?://[^/\s]+", v):
+            raise ValueError("give an http:// or https:// URL, such as https://api.openai.com/v1")
+        return v.rstrip("/")
+
+    @field_validator("input_price_per_million", "output_price_per_million")
+    @classmethod
+    def _price(cls, v: float) -> float:
+        if v < 0:
+            raise ValueError("a price cannot be negative")
+        return v
+
+    @field_validator("timeout_s")
+    @classmethod
+    def _timeout(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError("must be more than 0")
+        return v
+
+
+class ServeSpec(_Strict):
+    """How ``instil serve`` answers and what it keeps of each request (traces in the store)."""
+
+    upstream: UpstreamSpec | list[UpstreamSpec] | None = None
+    """Where ``instil serve --proxy`` forwards requests: one upstream, or a list of named ones routed by model name."""
+    capture: bool = True
+    """Keep every answered request as a trace in the store (a request with ``store: false`` is never kept)."""
+    redact_pii: bool = False
+    """Mask emails, phone numbers, cards, keys... (the data layer's PII scan) before a trace is written anywhere."""
+    retention_days: int | None = None
+    """Delete traces older than this many days (on start, then daily); None keeps them."""
+
+    @field_validator("retention_days")
+    @classmethod
+    def _days(cls, v: int | None) -> int | None:
+        if v is not None and v < 1:
+            raise ValueError("keep traces at least 1 day, or leave it out to keep them all")
+        return v
+
+    @model_validator(mode="after")
+    def _routes(self) -> ServeSpec:
+        ups = self.upstreams
+        names = [u.name for u in ups]
+        problems = []
+        if len(set(names)) != len(names):
+            repeated = sorted({n for n in names if names.count(n) > 1})
+            problems.append(f"upstream names must be unique; repeated: {repeated}")
+        catch_all = [u.name for u in ups if not u.models]
+        if len(catch_all) > 1:
+            problems.append(f"only one upstream may leave out 'models' (the default route); these do: {catch_all}")
+        routed = [m for u in ups for m in u.models]
+        if len(set(routed)) != len(routed):
+            problems.append(f"a model is routed to two upstreams: {sorted({m for m in routed if routed.count(m) > 1})}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def upstreams(self) -> list[UpstreamSpec]:
+        """The upstreams as a list (one upstream given alone is a list of one)."""
+        if self.upstream is None:
+            return []
+        return self.upstream if isinstance(self.upstream, list) else [self.upstream]
+
+
 class JobSpec(_Strict):
     """A job: what the model must do, how it is scored, the data, the model, training and the promotion gate."""
 
@@ -673,6 +768,8 @@ class JobSpec(_Strict):
     """The promotion gate."""
     eval: EvalSpec = EvalSpec()
     """How candidates are evaluated and priced (``instil eval``)."""
+    serve: ServeSpec = ServeSpec()
+    """How ``instil serve`` answers (a local model, or an upstream behind the proxy) and captures traces."""
 
     _root: Path = PrivateAttr(default_factory=Path.cwd)
     _file: Path | None = PrivateAttr(default=None)

@@ -52,17 +52,18 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from instil.data.records import Example, Message
 from instil.errors import ChatTemplateError, DependencyError
 from instil.eval.generate import MAX_NEW_TOKENS_CAP, Generation, parse_tool_calls, stop_token_ids
 from instil.serve.engine import Engine, Job, QueueFull
 
-__all__ = ["ServedRequest", "create_app"]
+__all__ = ["TAGS_HEADER", "ServedRequest", "create_app", "request_tags"]
 
 log = logging.getLogger("instil.serve")
 
@@ -74,6 +75,11 @@ GREEDY_BELOW = 1e-3
 """A ``temperature`` under this is answered greedily, as 0 is."""
 MAX_CHARS_PER_TOKEN = 32
 """A prompt longer than the model's context times this many characters cannot fit, whatever the tokenizer."""
+TAGS_HEADER = "x-instil-tags"
+"""The request header whose comma-separated tags are kept with the trace (``X-Instil-Tags: beta, mobile``)."""
+MAX_TAGS = 16
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:/-]{0,63}")
+_NOT_PARAMS = {"model", "messages", "tools", "stream", "stream_options", "user", "metadata", "store"}
 
 
 @dataclass(frozen=True)
@@ -84,6 +90,9 @@ class ServedRequest:
     """The conversation as the model saw it: the request's messages, with the default system prompt when added."""
     text: str
     """The whole answer as generated (tool-call blocks included), after ``stop`` strings cut it."""
+    content: str | None
+    """The answer's content as the response carries it: tool-call blocks taken out; None when there are only
+    tool calls."""
     usage: dict[str, int]
     """``prompt_tokens``, ``completion_tokens`` and ``total_tokens``, as in the response."""
     latency_s: float
@@ -102,6 +111,19 @@ class ServedRequest:
     """The tool definitions the prompt was rendered with."""
     batch_size: int
     """How many requests were generated together with this one (1 when it ran alone)."""
+    arrived_at: datetime
+    """When the request arrived (UTC)."""
+    stream: bool = False
+    params: dict[str, Any] = field(default_factory=dict)
+    """The request's settings besides the messages and tools (temperature, max_tokens, response_format...)."""
+    user: str | None = None
+    """The request's ``user`` field (OpenAI's end-user id)."""
+    metadata: dict[str, str] = field(default_factory=dict)
+    """The request's ``metadata`` field."""
+    store: bool = True
+    """False when the request said ``store: false``: it must not be kept."""
+    tags: tuple[str, ...] = ()
+    """The tags of the request's ``X-Instil-Tags`` header."""
 
 
 # ---- the request body ------------------------------------------------------------------------------------------------
@@ -116,7 +138,7 @@ class _Message(BaseModel):
 
 
 class _ChatRequest(BaseModel):
-    # OpenAI clients send fields a local model has no use for (user, metadata, store, service_tier): ignored.
+    # OpenAI clients send fields a local model has no use for (service_tier, parallel_tool_calls...): ignored.
     model_config = ConfigDict(extra="ignore")
 
     model: str
@@ -136,6 +158,19 @@ class _ChatRequest(BaseModel):
     logprobs: bool | None = Field(default=None, strict=True)
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
+    # Kept with the trace, as OpenAI's API defines them: an end-user id, up to 16 short key-value pairs, and
+    # whether the exchange may be stored at all.
+    user: str | None = Field(default=None, max_length=256)
+    metadata: dict[str, str] | None = Field(default=None, max_length=16)
+    store: bool | None = Field(default=None, strict=True)
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        for key, value in (v or {}).items():
+            if len(key) > 64 or len(value) > 512:
+                raise ValueError("metadata keys are at most 64 characters and values at most 512")
+        return v
 
 
 class _ApiError(Exception):
@@ -239,10 +274,21 @@ def create_app(
             raise _unknown_model(name, model_name)
         return model_card()
 
-    def record(asked: _Asked, job: Job, text: str, finish: str, usage: dict, calls: Any, rid: str, began: float):
+    def record(
+        body: _ChatRequest,
+        asked: _Asked,
+        job: Job,
+        answer: tuple[str, str, dict[str, Any], dict[str, int], Any],
+        rid: str,
+        began: float,
+        arrived: datetime,
+        tags: tuple[str, ...],
+    ) -> ServedRequest:
+        text, finish, message, usage, calls = answer
         return ServedRequest(
             messages=asked.messages,
             text=text,
+            content=message.get("content"),
             usage=usage,
             latency_s=time.perf_counter() - began,
             first_token_s=(job.first_token_at - began) if job.first_token_at is not None else None,
@@ -252,13 +298,21 @@ def create_app(
             tool_calls=calls,
             tools=asked.tools,
             batch_size=job.batch_size,
+            arrived_at=arrived,
+            stream=body.stream,
+            params=body.model_dump(exclude=_NOT_PARAMS, exclude_none=True),
+            user=body.user,
+            metadata=dict(body.metadata or {}),
+            store=body.store is not False,
+            tags=tags,
         )
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(body: _ChatRequest, request: Request) -> Any:
-        began = time.perf_counter()
+        began, arrived = time.perf_counter(), datetime.now(UTC)
         if body.model != model_name:
             raise _unknown_model(body.model, model_name)
+        tags = request_tags(request.headers.get(TAGS_HEADER))
         asked = _check(body, default_system_prompt, default_tools, max_new_tokens_cap, max_chars)
         job = await run_in_threadpool(prompter.job, asked)  # off the event loop and off the engine's thread
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
@@ -284,12 +338,13 @@ def create_app(
                         log.exception("generation failed for %s", rid)
                         yield stream.error(f"generation failed: {type(e).__name__}: {e}")
                         return
-                    answer, finish, message, usage, calls = _answer(gen, asked.stops, asked.want_tools)
+                    answer = _answer(gen, asked.stops, asked.want_tools)
+                    _, finish, message, usage, _ = answer
+                    if on_request is not None:  # before [DONE]: a client that saw the end has its trace kept
+                        hook_record = record(body, asked, job, answer, rid, began, arrived, tags)
+                        await run_in_threadpool(_call_hook, on_request, hook_record)
                     for chunk in stream.rest(message, text.sent, finish, usage):
                         yield chunk
-                    if on_request is not None:
-                        hook_record = record(asked, job, answer, finish, usage, calls, rid, began)
-                        await run_in_threadpool(_call_hook, on_request, hook_record)
                 finally:
                     if not job.future.done():  # the client went away mid-stream
                         job.cancel()
@@ -300,9 +355,11 @@ def create_app(
         gen = await _unless_gone(job, request)
         if gen is None:  # nobody is there to read an answer
             return Response(status_code=499)
-        text, finish, message, usage, calls = _answer(gen, asked.stops, asked.want_tools)
-        if on_request is not None:
-            await run_in_threadpool(_call_hook, on_request, record(asked, job, text, finish, usage, calls, rid, began))
+        answer = _answer(gen, asked.stops, asked.want_tools)
+        _, finish, message, usage, _ = answer
+        if on_request is not None:  # before the answer goes out: a client that has it has its trace kept
+            hook_record = record(body, asked, job, answer, rid, began, arrived, tags)
+            await run_in_threadpool(_call_hook, on_request, hook_record)
         return {
             "id": rid,
             "object": "chat.completion",
@@ -602,6 +659,24 @@ class _Prompter:
             top_p=asked.top_p,
             seed=asked.seed,
         )
+
+
+def request_tags(header: str | None) -> tuple[str, ...]:
+    """The tags of an ``X-Instil-Tags`` header value (comma-separated); a 400 names a bad one."""
+    if not header:
+        return ()
+    tags = tuple(dict.fromkeys(t.strip() for t in header.split(",") if t.strip()))
+    bad = [t for t in tags if not _TAG.fullmatch(t)]
+    if bad or len(tags) > MAX_TAGS:
+        raise _ApiError(
+            400,
+            f"the X-Instil-Tags header takes up to {MAX_TAGS} comma-separated tags of letters, digits and _ . : / - "
+            f"(at most 64 characters each); got {bad[0]!r}"
+            if bad
+            else f"the X-Instil-Tags header takes up to {MAX_TAGS} tags; got {len(tags)}",
+            param="X-Instil-Tags",
+        )
+    return tags
 
 
 class _BodyLimit:

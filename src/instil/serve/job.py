@@ -4,11 +4,15 @@
     served = load_served(spec, store)                 # the latest model version; version=2, or base=True
     app = job_app(spec, store, version=2, api_key="sk-local")   # a FastAPI app, to run under any ASGI server
     serve_job(spec, store, port=8000, api_key_env="INSTIL_API_KEY")   # load, then run uvicorn until Ctrl-C
+    serve_job(spec, store, proxy=True)                 # forward to the spec's serve.upstream instead, capturing
 
 The model is loaded exactly as ``instil eval`` loads a local candidate, through the one inference loader
 (:func:`instil.train.models.load_for_inference`), so the served answers are the evaluated ones. A request without a
 system message gets the prompt the model runs with in evaluation: the short prompt for a trained version (as it was
 trained), the full prompt for the base.
+
+Every answered request is kept as a trace (:mod:`instil.serve.capture`) unless the spec says ``serve.capture:
+false`` or the request says ``store: false``; ``instil traces`` reads them back.
 """
 
 from __future__ import annotations
@@ -23,10 +27,12 @@ from instil.eval.candidates import Candidate, load_candidate
 from instil.eval.generate import MAX_NEW_TOKENS_CAP
 from instil.registry import resolve
 from instil.serve.app import MAX_BODY_BYTES, MAX_QUEUE, ServedRequest, create_app
+from instil.serve.capture import CaptureStats, TraceLog, capture_graders, served_trace
+from instil.serve.proxy import create_proxy_app
 from instil.spec import JobSpec
 from instil.store import ModelVersion, Store
 
-__all__ = ["ServedModel", "api_key_from_env", "job_app", "load_served", "serve_job"]
+__all__ = ["ServedModel", "api_key_from_env", "job_app", "load_served", "proxy_app", "serve_job", "trace_log"]
 
 
 @dataclass(frozen=True)
@@ -91,9 +97,23 @@ def job_app(
     served: ServedModel | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
     max_queue: int = MAX_QUEUE,
+    traces: TraceLog | None = None,
 ) -> Any:
-    """The FastAPI app serving the job's model (see :func:`load_served`); ``served`` skips the loading."""
+    """The FastAPI app serving the job's model (see :func:`load_served`); ``served`` skips the loading.
+
+    ``traces``: a started :class:`TraceLog` that every answer is captured to (the caller starts and closes it)."""
     served = served or load_served(spec, store, version=version, base=base)
+    hook = on_request
+    if traces is not None:
+        version_no = served.version.version if served.version is not None else None
+        price = spec.eval.machine_price_per_hour
+
+        def hook(r: ServedRequest) -> None:
+            if r.store:
+                traces.capture(served_trace(spec.name, r, version=version_no, price_per_hour=price))
+            if on_request is not None:
+                on_request(r)
+
     return create_app(
         served.model,
         served.tokenizer,
@@ -104,9 +124,45 @@ def job_app(
         default_system_prompt=served.system_prompt,
         default_tools=served.tools,
         batch_size=spec.eval.batch_size,
-        on_request=on_request,
+        on_request=hook,
         max_body_bytes=max_body_bytes,
         max_queue=max_queue,
+    )
+
+
+def trace_log(spec: JobSpec, store: Store) -> TraceLog:
+    """The job's trace log (not started): graded by its reference-free graders, redacted and kept as ``serve`` says."""
+    return TraceLog(
+        store,
+        graders=capture_graders(spec),
+        redact=spec.serve.redact_pii,
+        retention_days=spec.serve.retention_days,
+    )
+
+
+def proxy_app(
+    spec: JobSpec,
+    *,
+    api_key: str | None = None,
+    traces: TraceLog | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
+) -> Any:
+    """The FastAPI app forwarding to the spec's ``serve.upstream`` (see :mod:`instil.serve.proxy`), capturing every
+    answer to ``traces``. Each upstream's key is read from its ``api_key_env`` now, and a missing one is refused."""
+    upstreams = spec.serve.upstreams
+    if not upstreams:
+        raise InstilError(
+            f"the job {spec.name!r} has no upstream to proxy to",
+            hint="add serve.upstream (base_url, api_key_env) to the spec, or serve a local model without --proxy",
+        )
+    keys = {u.name: api_key_from_env(u.api_key_env) for u in upstreams}
+    return create_proxy_app(
+        upstreams,
+        job=spec.name,
+        api_key=api_key,
+        on_trace=traces.capture if traces is not None else None,
+        max_body_bytes=max_body_bytes,
+        keys=keys,
     )
 
 
@@ -129,39 +185,60 @@ def serve_job(
     *,
     version: int | str | None = None,
     base: bool = False,
+    proxy: bool = False,
     host: str = "127.0.0.1",
     port: int = 8000,
     api_key_env: str | None = None,
     max_new_tokens_cap: int = MAX_NEW_TOKENS_CAP,
     on_request: Callable[[ServedRequest], None] | None = None,
-    ready: Callable[[ServedModel, str], None] | None = None,
+    ready: Callable[[str, str], None] | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
     max_queue: int = MAX_QUEUE,
-) -> None:
-    """Load the job's model and serve it on ``host:port`` until interrupted (Ctrl-C stops it cleanly).
+    capture: bool | None = None,
+) -> CaptureStats | None:
+    """Serve the job's model (or, with ``proxy``, forward to its upstreams) on ``host:port`` until interrupted
+    (Ctrl-C stops it cleanly); returns what trace capture did (None without capture).
 
     ``api_key_env`` names the environment variable with the key clients must send (read once, never logged).
-    ``ready(served, base_url)`` is called once the model is loaded, before the server starts listening.
-    ``max_body_bytes`` bounds each request's body (413 past it); ``max_queue`` the requests waiting for the model
-    (429 with ``Retry-After`` past it).
+    ``ready(name, base_url)`` is called once the model is loaded, before the server starts listening (``name`` is
+    the model's, or ``proxy`` with the upstreams' names). ``max_body_bytes`` bounds each request's body (413 past it);
+    ``max_queue`` the requests waiting for the model (429 with ``Retry-After`` past it). ``capture`` overrides the
+    spec's ``serve.capture``.
     """
     try:
         import uvicorn
     except ImportError:
-        raise DependencyError("serving needs fastapi and uvicorn", hint="pip install fastapi uvicorn") from None
+        raise DependencyError("serving needs fastapi and uvicorn", hint="pip install 'instil[serve]'") from None
     api_key = api_key_from_env(api_key_env)
-    served = load_served(spec, store, version=version, base=base)
-    app = job_app(
-        spec,
-        store,
-        api_key=api_key,
-        max_new_tokens_cap=max_new_tokens_cap,
-        on_request=on_request,
-        served=served,
-        max_body_bytes=max_body_bytes,
-        max_queue=max_queue,
-    )
-    if ready is not None:
-        shown = f"[{host}]" if ":" in host else host
-        ready(served, f"http://{shown}:{port}/v1")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    if proxy and (version is not None or base):
+        raise InstilError(
+            "--proxy forwards to the spec's upstream; it serves no local model", hint="drop --version/--base"
+        )
+    traces = trace_log(spec, store) if (spec.serve.capture if capture is None else capture) else None
+    if proxy:
+        app = proxy_app(spec, api_key=api_key, traces=traces, max_body_bytes=max_body_bytes)
+        name = "proxy to " + ", ".join(f"{u.name} ({u.base_url})" for u in spec.serve.upstreams)
+    else:
+        served = load_served(spec, store, version=version, base=base)
+        app = job_app(
+            spec,
+            store,
+            api_key=api_key,
+            max_new_tokens_cap=max_new_tokens_cap,
+            on_request=on_request,
+            served=served,
+            max_body_bytes=max_body_bytes,
+            max_queue=max_queue,
+            traces=traces,
+        )
+        name = served.name
+    if traces is not None:
+        traces.start()  # after loading, so a failed load leaves no spool behind; before listening
+    try:
+        if ready is not None:
+            shown = f"[{host}]" if ":" in host else host
+            ready(name, f"http://{shown}:{port}/v1")
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+    finally:
+        stats = traces.close() if traces is not None else None
+    return stats

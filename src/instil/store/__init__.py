@@ -14,6 +14,7 @@ from __future__ import annotations
 from instil.store.blobs import BlobInfo, BlobStore
 from instil.store.db import DB_URL_ENV
 from instil.store.store import DECISION_KINDS, FINAL_STATUSES, Store
+from instil.store.traces import TraceFilter
 from instil.store.types import (
     ArtifactInfo,
     DatasetVersion,
@@ -22,6 +23,7 @@ from instil.store.types import (
     ModelVersion,
     PinInfo,
     RunInfo,
+    Trace,
 )
 
 __all__ = [
@@ -38,4 +40,6 @@ __all__ = [
     "PinInfo",
     "RunInfo",
     "Store",
+    "Trace",
+    "TraceFilter",
 ]

@@ -14,7 +14,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Integer, MetaData, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, MetaData, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
@@ -29,6 +29,8 @@ __all__ = [
     "Pin",
     "Run",
     "RunDataset",
+    "Trace",
+    "TraceTag",
 ]
 
 # Named constraints, so later migrations can alter them by name (SQLite's batch mode needs the names).
@@ -229,3 +231,64 @@ class Pin(Base):
     model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
     """The pinned model version; None when this row removed the pin."""
     created_at: Mapped[datetime] = mapped_column(_TS)
+
+
+class Trace(Base):
+    """One request answered by ``instil serve`` (a local model, or an upstream behind the proxy), as captured.
+
+    Its id is the response's id (``chatcmpl-...``), so capturing the same answer twice (a spool replayed after a crash)
+    keeps one row."""
+
+    __tablename__ = "traces"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    job: Mapped[str] = mapped_column(String(128), index=True)
+    created_at: Mapped[datetime] = mapped_column(_TS, index=True)
+    """When the request arrived (UTC)."""
+    source: Mapped[str] = mapped_column(String(16))
+    """``local`` (a model this server loaded) or ``proxy`` (an upstream answered)."""
+    model: Mapped[str] = mapped_column(String(256), index=True)
+    """The model name that answered: ``<job>@3``, ``<job>:base``, or the upstream's model."""
+    version: Mapped[int | None] = mapped_column(Integer)
+    """The job's model version that answered (None for the base or an upstream)."""
+    upstream: Mapped[str | None] = mapped_column(String(64))
+    """The named upstream that answered, in proxy mode."""
+    status: Mapped[int] = mapped_column(Integer)
+    """The HTTP status the client got."""
+    stream: Mapped[bool] = mapped_column(Boolean)
+    messages: Mapped[list[Any]] = mapped_column(JSON)
+    """The conversation as the model saw it."""
+    tools: Mapped[list[Any] | None] = mapped_column(JSON)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    """The request's other settings (temperature, max_tokens, response_format...)."""
+    output: Mapped[str | None] = mapped_column(Text)
+    tool_calls: Mapped[list[Any] | None] = mapped_column(JSON)
+    finish_reason: Mapped[str | None] = mapped_column(String(32))
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    """The error body the client got, for a status other than 200."""
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    latency_s: Mapped[float] = mapped_column(Float)
+    """Seconds from arrival to the last byte of the answer."""
+    first_token_s: Mapped[float | None] = mapped_column(Float)
+    cost: Mapped[float | None] = mapped_column(Float)
+    """From the spec's prices (None when none apply)."""
+    user: Mapped[str | None] = mapped_column(String(256), index=True)
+    """The request's ``user`` field."""
+    meta: Mapped[dict[str, Any]] = mapped_column(JSON)
+    """The request's ``metadata`` field."""
+    grades: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    """The job's graders on the output: ``{name: {"value", "passed", "reason"}}`` (None: not graded)."""
+    passed: Mapped[bool | None] = mapped_column(Boolean, index=True)
+    """Whether every grader passed (None: not graded)."""
+    redacted: Mapped[bool] = mapped_column(Boolean)
+    """Whether PII was masked at capture."""
+
+
+class TraceTag(Base):
+    """A tag of a trace (from the request's ``X-Instil-Tags`` header), one row each so a tag filter is an index."""
+
+    __tablename__ = "trace_tags"
+
+    trace_id: Mapped[str] = mapped_column(ForeignKey("traces.id", ondelete="CASCADE"), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)

@@ -40,6 +40,7 @@ from instil.store.blobs import BlobInfo, BlobStore
 from instil.store.checks import as_id, check_json, check_name, check_word
 from instil.store.db import WRITE, create_store_engine, migrate, resolve_url, safe_url
 from instil.store.queries import ancestors, dataset_version, run_info, version_listing
+from instil.store.traces import TraceFilter, add_traces, count_traces, delete_traces, query_traces, trace_value
 from instil.store.types import (
     ArtifactInfo,
     DatasetVersion,
@@ -48,6 +49,7 @@ from instil.store.types import (
     ModelVersion,
     PinInfo,
     RunInfo,
+    Trace,
     artifact_info,
     decision_info,
     evaluation_info,
@@ -892,3 +894,54 @@ class Store:
                 for r in s.scalars(select(m.Artifact).where(m.Artifact.run_id == run_id).order_by(m.Artifact.id))
             ]
         )
+
+    # ---- traces ------------------------------------------------------------------------------------------------------
+    def add_traces(self, traces: Sequence[Trace]) -> int:
+        """Record answered requests; a trace whose id is stored already is skipped (so a replay is exact). Returns
+        how many were new."""
+        for t in traces:
+            check_json(t.to_dict(), f"trace {t.id!r}")
+        return self._tx(lambda s: add_traces(s, traces))
+
+    def list_traces(
+        self, where: TraceFilter | None = None, *, limit: int | None = 100, offset: int = 0, oldest_first: bool = False
+    ) -> list[Trace]:
+        """Traces matching ``where``, newest first (``oldest_first``: in arrival order); ``limit=None``: all."""
+        return self._query(
+            lambda s: query_traces(s, where or TraceFilter(), limit=limit, offset=offset, oldest_first=oldest_first)
+        )
+
+    def count_traces(self, where: TraceFilter | None = None) -> int:
+        return self._query(lambda s: count_traces(s, where or TraceFilter()))
+
+    def get_trace(self, trace_id: str) -> Trace:
+        """The trace with this id, or with the one id that starts with it (at least 8 characters)."""
+
+        def read(s: Session) -> Trace:
+            row = s.get(m.Trace, trace_id)
+            if row is None and len(trace_id) >= 8:
+                rows = list(s.scalars(select(m.Trace).where(m.Trace.id.startswith(trace_id, autoescape=True)).limit(2)))
+                if len(rows) > 1:
+                    raise StoreError(f"{trace_id!r} starts more than one trace id", hint="Give more of the id.")
+                row = rows[0] if rows else None
+            if row is None:
+                raise NotFoundError(f"no trace {trace_id!r}", hint="`instil traces list` shows the traces' ids.")
+            tags = s.scalars(select(m.TraceTag.tag).where(m.TraceTag.trace_id == row.id).order_by(m.TraceTag.tag))
+            return trace_value(row, list(tags))
+
+        return self._query(read)
+
+    def delete_traces(self, where: TraceFilter) -> int:
+        """Delete the traces matching ``where`` (retention); returns how many went."""
+        return self._tx(lambda s: delete_traces(s, where))
+
+    def known_traces(self, ids: Sequence[str]) -> set[str]:
+        """Which of these trace ids the store holds."""
+
+        def read(s: Session) -> set[str]:
+            found: set[str] = set()
+            for k in range(0, len(ids), 500):
+                found.update(s.scalars(select(m.Trace.id).where(m.Trace.id.in_(list(ids[k : k + 500])))))
+            return found
+
+        return self._query(read)

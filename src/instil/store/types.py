@@ -22,6 +22,7 @@ __all__ = [
     "ModelVersion",
     "PinInfo",
     "RunInfo",
+    "Trace",
     "artifact_info",
     "decision_info",
     "evaluation_info",
@@ -221,6 +222,73 @@ class PinInfo:
     def ref(self) -> str | None:
         """``job@version`` of the pinned model; None for a removal."""
         return f"{self.job}@{self.version}" if self.version is not None else None
+
+
+@dataclass(frozen=True)
+class Trace:
+    """One answered request, as captured by ``instil serve`` (see :mod:`instil.serve.capture`) and kept in the store.
+
+    ``to_dict``/``from_dict`` are its JSON form: a spool line, ``instil traces --json``, a Parquet row."""
+
+    id: str
+    """The response's id (``chatcmpl-...``): the same answer captured twice is one trace."""
+    job: str
+    created_at: datetime
+    """When the request arrived (UTC)."""
+    source: str
+    """``local`` (a model this server loaded) or ``proxy`` (an upstream answered)."""
+    model: str
+    """The model name that answered: ``<job>@3``, ``<job>:base``, or the upstream's model."""
+    messages: list[dict[str, Any]]
+    """The conversation as the model saw it (the default system prompt included when the server added it)."""
+    status: int = 200
+    """The HTTP status the client got."""
+    output: str | None = None
+    """The answer's text (tool-call blocks included for a local model; the message content from an upstream)."""
+    tool_calls: list[dict[str, Any]] | None = None
+    finish_reason: str | None = None
+    version: int | None = None
+    """The job's model version that answered (None for the base or an upstream)."""
+    upstream: str | None = None
+    """The named upstream that answered, in proxy mode."""
+    stream: bool = False
+    tools: list[dict[str, Any]] | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    """The request's other settings (temperature, max_tokens, response_format...)."""
+    error: dict[str, Any] | None = None
+    """The error body the client got, for a status other than 200."""
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    latency_s: float = 0.0
+    """Seconds from arrival to the last byte of the answer, queueing included."""
+    first_token_s: float | None = None
+    """Seconds from arrival to the first token (None: no token came)."""
+    cost: float | None = None
+    """From the spec's prices (None when none apply)."""
+    user: str | None = None
+    """The request's ``user`` field."""
+    meta: dict[str, Any] = field(default_factory=dict)
+    """The request's ``metadata`` field."""
+    tags: tuple[str, ...] = ()
+    grades: dict[str, dict[str, Any]] | None = None
+    """The job's graders on the output, ``{name: {"value", "passed", "reason"}}``; None: not graded."""
+    passed: bool | None = None
+    """Whether every grader passed (None: not graded)."""
+    redacted: bool = False
+    """Whether PII was masked at capture."""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f: getattr(self, f) for f in self.__dataclass_fields__}
+        d["created_at"] = self.created_at.isoformat()
+        d["tags"] = list(self.tags)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Trace:
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        known["created_at"] = utc(datetime.fromisoformat(known["created_at"]))
+        known["tags"] = tuple(known.get("tags") or ())
+        return cls(**known)
 
 
 # ---- paths: relative to the home inside it --------------------------------------------------------------------------
