@@ -44,7 +44,9 @@ app = typer.Typer(
 spec_app = typer.Typer(help="Check and describe job specs (instil.yaml).", no_args_is_help=True)
 data_app = typer.Typer(help="Validate, inspect, curate and split data.", no_args_is_help=True)
 app.add_typer(spec_app, name="spec")
+traces_app = typer.Typer(help="List, show and export the traces instil serve captured.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+app.add_typer(traces_app, name="traces")
 
 console = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -1178,6 +1180,257 @@ def runs(
             _escape("; ".join(notes)),
         )
     console.print(table)
+
+
+# ---- traces ----------------------------------------------------------------------------------------------------------
+Since = Annotated[
+    str | None, typer.Option(help="Only traces from then on: an ISO time (2026-12-01T09:00) or an age (30m, 2h, 7d).")
+]
+Until = Annotated[str | None, typer.Option(help="Only traces before then: an ISO time or an age (30m, 2h, 7d).")]
+ModelOpt = Annotated[str | None, typer.Option("--model", help="Only traces this model answered (triage@3, gpt-4o).")]
+TagOpt = Annotated[str | None, typer.Option(help="Only traces with this tag (from the X-Instil-Tags header).")]
+UserOpt = Annotated[str | None, typer.Option(help="Only traces of this user (the request's user field).")]
+
+
+def _when(value: str | None, option: str):
+    """A time from an ISO string or an age before now; a bad value is a usage error that names the option."""
+    import re
+    from datetime import UTC, datetime, timedelta
+
+    if value is None:
+        return None
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhdw])", value.strip())
+    if m:
+        unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}[m.group(2)]
+        return datetime.now(UTC) - timedelta(**{unit: float(m.group(1))})
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(
+            "give an ISO time (2026-12-01T09:00) or an age (30m, 2h, 7d)", param_hint=option
+        ) from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def _trace_filter(job, model, version, since, until, failed, passing, tag, user, source, status=None):
+    from instil.store import TraceFilter
+
+    if failed and passing:
+        raise typer.BadParameter("--failed and --passing exclude each other", param_hint="--failed")
+    return TraceFilter(
+        job=job.name,
+        model=model,
+        version=version,
+        source=source,
+        since=_when(since, "--since"),
+        until=_when(until, "--until"),
+        passed=False if failed else (True if passing else None),
+        tag=tag,
+        user=user,
+        status=status,
+    )
+
+
+@traces_app.command("list")
+def traces_list(
+    spec: SpecArg = Path("instil.yaml"),
+    model: ModelOpt = None,
+    version: Annotated[int | None, typer.Option(help="Only traces this model version of the job answered.")] = None,
+    since: Since = None,
+    until: Until = None,
+    failed: Annotated[bool, typer.Option("--failed", help="Only traces some grader failed.")] = False,
+    passing: Annotated[bool, typer.Option("--passing", help="Only traces every grader passed.")] = False,
+    tag: TagOpt = None,
+    user: UserOpt = None,
+    source: Annotated[str | None, typer.Option(help="Only 'local' (a served model) or 'proxy' (an upstream).")] = None,
+    status: Annotated[int | None, typer.Option(help="Only traces answered with this HTTP status.")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="Show the newest this many.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the traces as JSON (whole).")] = False,
+) -> None:
+    """List the job's traces, newest first: who answered, how fast, at what cost, and what the graders said."""
+    job = _load(spec)
+    where = _trace_filter(job, model, version, since, until, failed, passing, tag, user, source, status)
+    with _open_store(job) as store:
+        total = store.count_traces(where)
+        shown = store.list_traces(where, limit=limit)
+    if as_json:
+        console.print_json(json.dumps({"job": job.name, "total": total, "traces": [t.to_dict() for t in shown]}))
+        return
+    if not shown:
+        from instil.store import TraceFilter
+
+        filtered = where != TraceFilter(job=job.name)
+        console.print(f"{job.name} has no traces" + (" like that" if filtered else " yet: instil serve keeps them"))
+        return
+    table = Table(
+        title=f"{job.name} traces ({len(shown)} of {total:,}, newest first)",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    for col in ("id", "time", "model", "status", "latency", "tokens", "graders", "user", "tags", "output"):
+        table.add_column(
+            col, no_wrap=col not in ("output",), overflow="ellipsis", max_width=60 if col == "output" else None
+        )
+    for t in shown:
+        graded = (
+            "-"
+            if t.passed is None
+            else (
+                "[green]pass[/]"
+                if t.passed
+                else "[red]fail: "
+                + _escape(", ".join(n for n, g in (t.grades or {}).items() if g.get("passed") is False))
+                + "[/]"
+            )
+        )
+        tokens = f"{t.prompt_tokens}+{t.completion_tokens}" if t.prompt_tokens is not None else "-"
+        output = t.output if t.output is not None else (json.dumps(t.tool_calls) if t.tool_calls else "")
+        if t.status != 200:
+            output = json.dumps(t.error)[:200] if t.error else ""
+        table.add_row(
+            _escape(t.id[:20]),
+            t.created_at.strftime("%m-%d %H:%M:%S"),
+            _escape(t.model + (f" via {t.upstream}" if t.upstream else "")),
+            str(t.status) if t.status == 200 else f"[red]{t.status}[/]",
+            f"{t.latency_s * 1000:.0f} ms",
+            tokens,
+            graded,
+            _escape(t.user or "-"),
+            _escape(",".join(t.tags) or "-"),
+            _escape(" ".join(output.split())[:200]),
+        )
+    console.print(table)
+
+
+@traces_app.command("show")
+def traces_show(
+    trace_id: Annotated[str, typer.Argument(help="The trace's id (chatcmpl-...), or its first 8 characters or more.")],
+    spec: SpecArg = Path("instil.yaml"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print it as JSON.")] = False,
+) -> None:
+    """Show one trace whole: the conversation as the model saw it, the answer, usage, latency, cost and grades."""
+    job = _load(spec)
+    with _open_store(job) as store:
+        t = store.get_trace(trace_id)
+    if as_json:
+        console.print_json(json.dumps(t.to_dict()))
+        return
+    where = f"{t.model}" + (f" via upstream {t.upstream}" if t.upstream else "") + f" ({t.source})"
+    console.print(f"[bold]{_escape(t.id)}[/]  {t.created_at.isoformat()}  {_escape(where)}  status {t.status}")
+    first = f", first token {t.first_token_s * 1000:.0f} ms" if t.first_token_s is not None else ""
+    cost = f", cost {t.cost:.6f}" if t.cost is not None else ""
+    console.print(
+        f"latency {t.latency_s * 1000:.0f} ms{first}; tokens {t.prompt_tokens} in, {t.completion_tokens} out{cost}"
+        + (f"; user {_escape(t.user)}" if t.user else "")
+        + (f"; tags {_escape(', '.join(t.tags))}" if t.tags else ""),
+        soft_wrap=True,
+    )
+    for m in t.messages:
+        content = m.get("content")
+        text = content if isinstance(content, str) else json.dumps(content, ensure_ascii=False)
+        console.print(f"[dim]{_escape(str(m.get('role')))}:[/] {_escape(text or '')}", soft_wrap=True)
+    if t.status == 200:
+        console.print(f"[bold]answer:[/] {_escape(t.output or '')}", soft_wrap=True)
+        for call in t.tool_calls or []:
+            console.print(f"[bold]tool call:[/] {_escape(json.dumps(call, ensure_ascii=False))}", soft_wrap=True)
+    else:
+        console.print(f"[red]error:[/] {_escape(json.dumps(t.error, ensure_ascii=False))}", soft_wrap=True)
+    for name, g in (t.grades or {}).items():
+        verdict = "error" if "error" in g else ("[green]pass[/]" if g.get("passed") else "[red]fail[/]")
+        why = g.get("error") or g.get("reason") or ""
+        console.print(f"  {_escape(name)}: {verdict} {_escape(str(why))}", soft_wrap=True)
+
+
+@traces_app.command("export")
+def traces_export(
+    out: Annotated[Path, typer.Argument(help="The Parquet file to write (it must not exist).")],
+    spec: SpecArg = Path("instil.yaml"),
+    model: ModelOpt = None,
+    since: Since = None,
+    until: Until = None,
+    tag: TagOpt = None,
+    user: UserOpt = None,
+) -> None:
+    """Export the job's traces to a Parquet file for a warehouse (nested fields as JSON text)."""
+    from instil.jobdata import export_traces
+
+    job = _load(spec)
+    where = _trace_filter(job, model, None, since, until, False, False, tag, user, None)
+    with _open_store(job) as store:
+        n = export_traces(store, out, where)
+    console.print(f"wrote {n:,} traces to {_escape(str(out))}")
+
+
+@traces_app.command("prune")
+def traces_prune(
+    spec: SpecArg = Path("instil.yaml"),
+    older_than_days: Annotated[
+        int | None,
+        typer.Option(min=1, help="Delete traces older than this (default: the spec's serve.retention_days)."),
+    ] = None,
+) -> None:
+    """Delete the job's traces older than the retention period (a running server also does this daily)."""
+    from datetime import UTC, datetime, timedelta
+
+    from instil.store import TraceFilter
+
+    job = _load(spec)
+    days = older_than_days or job.serve.retention_days
+    if days is None:
+        raise typer.BadParameter(
+            "give --older-than-days, or set serve.retention_days in the spec", param_hint="--older-than-days"
+        )
+    with _open_store(job) as store:
+        gone = store.delete_traces(TraceFilter(job=job.name, until=datetime.now(UTC) - timedelta(days=days)))
+    console.print(f"deleted {gone:,} traces older than {days} days")
+
+
+@data_app.command("import-traces")
+def data_import_traces(
+    spec: SpecArg = Path("instil.yaml"),
+    passing: Annotated[
+        bool, typer.Option("--passing", help="Only traces every grader passed (a teacher's good answers).")
+    ] = False,
+    model: ModelOpt = None,
+    version: Annotated[int | None, typer.Option(help="Only traces this model version of the job answered.")] = None,
+    since: Since = None,
+    until: Until = None,
+    tag: TagOpt = None,
+    user: UserOpt = None,
+    source: Annotated[str | None, typer.Option(help="Only 'local' or 'proxy' traces.")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Take at most this many (the oldest first).")] = None,
+) -> None:
+    """Turn chosen traces into training data: validated and curated as the job's data, the frozen holdout kept out.
+
+    They become the next version of the job's traces dataset, which the next instil run takes in with the sources."""
+    from instil.jobdata import import_traces
+
+    job = _load(spec)
+    where = _trace_filter(job, model, version, since, until, False, False, tag, user, source)
+    with _open_store(job) as store:
+        got = import_traces(job, store, where, passing=passing, limit=limit)
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_header=False)
+    table.add_column("what")
+    table.add_column("n", justify="right")
+    for what, n in (
+        ("traces read" + (" (passing only)" if passing else ""), got.read),
+        ("imported", got.imported),
+        ("rejected by validation", got.invalid),
+        ("duplicates (already imported, or of each other)", got.duplicates),
+        ("left out: they match the frozen holdout", got.left_out_for_holdout),
+    ):
+        table.add_row(what, f"{n:,}")
+    console.print(table)
+    if got.version is not None:
+        v = got.version
+        console.print(
+            f"{_escape(v.ref)} holds {v.n_examples:,} examples ({v.short_hash}); "
+            "the next [bold]instil run[/] trains on them",
+            soft_wrap=True,
+        )
+    if got.validation is not None and got.invalid:
+        _print_findings(got.validation, 5)
 
 
 def _duration(seconds: float) -> str:

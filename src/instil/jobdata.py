@@ -7,7 +7,8 @@
         split = split_job(spec, store)
         assert_no_holdout_leak(spec, store, training_examples)   # training calls this before it starts
 
-Dataset versions are named ``<job>:raw``, ``<job>:curated``, ``<job>:train``, ``<job>:holdout`` and ``<job>:pool``.
+Dataset versions are named ``<job>:raw``, ``<job>:curated``, ``<job>:train``, ``<job>:holdout``, ``<job>:pool`` and
+``<job>:traces`` (production traffic taken in by :func:`import_traces`, curated with the sources).
 The first split freezes the holdout: later splits keep it, put every new example on the train side, and leave out
 (and report) any new example that matches a holdout example exactly or nearly.
 
@@ -17,34 +18,43 @@ sits above both, and below training and evaluation, which name datasets and chec
 
 from __future__ import annotations
 
+import json
 import typing
+import uuid
 from collections.abc import Iterator
+from contextlib import suppress
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 
 from instil.data.curate import ContradictionRule, CurationReport, curate, fingerprint
 from instil.data.formats import read_examples
-from instil.data.records import Example
+from instil.data.records import Example, Message
 from instil.data.split import HoldoutIndex, LeakageAudit, LeakMatch, split_examples
 from instil.data.tokens import TokenCounter
 from instil.data.validate import ValidationReport, validate_file
 from instil.errors import DataError, HoldoutLeakError, NotFoundError
 from instil.spec import DataSource, JobSpec
-from instil.store import DatasetVersion, Store
+from instil.store import DatasetVersion, Store, Trace, TraceFilter
 
 __all__ = [
     "CurateOutcome",
+    "ImportOutcome",
     "SourceReport",
     "SplitOutcome",
     "assert_no_holdout_leak",
     "curate_job",
     "dataset_name",
+    "export_traces",
     "frozen_holdout",
     "holdout_index",
+    "import_traces",
+    "imported_traces",
     "read_sources",
     "split_job",
+    "trace_example",
     "validate_job",
 ]
 
@@ -133,9 +143,10 @@ def curate_job(
     """Read the training sources, find duplicates, contradictions and PII, and record raw and curated versions."""
     if contradictions not in CONTRADICTION_RULES:
         raise DataError(f"unknown contradiction rule {contradictions!r}; use one of {', '.join(CONTRADICTION_RULES)}")
-    raw = store.put_dataset(dataset_name(spec, "raw"), read_sources(spec, ("train",)), kind="raw")
+    traces = imported_traces(spec, store)  # what `instil data import-traces` took from production traffic
+    raw = store.put_dataset(dataset_name(spec, "raw"), [*read_sources(spec, ("train",)), *traces], kind="raw")
     result = curate(
-        read_sources(spec, ("train",)),  # read again rather than from the blob, so findings name file:line
+        [*read_sources(spec, ("train",)), *traces],  # read again rather than from the blob: findings name file:line
         near_threshold=spec.split.near_duplicate_threshold,
         contradictions=contradictions,
         choices=choices,
@@ -272,3 +283,162 @@ def assert_no_holdout_leak(spec: JobSpec, store: Store, examples: list[Example])
             f"{len(matches)} training example(s) match the frozen holdout of '{spec.name}': {shown}{more}",
             matches,
         )
+
+
+# ---- traces ----------------------------------------------------------------------------------------------------------
+@dataclass
+class ImportOutcome:
+    """What :func:`import_traces` did."""
+
+    version: DatasetVersion | None
+    """The job's ``traces`` dataset version after the import (None when none was ever imported)."""
+    read: int
+    """Traces that matched the filter (answered with a 200)."""
+    imported: int
+    """New examples added to the version."""
+    invalid: int
+    """Traces whose example the job's validation rejects (an output off the schema, a label not allowed...)."""
+    duplicates: int
+    """Traces already imported, or duplicates of another trace (the curation's exact and near-duplicate groups)."""
+    left_out_for_holdout: int
+    """Traces that match the frozen holdout exactly or nearly: never training data."""
+    validation: ValidationReport | None = None
+
+
+def trace_example(trace: Trace) -> Example:
+    """A trace as a training example: the conversation it was asked, and its answer as the assistant's reply."""
+    answer = Message("assistant", trace.output if trace.output or not trace.tool_calls else None)
+    answer.tool_calls = trace.tool_calls
+    return Example(
+        [*(Message.from_dict(m) for m in trace.messages), answer],
+        tools=trace.tools,
+        id=trace.id,
+        tags=["trace", *trace.tags],
+        meta={"trace": trace.id, "model": trace.model},
+        source=f"trace {trace.id}",
+    )
+
+
+def imported_traces(spec: JobSpec, store: Store) -> list[Example]:
+    """The examples of the job's latest ``traces`` version (what :func:`import_traces` recorded); [] before any."""
+    try:
+        version = store.get_dataset(dataset_name(spec, "traces"))
+    except NotFoundError:
+        return []
+    return list(store.iter_examples(version.sha256))
+
+
+def import_traces(
+    spec: JobSpec,
+    store: Store,
+    where: TraceFilter | None = None,
+    *,
+    passing: bool = False,
+    limit: int | None = None,
+) -> ImportOutcome:
+    """Turn the job's traces (those ``where`` picks, 200s only) into the next version of its ``traces`` dataset.
+
+    The traces go through the job's validation (as a data file would) and curation (exact and near-duplicates of
+    each other and of what was imported before are dropped); those that match the frozen holdout are left out and
+    counted. ``passing`` keeps only traces every capture grader passed, so an upstream teacher's good answers become
+    training data directly. The version holds the earlier imports plus the new ones; its ``meta`` names every trace.
+    The next ``instil run`` (or ``instil data curate``) takes them in with the job's sources.
+    """
+    base = where or TraceFilter()
+    chosen = TraceFilter(
+        **{**base.__dict__, "job": spec.name, "status": 200, "passed": True if passing else base.passed}
+    )
+    traces = [t for t in store.list_traces(chosen, limit=limit, oldest_first=True) if t.output or t.tool_calls]
+    name = dataset_name(spec, "traces")
+    before = imported_traces(spec, store)
+    seen = {e.id for e in before}
+    fresh = [t for t in traces if t.id not in seen]
+    examples = [trace_example(t) for t in fresh]
+
+    # The same validation as a data file: written under the home (never beside the user's files) and checked.
+    folder = Path(store.home) / "imports"
+    folder.mkdir(parents=True, exist_ok=True)
+    staged = folder / f"traces-{uuid.uuid4().hex[:12]}.jsonl"
+    report = None
+    valid = examples
+    if examples:
+        with open(staged, "w", encoding="utf-8") as f:
+            for e in examples:
+                f.write(json.dumps(e.to_dict(), ensure_ascii=False) + "\n")
+        try:
+            report = validate_file(
+                staged, format="chat", spec=spec, rejects_path=folder / f"{staged.stem}.rejects.jsonl"
+            )
+        finally:
+            staged.unlink(missing_ok=True)
+        bad = {f.line for f in report.findings if f.severity == "error" and f.line is not None}
+        valid = [e for i, e in enumerate(examples, start=1) if i not in bad]
+    invalid = len(examples) - len(valid)
+
+    holdout = frozen_holdout(spec, store)
+    leaking: set[str] = set()
+    if holdout is not None and valid:
+        leaking = {m.example_key for m in holdout_index(spec, store, holdout).check(valid)}
+    clean = [e for e in valid if e.key() not in leaking]
+    curated = curate([*before, *clean], near_threshold=spec.split.near_duplicate_threshold, drop_near=True)
+    kept = curated.examples
+    added = len(kept) - len([e for e in kept if e.id in seen])
+    duplicates = len(traces) - len(fresh) + (len(clean) - added)
+    if added == 0:
+        version = None
+        with suppress(NotFoundError):
+            version = store.get_dataset(name)
+        return ImportOutcome(version, len(traces), 0, invalid, duplicates, len(leaking), report)
+    previous = [store.get_dataset(name)] if before else []
+    version = store.put_dataset(
+        name,
+        kept,
+        kind="traces",
+        parents=previous,
+        meta={
+            "traces": [e.id for e in kept if e.id not in seen],
+            "filter": {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in chosen.__dict__.items()},
+            "passing": passing,
+            "invalid": invalid,
+            "duplicates": duplicates,
+            "left_out_for_holdout": sorted(leaking),
+        },
+    )
+    return ImportOutcome(version, len(traces), added, invalid, duplicates, len(leaking), report)
+
+
+def export_traces(store: Store, path: str | Path, where: TraceFilter | None = None) -> int:
+    """Write the traces ``where`` picks to a Parquet file (one row each, nested fields as JSON text) for a
+    warehouse; returns how many. Refuses to write over an existing file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if path.exists():
+        raise DataError(f"{path} exists; give a new file name (nothing is written over)")
+    traces = store.list_traces(where, limit=None, oldest_first=True)
+    nested = ("messages", "tools", "params", "tool_calls", "error", "meta", "grades")
+    rows = []
+    for t in traces:
+        d = t.to_dict()
+        for key in nested:
+            d[key] = json.dumps(d[key], ensure_ascii=False) if d[key] is not None else None
+        d["created_at"] = t.created_at
+        rows.append(d)
+    schema = pa.schema(
+        [
+            ("id", pa.string()), ("job", pa.string()), ("created_at", pa.timestamp("us", tz="UTC")),
+            ("source", pa.string()), ("model", pa.string()), ("messages", pa.string()), ("status", pa.int32()),
+            ("output", pa.string()), ("tool_calls", pa.string()), ("finish_reason", pa.string()),
+            ("version", pa.int32()), ("upstream", pa.string()), ("stream", pa.bool_()), ("tools", pa.string()),
+            ("params", pa.string()), ("error", pa.string()), ("prompt_tokens", pa.int64()),
+            ("completion_tokens", pa.int64()), ("latency_s", pa.float64()), ("first_token_s", pa.float64()),
+            ("cost", pa.float64()), ("user", pa.string()), ("meta", pa.string()), ("tags", pa.list_(pa.string())),
+            ("grades", pa.string()), ("passed", pa.bool_()), ("redacted", pa.bool_()),
+        ]
+    )  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), partial)
+    partial.replace(path)  # a reader never sees half a file
+    return len(rows)

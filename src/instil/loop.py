@@ -352,7 +352,13 @@ class _Loop:
 
     def curate(self, key: str, validated: str) -> _Done[str]:
         """Duplicates, contradictions and PII of the validated data; the value is the curated version's sha256."""
-        inputs = _hash(validated, self.contradictions, self.spec.model_dump(mode="json").get("curate"))
+        traces = latest_version(self.store, dataset_name(self.spec, "traces"))  # imported production traffic
+        inputs = _hash(
+            validated,
+            self.contradictions,
+            self.spec.model_dump(mode="json").get("curate"),
+            *([traces.sha256] if traces is not None else []),  # absent: the same key as before traces existed
+        )
 
         def work() -> tuple[str, str, StageDetail, dict[str, Any]]:
             cur = curate_job(self.spec, self.store, contradictions=self.contradictions)
