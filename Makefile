@@ -24,7 +24,8 @@ FLOORS_UV = $(FLOORS_BIN)/uv pip install --quiet --python $(FLOORS_BIN)/python -
 	--constraint $(FLOORS_VENV)/torch.txt
 # The base install (plus the serve extra): spec check (with TRL's SFT/DPO/GRPO config fields), data validate, CLI,
 # a 4-step LoRA SFT on the tiny model loaded back with PEFT, TRL's collators, a mid-epoch resume, eval of base and
-# tuned on a holdout of 8, an OpenAI-API endpoint and judges, and `instil serve` stopped with Ctrl-C.
+# tuned on a holdout of 8, an OpenAI-API endpoint and judges, `instil serve` stopped with Ctrl-C, the proxy (httpx2)
+# with its traces, a SIGKILLed spool replayed, and traces imported as a dataset.
 FLOORS_TESTS := \
 	tests/test_spec.py \
 	tests/test_validate.py \
@@ -43,7 +44,11 @@ FLOORS_TESTS := \
 	tests/test_judges.py::test_judge_down_fails_fast_with_grader_error \
 	tests/test_judges.py::test_a_broken_judge_stops_with_grader_error \
 	tests/test_judges.py::test_a_real_judge_without_a_verdict_is_a_grader_error \
-	tests/test_serve.py::test_cli_serve_runs_the_server_until_interrupted
+	tests/test_serve.py::test_cli_serve_runs_the_server_until_interrupted \
+	tests/test_proxy.py::test_the_upstreams_errors_come_back_as_they_are_and_are_traced \
+	tests/test_proxy.py::test_a_stream_is_relayed_chunk_by_chunk_and_traced_whole \
+	tests/test_capture.py::test_a_server_killed_with_sigkill_leaves_a_spool_the_next_one_replays_exactly_once \
+	tests/test_traces.py::test_import_traces_validates_curates_keeps_the_holdout_out_and_names_the_traces
 # With the optional extras at their floors too: SentencePiece-only checkpoints (../shared, skipped without it), QLoRA
 # on CPU, the embedding grader.
 FLOORS_EXTRA_TESTS := \

@@ -7,8 +7,12 @@ Both servers run the same model in their own process (uvicorn on loopback) and a
 client from threads of this one, streaming, so time to first token is measured as a client sees it:
 
 - ``instil``: :func:`instil.serve.create_app`, what ``instil serve`` runs;
+- ``instil+traces``: the same with every answer captured as a trace (spooled, graded, stored in SQLite), as
+  ``instil serve`` runs by default; its latency beside ``instil`` is what trace logging costs;
 - ``naive``: one ``model.generate`` per request under a lock (no batching), the plain way to put a model behind
   FastAPI.
+
+The proxy's overhead and the traces kept through a SIGKILL are measured by ``benchmarks/capture_load.py``.
 
 The model is the ``tiny`` preset (``build_tiny`` on the triage example's golden and traffic sets), its weights drawn
 with a larger spread so that answers vary; the prompts are the triage holdout's tickets with the job's short prompt,
@@ -57,10 +61,22 @@ def serve(kind: str, model_dir: Path | None, spec_path: Path | None, port: int, 
         model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
         renderer = ChatRenderer(tokenizer)
     torch.set_grad_enabled(False)
-    if kind == "instil":
+    if kind in ("instil", "instil+traces"):
         from instil.serve import create_app
 
-        app = create_app(model, tokenizer, renderer, model_name="tiny", default_system_prompt=system_prompt)
+        hook = None
+        if kind == "instil+traces":  # every answer spooled and stored, as `instil serve` does by default
+            from instil.serve.capture import TraceLog, served_trace
+            from instil.store import Store
+
+            traces = TraceLog(Store.open(home=tempfile.mkdtemp(prefix="instil-bench-"))).start()
+
+            def hook(r):
+                traces.capture(served_trace("bench", r))
+
+        app = create_app(
+            model, tokenizer, renderer, model_name="tiny", default_system_prompt=system_prompt, on_request=hook
+        )
     else:
         app = naive_app(model, tokenizer, renderer)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
@@ -334,7 +350,12 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=64, help="requests per level (default 64)")
     p.add_argument("--max-tokens", type=int, default=32, help="0: leave max_tokens out (the server's default)")
     p.add_argument("--time-limit", type=float, default=120.0, help="seconds per level at most (default 120)")
-    p.add_argument("--servers", nargs="+", default=["naive", "instil"], choices=["naive", "instil"])
+    p.add_argument(
+        "--servers",
+        nargs="+",
+        default=["naive", "instil", "instil+traces"],
+        choices=["naive", "instil", "instil+traces"],
+    )
     p.add_argument("--prompt", choices=["short", "full"], default="short", help="the job's short or full prompt")
     p.add_argument("--spec", type=Path, help="serve this job's model (as `instil serve` does) and send its holdout")
     p.add_argument("--no-stream", action="store_true", help="plain requests (time to first token is then the total)")
@@ -342,7 +363,7 @@ def main() -> None:
         "--hostile-chars", type=int, default=120_000, help="the big request's characters in the hostile table"
     )
     p.add_argument("--json", type=Path, help="also write the results here")
-    p.add_argument("--serve", choices=["naive", "instil"], help=argparse.SUPPRESS)
+    p.add_argument("--serve", choices=["naive", "instil", "instil+traces"], help=argparse.SUPPRESS)
     p.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     p.add_argument("--system-prompt", help=argparse.SUPPRESS)
@@ -385,11 +406,14 @@ def main() -> None:
                 proc.wait(30)
 
     table = Table(title=f"serving the tiny model, {args.max_tokens} new tokens at most, instil {instil.__version__}")
-    for col in ["server", "clients", "requests", "req/s", "tokens/s", "TTFT p50/p99 s", "total p50/p99 s", "x naive"]:
+    columns = ["server", "clients", "requests", "req/s", "tokens/s", "TTFT p50/p99 s", "total p50/p99 s", "x naive"]
+    for col in [*columns, "p50 vs instil ms"]:
         table.add_column(col, justify="left" if col == "server" else "right")
     naive = {r["clients"]: r["requests_per_s"] for r in rows if r["server"] == "naive"}
+    plain = {r["clients"]: r["total_p50"] for r in rows if r["server"] == "instil"}
     for r in rows:
         ratio = r["requests_per_s"] / naive[r["clients"]] if r["clients"] in naive else None
+        extra = (r["total_p50"] - plain[r["clients"]]) * 1000 if r["clients"] in plain else None
         table.add_row(
             r["server"],
             str(r["clients"]),
@@ -399,6 +423,7 @@ def main() -> None:
             f"{r['ttft_p50']:.3f}/{r['ttft_p99']:.3f}",
             f"{r['total_p50']:.3f}/{r['total_p99']:.3f}",
             f"{ratio:.2f}" if ratio is not None else "-",
+            f"{extra:+.1f}" if extra is not None and r["server"] != "instil" else "-",
         )
     console.print(table)
     rough = Table(

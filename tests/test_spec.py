@@ -193,3 +193,34 @@ def test_paths_that_leave_the_spec_folder_are_named(tmp_path: Path):
     assert len(outside) == 2
     assert outside[0].startswith("data[1].path '../../../../etc/passwd' leads out of the spec's folder, to /")
     assert outside[1].startswith("eval.regression_set '/tmp/elsewhere.jsonl' leads out")
+
+
+def test_serve_upstreams_are_checked_and_routed():
+    head = (
+        "name: j\nsystem_prompt: p\ngraders: [{name: g, type: exact_match, primary: true}]\ndata: [{path: d.jsonl}]\n"
+    )
+    one = parse_spec(head + "serve:\n  upstream: {base_url: 'https://api.openai.com/v1/', api_key_env: K}\n")
+    (u,) = one.serve.upstreams
+    assert u.name == "default" and u.base_url == "https://api.openai.com/v1" and u.models == []
+    many = parse_spec(
+        head + "serve:\n  upstream:\n    - {name: a, base_url: 'http://a:1/v1', models: [m1]}\n"
+        "    - {name: b, base_url: 'http://b:1/v1'}\n"
+    )
+    assert [u.name for u in many.serve.upstreams] == ["a", "b"]
+    assert parse_spec(head).serve.upstreams == [] and parse_spec(head).serve.capture is True
+    with pytest.raises(SpecError) as e:
+        parse_spec(
+            head + "serve:\n  retention_days: 0\n  upstream:\n    - {name: a, base_url: 'ftp://x'}\n"
+            "    - {name: a, base_url: 'http://b:1/v1'}\n    - {name: 'c d', base_url: 'http://c:1/v1', models: [m]}\n"
+        )
+    text = str(e.value)
+    assert "http:// or https://" in text and "name" in text and "retention_days" in text
+    with pytest.raises(SpecError, match="only one upstream may leave out 'models'"):
+        parse_spec(
+            head + "serve:\n  upstream:\n    - {name: a, base_url: 'http://a'}\n    - {name: b, base_url: 'http://b'}\n"
+        )
+    with pytest.raises(SpecError, match="routed to two upstreams"):
+        parse_spec(
+            head + "serve:\n  upstream:\n    - {name: a, base_url: 'http://a', models: [m]}\n"
+            "    - {name: b, base_url: 'http://b', models: [m]}\n"
+        )
