@@ -24,7 +24,7 @@ FLOORS_UV = $(FLOORS_BIN)/uv pip install --quiet --python $(FLOORS_BIN)/python -
 	--constraint $(FLOORS_VENV)/torch.txt
 # The base install (plus the serve extra): spec check (with TRL's SFT/DPO/GRPO config fields), data validate, CLI,
 # a 4-step LoRA SFT on the tiny model loaded back with PEFT, TRL's collators, a mid-epoch resume, eval of base and
-# tuned on a holdout of 8, an OpenAI-API endpoint and judges, `instil serve` stopped with Ctrl-C, the proxy (httpx2)
+# tuned on a holdout of 8, an OpenAI-API endpoint and judges, `instil serve` stopped with Ctrl-C, the proxy (aiohttp)
 # with its traces, a SIGKILLed spool replayed, and traces imported as a dataset.
 FLOORS_TESTS := \
 	tests/test_spec.py \

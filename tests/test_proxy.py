@@ -15,7 +15,7 @@ from servers import free_port, serve_app
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
-pytest.importorskip("httpx2")
+pytest.importorskip("aiohttp")
 openai = pytest.importorskip("openai")
 pytest.importorskip("torch")
 

@@ -451,23 +451,34 @@ def _handle_errors(app: Any) -> None:
 
 def _require_key(app: Any, api_key: str | None) -> None:
     """Refuse ``/v1/`` requests without ``Authorization: Bearer <api_key>`` (nothing is required when None)."""
-    from fastapi import Request
-
     # A middleware, not a route dependency: it runs before the body is read, so a client without the key learns
-    # nothing about its request (not even that its JSON is malformed).
-    @app.middleware("http")
-    async def authorize(request: Request, call_next: Callable) -> Any:
-        if api_key is None or not request.url.path.startswith("/v1/"):
-            return await call_next(request)
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not given.strip():
-            return _ApiError(
-                401, "no API key given: send it as 'Authorization: Bearer <key>'", code="invalid_api_key"
-            ).response()
+    # nothing about its request (not even that its JSON is malformed). Pure ASGI, not BaseHTTPMiddleware, which
+    # costs every request (a stream most) a task and a copy of each chunk.
+    if api_key is not None:
+        app.add_middleware(_KeyCheck, api_key=api_key)
+
+
+class _KeyCheck:
+    """ASGI middleware: a ``/v1/`` request must carry ``Authorization: Bearer <api_key>``, compared in constant time."""
+
+    def __init__(self, app: Any, api_key: str) -> None:
+        self.app, self.key = app, api_key.encode()
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http" or not scope.get("path", "").startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        header = dict(scope.get("headers") or []).get(b"authorization", b"")
+        scheme, _, given = header.partition(b" ")
+        if scheme.lower() != b"bearer" or not given.strip():
+            error = _ApiError(401, "no API key given: send it as 'Authorization: Bearer <key>'", code="invalid_api_key")
+            await error.response()(scope, receive, send)
+            return
         # Constant time, so the time to refuse a key does not tell how much of it was right.
-        if not hmac.compare_digest(given.strip().encode(), api_key.encode()):
-            return _ApiError(401, "incorrect API key", code="invalid_api_key").response()
-        return await call_next(request)
+        if not hmac.compare_digest(given.strip(), self.key):
+            await _ApiError(401, "incorrect API key", code="invalid_api_key").response()(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 def _answer(

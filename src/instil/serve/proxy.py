@@ -92,31 +92,34 @@ def create_proxy_app(
     ``on_trace`` is called on the event loop with each :class:`Trace`; it must be quick (a spool append is).
     """
     try:
-        import httpx2 as httpx
+        import aiohttp
         from fastapi import FastAPI, Request
         from fastapi.responses import Response, StreamingResponse
     except ImportError:
         raise DependencyError(
-            "the proxy needs fastapi, uvicorn and httpx2", hint="pip install 'instil[serve]'"
+            "the proxy needs fastapi, uvicorn and aiohttp", hint="pip install 'instil[serve]'"
         ) from None
     if not upstreams:
         raise ValueError("give at least one upstream (serve.upstream in the spec)")
     keys = keys or {}
-    clients: dict[str, Any] = {}
+    sessions: dict[str, Any] = {}
 
-    def client(u: UpstreamSpec) -> Any:
-        if u.name not in clients:
-            clients[u.name] = httpx.AsyncClient(
-                timeout=httpx.Timeout(u.timeout_s, connect=min(10.0, u.timeout_s)),
-                limits=httpx.Limits(max_connections=512, max_keepalive_connections=64),
+    def session(u: UpstreamSpec) -> Any:
+        if u.name not in sessions:  # made on the server's event loop, on first use
+            sessions[u.name] = aiohttp.ClientSession(
+                # timeout_s bounds each wait for the upstream (the answer's start, and each gap in a stream)
+                timeout=aiohttp.ClientTimeout(total=None, connect=min(10.0, u.timeout_s), sock_read=u.timeout_s),
+                connector=aiohttp.TCPConnector(limit=512),
+                auto_decompress=False,  # relay the bytes as they come
+                skip_auto_headers=("User-Agent",),  # the client's own is forwarded
             )
-        return clients[u.name]
+        return sessions[u.name]
 
     @asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
         yield
-        for c in clients.values():
-            await c.aclose()
+        for c in sessions.values():
+            await c.close()
 
     app = FastAPI(title=f"instil proxy: {job}", lifespan=lifespan, docs_url=None, redoc_url=None)
     _handle_errors(app)
@@ -146,17 +149,16 @@ def create_proxy_app(
 
     async def send(u: UpstreamSpec, request: Any, path: str, method: str, body: bytes | None) -> Any:
         url = f"{u.base_url}/{path}"
-        req = client(u).build_request(method, url, content=body, headers=headers_up(request, u))
         try:
-            return await client(u).send(req, stream=True)
-        except httpx.TimeoutException:
+            return await session(u).request(method, url, data=body, headers=headers_up(request, u))
+        except TimeoutError:
             raise _ApiError(
                 504,
                 f"the upstream {u.name!r} did not answer in {u.timeout_s:g} s",
                 type="upstream_error",
                 code="upstream_timeout",
             ) from None
-        except httpx.HTTPError as e:
+        except aiohttp.ClientError as e:
             raise _ApiError(
                 502,
                 f"the upstream {u.name!r} ({u.base_url}) cannot be reached: {type(e).__name__}",
@@ -172,9 +174,16 @@ def create_proxy_app(
     async def models(request: Request) -> Any:
         u = route(upstreams, None) or upstreams[0]
         response = await send(u, request, "models", "GET", None)
-        body = await response.aread()
-        await response.aclose()
-        return Response(body, status_code=response.status_code, headers=headers_down(response))
+        body = await read_whole(u, response)
+        return Response(body, status_code=response.status, headers=headers_down(response))
+
+    async def read_whole(u: UpstreamSpec, response: Any) -> bytes:
+        try:
+            return await response.read()
+        except (aiohttp.ClientError, TimeoutError):
+            raise _ApiError(502, f"the upstream {u.name!r} broke off its answer", type="upstream_error") from None
+        finally:
+            response.release()
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
@@ -202,31 +211,33 @@ def create_proxy_app(
         def trace(status: int, answer: dict[str, Any], error: dict[str, Any] | None, first: float | None) -> Trace:
             return _trace(job, u, asked, answer, status, error, began, arrived, first, bool(streamed), tags)
 
+        status = response.status
         if not streamed:
-            body = await response.aread()
-            await response.aclose()
+            body = await read_whole(u, response)
             if keep:
-                answer, error = _read_answer(body, response.status_code)
-                emit(trace(response.status_code, answer, error, None))
-            return Response(body, status_code=response.status_code, headers=headers_down(response))
+                answer, error = _read_answer(body, status)
+                emit(trace(status, answer, error, None))
+            return Response(body, status_code=status, headers=headers_down(response))
 
         async def relay() -> AsyncIterator[bytes]:
             events = _Events()
             kept = not keep
             try:
-                async for chunk in response.aiter_raw():
+                async for chunk in response.content.iter_any():  # each piece as it arrives, never gathered
                     if not kept and events.feed(chunk, time.perf_counter() - began):
                         kept = True  # the end is in this chunk: trace first, then let the client see it
-                        emit(trace(response.status_code, events.answer(), None, events.first_token_s))
+                        emit(trace(status, events.answer(), None, events.first_token_s))
                     yield chunk
+            except (aiohttp.ClientError, TimeoutError):  # the client sees the stream end without [DONE]
+                log.warning("the upstream %r broke off a stream", u.name)
             finally:
-                await response.aclose()
+                response.release()
                 if not kept:  # the stream ended without [DONE]: the upstream broke off or the client went away
                     emit(
                         trace(499, events.answer(), {"message": "the stream ended before [DONE]"}, events.first_token_s)
                     )
 
-        return StreamingResponse(relay(), status_code=response.status_code, headers=headers_down(response))
+        return StreamingResponse(relay(), status_code=status, headers=headers_down(response))
 
     return app
 
