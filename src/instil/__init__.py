@@ -37,7 +37,7 @@ from instil.errors import (
     StoreError,
 )
 from instil.spec import JobSpec, load_spec, parse_spec, write_starter_spec
-from instil.store import DatasetVersion, Store
+from instil.store import DatasetVersion, Store, Trace, TraceFilter
 
 if TYPE_CHECKING:  # loaded on first use, below
     from instil.loop import quickstart, run
@@ -60,6 +60,8 @@ __all__ = [
     "SpecError",
     "Store",
     "StoreError",
+    "Trace",
+    "TraceFilter",
     "__version__",
     "compute_stats",
     "curate",

@@ -33,9 +33,11 @@ starts are generated together, each to its own ``max_tokens``; greedy answers eq
 disconnects has its request dropped from the queue, or stopped at its next token. Past ``max_queue`` waiting requests
 the answer is 429 with ``Retry-After``; past ``max_body_bytes`` a body is refused 413 before it is read.
 
-Extending it: what sits in front of generation (trace capture, routing between versions, canary and shadow) wraps the
-ASGI app this returns, as Starlette middleware (``app.add_middleware``) or an ASGI callable around it, and reads each
-answer through ``on_request``; it never reaches into the worker or generation.
+Capture: ``on_request`` gets a :class:`ServedRequest` for every answer, before its last byte goes out (a stream:
+before ``data: [DONE]``), with the request's ``user``, ``metadata``, ``store`` flag and ``X-Instil-Tags`` header;
+:func:`instil.serve.job.job_app` turns each into a trace (:mod:`instil.serve.capture`). What else sits in front of
+generation (routing between versions, canary and shadow) wraps the ASGI app this returns, as ASGI middleware, and
+never reaches into the worker or generation.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the handlers' annotations, and `Request` is imported inside
