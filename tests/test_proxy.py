@@ -4,6 +4,7 @@ playing the team's prompted model), streaming chunk by chunk, errors passed thro
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -47,7 +48,9 @@ def upstream(tmp_path_factory) -> Iterator[str]:
 def proxied(upstream: str, store: Store) -> Iterator[tuple[str, TraceLog]]:
     log = TraceLog(store, flush_s=0.0).start()
     up = UpstreamSpec(name="team", base_url=upstream, input_price_per_million=1.0, output_price_per_million=2.0)
-    app = create_proxy_app([up], job="triage", api_key=PROXY_KEY, on_trace=log.capture, keys={"team": UPSTREAM_KEY})
+    app = create_proxy_app(
+        [up], job="triage", api_key=PROXY_KEY, on_trace=log.capture, keys={"team": UPSTREAM_KEY}, trace_log=log
+    )
     try:
         with serve_app(app) as url:
             yield url, log
@@ -216,3 +219,40 @@ def test_instil_serve_proxy_from_the_cli_captures_to_the_store(upstream, tmp_pat
     with Store.open(home=instil_home) as store:
         (t,) = store.list_traces()
     assert t.id == r.id and t.upstream == "team" and t.passed is True and set(t.grades) == {"ok"}
+
+
+def test_metrics_and_access_logs_count_every_request(proxied, store: Store, caplog) -> None:
+    import logging
+
+    url, log = proxied
+    caplog.set_level(logging.INFO, logger="instil.serve.access")
+    ok = client(url, PROXY_KEY).chat.completions.create(
+        model=NAME, messages=[{"role": "user", "content": "hi"}], max_tokens=3
+    )
+    with pytest.raises(openai.AuthenticationError):
+        client(url, "sk-wrong").chat.completions.create(model=NAME, messages=[{"role": "user", "content": "hi"}])
+    drained(store, log, 1)
+    deadline = time.monotonic() + 10
+    while log.stats().spool_bytes:  # stored, and the writer's place moved past it
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    base = url.removesuffix("/v1")
+    with urllib.request.urlopen(base + "/metrics", timeout=10) as r:  # open, like /health: scrapers send no key
+        assert r.headers["content-type"].startswith("text/plain")
+        text = r.read().decode()
+    assert 'instil_requests_total{path="/v1/chat/completions",status="200"} 1.0' in text
+    assert 'instil_requests_total{path="/v1/chat/completions",status="401"} 1.0' in text
+    assert f'instil_tokens_total{{kind="completion",model="{NAME}"}} {float(ok.usage.completion_tokens)}' in text
+    assert "instil_request_seconds_bucket" in text, text
+    assert "instil_trace_spool_bytes 0.0" in text, text
+    assert "instil_traces_stored 1.0" in text and "instil_trace_store_ok 1.0" in text
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "instil.serve.access"]
+    pairs = {(line["path"], line["status"]) for line in lines}  # the upstream (in this process) logs too
+    assert {("/v1/chat/completions", 200), ("/v1/chat/completions", 401)} <= pairs
+    assert all(line["ms"] > 0 and line["client"] == "127.0.0.1" for line in lines)
+    assert not any(PROXY_KEY in r.getMessage() for r in caplog.records)  # no header reaches the log
+    with pytest.raises(urllib.error.HTTPError) as probed:
+        urllib.request.urlopen(base + "/probe/a1b2c3", timeout=10)
+    assert probed.value.code == 404
+    with urllib.request.urlopen(base + "/metrics", timeout=10) as r:
+        assert 'path="other",status="404"' in r.read().decode()  # probed URLs share one label

@@ -628,3 +628,15 @@ def test_cli_serve_runs_the_server_until_interrupted(tmp_path: Path, store: Stor
     with Store.open(home=instil_home) as store:
         (kept,) = store.list_traces()
     assert kept.id == r.id and kept.model == "colors:base" and kept.source == "local" and kept.version is None
+
+
+def test_metrics_show_the_queue_the_batches_and_the_tokens(server):
+    url, _ = server
+    r = client(url).chat.completions.create(model=NAME, messages=chat(TICKETS[1]), max_tokens=4)
+    with urllib.request.urlopen(url.removesuffix("/v1") + "/metrics", timeout=10) as got:  # no key needed
+        text = got.read().decode()
+    assert "instil_queue_depth 0.0" in text and "instil_batches " in text
+    assert f'instil_tokens_total{{kind="completion",model="{NAME}"}}' in text
+    assert f'instil_time_to_first_token_seconds_count{{model="{NAME}"}}' in text
+    assert 'instil_requests_total{path="/v1/chat/completions",status="200"}' in text
+    assert r.usage.completion_tokens >= 1

@@ -64,6 +64,7 @@ from instil.data.records import Example, Message
 from instil.errors import ChatTemplateError, DependencyError
 from instil.eval.generate import MAX_NEW_TOKENS_CAP, Generation, parse_tool_calls, stop_token_ids
 from instil.serve.engine import Engine, Job, QueueFull
+from instil.serve.metrics import AccessLog, ServeMetrics
 
 __all__ = ["TAGS_HEADER", "ServedRequest", "create_app", "request_tags"]
 
@@ -214,6 +215,7 @@ def create_app(
     on_request: Callable[[ServedRequest], None] | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
     max_queue: int = MAX_QUEUE,
+    trace_log: Any = None,
 ) -> Any:
     """A FastAPI app serving ``model`` under the name ``model_name`` with OpenAI's chat completions API.
 
@@ -225,6 +227,7 @@ def create_app(
     :class:`ServedRequest` after each answer (in a worker thread; an exception in it is logged, the answer stands).
     ``max_body_bytes`` bounds a request's body: a larger one is answered 413 before it is read whole.
     ``max_queue``: the most requests waiting for the model; past it, 429 with ``Retry-After``.
+    ``trace_log``: the :class:`~instil.serve.capture.TraceLog` the hook captures to, whose spool ``/metrics`` shows.
     """
     try:
         from fastapi import FastAPI, Request
@@ -258,6 +261,9 @@ def create_app(
     _handle_errors(app)
     app.add_middleware(_BodyLimit, max_bytes=max_body_bytes)  # inside the key check, which runs first
     _require_key(app, api_key)
+    metrics = ServeMetrics(engine=engine, traces=trace_log)
+    app.state.metrics = metrics
+    app.add_middleware(AccessLog, metrics=metrics)  # outermost: every request is counted, refused ones too
 
     def model_card() -> dict[str, Any]:
         return {"id": model_name, "object": "model", "created": started, "owned_by": "instil"}
@@ -309,6 +315,10 @@ def create_app(
             tags=tags,
         )
 
+    def count(job: Job, usage: dict[str, int], began: float) -> None:
+        first = (job.first_token_at - began) if job.first_token_at is not None else None
+        metrics.answered(model_name, usage.get("prompt_tokens"), usage.get("completion_tokens"), first)
+
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(body: _ChatRequest, request: Request) -> Any:
         began, arrived = time.perf_counter(), datetime.now(UTC)
@@ -342,6 +352,7 @@ def create_app(
                         return
                     answer = _answer(gen, asked.stops, asked.want_tools)
                     _, finish, message, usage, _ = answer
+                    count(job, usage, began)
                     if on_request is not None:  # before [DONE]: a client that saw the end has its trace kept
                         hook_record = record(body, asked, job, answer, rid, began, arrived, tags)
                         await run_in_threadpool(_call_hook, on_request, hook_record)
@@ -359,6 +370,7 @@ def create_app(
             return Response(status_code=499)
         answer = _answer(gen, asked.stops, asked.want_tools)
         _, finish, message, usage, _ = answer
+        count(job, usage, began)
         if on_request is not None:  # before the answer goes out: a client that has it has its trace kept
             hook_record = record(body, asked, job, answer, rid, began, arrived, tags)
             await run_in_threadpool(_call_hook, on_request, hook_record)

@@ -127,6 +127,7 @@ def job_app(
         on_request=hook,
         max_body_bytes=max_body_bytes,
         max_queue=max_queue,
+        trace_log=traces,
     )
 
 
@@ -163,6 +164,7 @@ def proxy_app(
         on_trace=traces.capture if traces is not None else None,
         max_body_bytes=max_body_bytes,
         keys=keys,
+        trace_log=traces,
     )
 
 

@@ -39,6 +39,7 @@ from instil.serve.app import (
     _require_key,
     request_tags,
 )
+from instil.serve.metrics import AccessLog, ServeMetrics
 from instil.spec import UpstreamSpec
 from instil.store import Trace
 
@@ -84,12 +85,14 @@ def create_proxy_app(
     on_trace: Callable[[Trace], None] | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
     keys: dict[str, str | None] | None = None,
+    trace_log: Any = None,
 ) -> Any:
     """A FastAPI app forwarding OpenAI chat completions to ``upstreams`` (see the module doc).
 
     ``api_key``: the key clients must send to this proxy (None: none). ``keys`` maps an upstream's name to its key
     (read from its ``api_key_env`` by the caller; an upstream without one forwards the client's ``Authorization``).
     ``on_trace`` is called on the event loop with each :class:`Trace`; it must be quick (a spool append is).
+    ``trace_log``: the :class:`~instil.serve.capture.TraceLog` behind ``on_trace``, whose spool ``/metrics`` shows.
     """
     try:
         import aiohttp
@@ -125,6 +128,9 @@ def create_proxy_app(
     _handle_errors(app)
     app.add_middleware(_BodyLimit, max_bytes=max_body_bytes)
     _require_key(app, api_key)
+    metrics = ServeMetrics(traces=trace_log)
+    app.state.metrics = metrics
+    app.add_middleware(AccessLog, metrics=metrics)  # outermost: every request is counted, refused ones too
 
     def headers_up(request: Any, u: UpstreamSpec) -> dict[str, str]:
         out = {k: v for k, v in request.headers.items() if k.lower() not in _NOT_UP}
@@ -139,8 +145,10 @@ def create_proxy_app(
     def headers_down(response: Any) -> dict[str, str]:
         return {k: v for k, v in response.headers.items() if k.lower() not in _HOP}
 
-    def emit(trace: Trace) -> None:
-        if on_trace is None:
+    def emit(trace: Trace, capture: bool) -> None:
+        if trace.status == 200:
+            metrics.answered(trace.model, trace.prompt_tokens, trace.completion_tokens, trace.first_token_s)
+        if on_trace is None or not capture:
             return
         try:
             on_trace(trace)
@@ -204,7 +212,7 @@ def create_proxy_app(
                 param="model",
                 code="model_not_found",
             )
-        keep = asked.get("store") is not False and on_trace is not None
+        keep = asked.get("store") is not False  # forwarded either way; kept only without store: false
         response = await send(u, request, "chat/completions", "POST", raw)
         streamed = response.headers.get("content-type", "").startswith("text/event-stream")
 
@@ -214,28 +222,26 @@ def create_proxy_app(
         status = response.status
         if not streamed:
             body = await read_whole(u, response)
-            if keep:
-                answer, error = _read_answer(body, status)
-                emit(trace(status, answer, error, None))
+            answer, error = _read_answer(body, status)
+            emit(trace(status, answer, error, None), keep)
             return Response(body, status_code=status, headers=headers_down(response))
 
         async def relay() -> AsyncIterator[bytes]:
             events = _Events()
-            kept = not keep
+            kept = False
             try:
                 async for chunk in response.content.iter_any():  # each piece as it arrives, never gathered
                     if not kept and events.feed(chunk, time.perf_counter() - began):
                         kept = True  # the end is in this chunk: trace first, then let the client see it
-                        emit(trace(status, events.answer(), None, events.first_token_s))
+                        emit(trace(status, events.answer(), None, events.first_token_s), keep)
                     yield chunk
             except (aiohttp.ClientError, TimeoutError):  # the client sees the stream end without [DONE]
                 log.warning("the upstream %r broke off a stream", u.name)
             finally:
                 response.release()
                 if not kept:  # the stream ended without [DONE]: the upstream broke off or the client went away
-                    emit(
-                        trace(499, events.answer(), {"message": "the stream ended before [DONE]"}, events.first_token_s)
-                    )
+                    broken = {"message": "the stream ended before [DONE]"}
+                    emit(trace(499, events.answer(), broken, events.first_token_s), keep)
 
         return StreamingResponse(relay(), status_code=status, headers=headers_down(response))
 
