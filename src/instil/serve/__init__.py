@@ -4,8 +4,9 @@
     serve_job(spec, store, version=2, port=8000)      # what `instil serve instil.yaml --version 2` runs
     app = create_app(model, tokenizer, renderer, model_name="m")   # any loaded model, as a FastAPI app
 
-``app.py`` is the HTTP layer (routes, OpenAI's request and error shapes, the generation queue); ``job.py`` loads a
-job's model as evaluation does and runs the server.
+``app.py`` is the HTTP layer (routes, OpenAI's request and error shapes), ``engine.py`` the generation queue,
+``proxy.py`` the proxy in front of an upstream, ``capture.py`` the traces, ``metrics.py`` ``/metrics`` and the access
+log; ``job.py`` loads a job's model as evaluation does (or builds the proxy) and runs the server.
 """
 
 from __future__ import annotations
