@@ -256,3 +256,22 @@ def test_metrics_and_access_logs_count_every_request(proxied, store: Store, capl
     assert probed.value.code == 404
     with urllib.request.urlopen(base + "/metrics", timeout=10) as r:
         assert 'path="other",status="404"' in r.read().decode()  # probed URLs share one label
+
+
+def test_a_missing_upstream_key_or_upstream_is_refused_before_listening(tmp_path: Path, capsys, monkeypatch) -> None:
+    from instil.cli import main
+
+    monkeypatch.delenv("NOPE_KEY", raising=False)
+    head = "name: j\nsystem_prompt: p\ngraders: [{name: g, type: length, max_chars: 9, primary: true}]\n"
+    (tmp_path / "d.jsonl").write_text("")
+    spec = tmp_path / "instil.yaml"
+    spec.write_text(head + "data: [{path: d.jsonl}]\n")
+    assert main(["serve", str(spec), "--proxy"]) == 1
+    assert "has no upstream to proxy to" in capsys.readouterr().err
+    spec.write_text(
+        head + "data: [{path: d.jsonl}]\nserve: {upstream: {base_url: 'http://a/v1', api_key_env: NOPE_KEY}}\n"
+    )
+    assert main(["serve", str(spec), "--proxy"]) == 1
+    said = capsys.readouterr().err
+    assert "NOPE_KEY holds no key for the upstream 'default'" in said and "export NOPE_KEY" in said
+    assert not (tmp_path / ".instil" / "spool").exists() or not any((tmp_path / ".instil" / "spool").rglob("*.jsonl"))

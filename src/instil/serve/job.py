@@ -156,7 +156,15 @@ def proxy_app(
             f"the job {spec.name!r} has no upstream to proxy to",
             hint="add serve.upstream (base_url, api_key_env) to the spec, or serve a local model without --proxy",
         )
-    keys = {u.name: api_key_from_env(u.api_key_env) for u in upstreams}
+    keys: dict[str, str | None] = {}
+    for u in upstreams:
+        if u.api_key_env is not None and not os.environ.get(u.api_key_env, "").strip():
+            raise InstilError(
+                f"the environment variable {u.api_key_env} holds no key for the upstream {u.name!r} ({u.base_url})",
+                hint=f"export {u.api_key_env}=<the upstream's API key>, or drop api_key_env to forward the clients' "
+                "own keys",
+            )
+        keys[u.name] = os.environ[u.api_key_env].strip() if u.api_key_env else None
     return create_proxy_app(
         upstreams,
         job=spec.name,
