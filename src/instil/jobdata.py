@@ -22,8 +22,7 @@ import json
 import typing
 import uuid
 from collections.abc import Iterator
-from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -319,13 +318,17 @@ def trace_example(trace: Trace) -> Example:
     )
 
 
+def _traces_version(spec: JobSpec, store: Store) -> DatasetVersion | None:
+    try:
+        return store.get_dataset(dataset_name(spec, "traces"))
+    except NotFoundError:
+        return None
+
+
 def imported_traces(spec: JobSpec, store: Store) -> list[Example]:
     """The examples of the job's latest ``traces`` version (what :func:`import_traces` recorded); [] before any."""
-    try:
-        version = store.get_dataset(dataset_name(spec, "traces"))
-    except NotFoundError:
-        return []
-    return list(store.iter_examples(version.sha256))
+    version = _traces_version(spec, store)
+    return list(store.iter_examples(version.sha256)) if version is not None else []
 
 
 def import_traces(
@@ -345,23 +348,21 @@ def import_traces(
     The next ``instil run`` (or ``instil data curate``) takes them in with the job's sources.
     """
     base = where or TraceFilter()
-    chosen = TraceFilter(
-        **{**base.__dict__, "job": spec.name, "status": 200, "passed": True if passing else base.passed}
-    )
+    chosen = replace(base, job=spec.name, status=200, passed=True if passing else base.passed)
     traces = [t for t in store.list_traces(chosen, limit=limit, oldest_first=True) if t.output or t.tool_calls]
-    name = dataset_name(spec, "traces")
-    before = imported_traces(spec, store)
+    previous = _traces_version(spec, store)
+    before = list(store.iter_examples(previous.sha256)) if previous is not None else []
     seen = {e.id for e in before}
     fresh = [t for t in traces if t.id not in seen]
     examples = [trace_example(t) for t in fresh]
 
     # The same validation as a data file: written under the home (never beside the user's files) and checked.
-    folder = Path(store.home) / "imports"
-    folder.mkdir(parents=True, exist_ok=True)
-    staged = folder / f"traces-{uuid.uuid4().hex[:12]}.jsonl"
     report = None
     valid = examples
     if examples:
+        folder = Path(store.home) / "imports"
+        folder.mkdir(parents=True, exist_ok=True)
+        staged = folder / f"traces-{uuid.uuid4().hex[:12]}.jsonl"
         with open(staged, "w", encoding="utf-8") as f:
             for e in examples:
                 f.write(json.dumps(e.to_dict(), ensure_ascii=False) + "\n")
@@ -385,19 +386,15 @@ def import_traces(
     added = len(kept) - len([e for e in kept if e.id in seen])
     duplicates = len(traces) - len(fresh) + (len(clean) - added)
     if added == 0:
-        version = None
-        with suppress(NotFoundError):
-            version = store.get_dataset(name)
-        return ImportOutcome(version, len(traces), 0, invalid, duplicates, len(leaking), report)
-    previous = [store.get_dataset(name)] if before else []
+        return ImportOutcome(previous, len(traces), 0, invalid, duplicates, len(leaking), report)
     version = store.put_dataset(
-        name,
+        dataset_name(spec, "traces"),
         kept,
         kind="traces",
-        parents=previous,
+        parents=[previous] if previous is not None else [],
         meta={
             "traces": [e.id for e in kept if e.id not in seen],
-            "filter": {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in chosen.__dict__.items()},
+            "filter": {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in asdict(chosen).items()},
             "passing": passing,
             "invalid": invalid,
             "duplicates": duplicates,

@@ -31,6 +31,7 @@ from typing import Any
 
 from instil.errors import DependencyError
 from instil.serve.app import (
+    _NOT_PARAMS,
     MAX_BODY_BYTES,
     TAGS_HEADER,
     _ApiError,
@@ -65,7 +66,6 @@ _HOP = {
     "server",
 }
 _NOT_UP = _HOP | {"authorization", "cookie", TAGS_HEADER}
-_NOT_PARAMS = {"model", "messages", "tools", "stream", "user", "metadata", "store"}
 
 
 def route(upstreams: list[UpstreamSpec], model: Any) -> UpstreamSpec | None:
