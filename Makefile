@@ -25,7 +25,8 @@ FLOORS_UV = $(FLOORS_BIN)/uv pip install --quiet --python $(FLOORS_BIN)/python -
 # The base install (plus the serve extra): spec check (with TRL's SFT/DPO/GRPO config fields), data validate, CLI,
 # a 4-step LoRA SFT on the tiny model loaded back with PEFT, TRL's collators, a mid-epoch resume, eval of base and
 # tuned on a holdout of 8, an OpenAI-API endpoint and judges, `instil serve` stopped with Ctrl-C, the proxy (aiohttp)
-# with its traces, a SIGKILLed spool replayed, and traces imported as a dataset.
+# with its traces, a SIGKILLed spool replayed, traces imported as a dataset, and constrained decoding (llguidance) in
+# generation and in response_format.
 FLOORS_TESTS := \
 	tests/test_spec.py \
 	tests/test_validate.py \
@@ -48,7 +49,9 @@ FLOORS_TESTS := \
 	tests/test_proxy.py::test_the_upstreams_errors_come_back_as_they_are_and_are_traced \
 	tests/test_proxy.py::test_a_stream_is_relayed_chunk_by_chunk_and_traced_whole \
 	tests/test_capture.py::test_a_server_killed_with_sigkill_leaves_a_spool_the_next_one_replays_exactly_once \
-	tests/test_traces.py::test_import_traces_validates_curates_keeps_the_holdout_out_and_names_the_traces
+	tests/test_traces.py::test_import_traces_validates_curates_keeps_the_holdout_out_and_names_the_traces \
+	tests/test_constrain.py::test_every_constrained_answer_fits_and_free_rows_are_untouched \
+	tests/test_serve.py::test_response_format_is_enforced_streamed_or_not_and_refused_when_it_cannot_be
 # With the optional extras at their floors too: SentencePiece-only checkpoints (../shared, skipped without it), QLoRA
 # on CPU, the embedding grader.
 FLOORS_EXTRA_TESTS := \

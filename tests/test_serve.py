@@ -640,3 +640,84 @@ def test_metrics_show_the_queue_the_batches_and_the_tokens(server):
     assert f'instil_time_to_first_token_seconds_count{{model="{NAME}"}}' in text
     assert 'instil_requests_total{path="/v1/chat/completions",status="200"}' in text
     assert r.usage.completion_tokens >= 1
+
+
+# ---- response_format: constrained decoding ---------------------------------------------------------------------------
+TRIAGE = {
+    "type": "object",
+    "properties": {"queue": {"type": "string", "enum": ["billing", "tech", "other"]}, "urgent": {"type": "boolean"}},
+    "required": ["queue", "urgent"],
+    "additionalProperties": False,
+}
+
+
+def test_response_format_is_enforced_streamed_or_not_and_refused_when_it_cannot_be(tiny):
+    pytest.importorskip("llguidance")
+    import concurrent.futures
+
+    import jsonschema
+
+    model, tokenizer, renderer = tiny
+    records: list[ServedRequest] = []
+    app = create_app(
+        model, tokenizer, renderer, model_name=NAME, api_key=KEY, max_new_tokens_cap=120, on_request=records.append
+    )
+    fmt = {"type": "json_schema", "json_schema": {"name": "triage", "schema": TRIAGE, "strict": True}}
+    with serve_app(app) as url:
+        c = client(url)
+        free = c.chat.completions.create(model=NAME, messages=chat(TICKETS[1]), max_tokens=120)
+        with pytest.raises(ValueError):  # the random model's own answer is not JSON at all
+            json.loads(free.choices[0].message.content)
+
+        def ask(k: int) -> tuple:
+            r = c.chat.completions.create(
+                model=NAME, messages=chat(TICKETS[k]), max_tokens=120, response_format=fmt if k % 2 else None
+            )
+            return k, r.choices[0].message.content, r.choices[0].finish_reason
+
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:  # constrained and free requests batched together
+            answers = list(pool.map(ask, range(6)))
+        for k, text, finish in answers:
+            if k % 2:
+                assert finish == "stop"
+                jsonschema.validate(json.loads(text), TRIAGE)
+        assert max(r.batch_size for r in records) > 1
+
+        stream = c.chat.completions.create(
+            model=NAME, messages=chat(TICKETS[3]), max_tokens=120, response_format=fmt, stream=True
+        )
+        jsonschema.validate(
+            json.loads("".join(ch.choices[0].delta.content or "" for ch in stream if ch.choices)), TRIAGE
+        )
+        any_object = c.chat.completions.create(
+            model=NAME, messages=chat(TICKETS[4]), max_tokens=120, response_format={"type": "json_object"}
+        )
+        # Any object: the random model may write one string until max_tokens cuts it, but never anything else.
+        text = any_object.choices[0].message.content
+        if any_object.choices[0].finish_reason == "stop":
+            assert isinstance(json.loads(text), dict)
+        else:
+            assert text.startswith("{") and any_object.usage.completion_tokens == 120
+        assert records[-1].params["response_format"] == {"type": "json_object"}
+
+        def bad(param: str, **request) -> str:
+            with pytest.raises(openai.BadRequestError) as e:
+                c.chat.completions.create(**{"model": NAME, "messages": chat("Hi"), **request})
+            assert e.value.body["param"] == param, e.value.body
+            return e.value.body["message"]
+
+        bad("response_format.type", response_format={"type": "yaml"})
+        bad("response_format.json_schema", response_format={"type": "json_schema"})
+        schema_error = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nope"}}}
+        bad("response_format.json_schema.schema", response_format=schema_error)
+        unenforceable = {"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}}
+        message = bad(
+            "response_format", response_format={"type": "json_schema", "json_schema": {"schema": unenforceable}}
+        )
+        assert "cannot be enforced" in message
+        tool = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}
+        assert "tool_choice" in bad("response_format", response_format=fmt, tools=[tool])
+        with_tools = c.chat.completions.create(
+            model=NAME, messages=chat("Hi"), max_tokens=120, response_format=fmt, tools=[tool], tool_choice="none"
+        )
+        jsonschema.validate(json.loads(with_tools.choices[0].message.content), TRIAGE)

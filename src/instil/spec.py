@@ -618,6 +618,10 @@ class EvalSpec(_Strict):
     """The forgetting check flags a tuned model whose regression-set score is below the base's by more than this."""
     seed: int = 0
     """Seed of the overfitting check's training sample."""
+    constrained: bool = False
+    """Generate local candidates' answers under constrained decoding: a ``json`` output can only be JSON of
+    ``output.schema`` (its ``label_field`` limited to the labels), a ``label`` output only one of the labels, as
+    ``instil serve`` enforces ``response_format``. Then what is gated is what a constrained server answers."""
 
     @field_validator("machine_price_per_hour")
     @classmethod
@@ -817,6 +821,11 @@ class JobSpec(_Strict):
                 problems.append(f"grader '{g.name}' needs output.labels")
             if g.type == "tool_call_match" and not self.output.tools:
                 problems.append(f"grader '{g.name}' needs output.tools")
+        if self.eval.constrained and self.output.type not in ("json", "label"):
+            problems.append(
+                f"eval.constrained holds answers to a grammar, which a {self.output.type} output does not have "
+                "(it applies to json and label outputs)"
+            )
         if problems:
             raise ValueError("; ".join(problems))
         return self

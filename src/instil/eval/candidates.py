@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 from instil.data.records import Example
 from instil.errors import DependencyError, InstilError
+from instil.eval.constrain import output_grammar
 from instil.eval.generate import MAX_NEW_TOKENS_CAP, Generation, generate_local, parse_tool_calls
 from instil.spec import EvalEndpointSpec, JobSpec
 from instil.store import ModelVersion, Store
@@ -163,6 +164,7 @@ def run_candidate(
         tools=spec.output.tool_dicts(),
         max_new_tokens=max_new_tokens,
         batch_size=batch_size or spec.eval.batch_size,
+        grammar=output_grammar(spec.output) if spec.eval.constrained else None,
     )
 
 

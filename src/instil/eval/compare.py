@@ -106,6 +106,7 @@ def evaluate(
         "candidates": [c.to_dict() for c in candidates],
         "limit": limit,
         "max_new_tokens": max_new_tokens,
+        "constrained": spec.eval.constrained,
         "holdout": {"ref": holdout.ref, "sha256": holdout.sha256},
         "n_examples": len(examples),
         "inputs_sha256": eval_inputs_sha256(spec),

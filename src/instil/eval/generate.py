@@ -109,6 +109,7 @@ def generate_local(
     temperature: float = 1.0,
     top_p: float = 1.0,
     progress: Callable[[int, int], None] | None = None,
+    grammar: str | None = None,
 ) -> list[Generation]:
     """Generate the next assistant turn for each example, batched; results in the order of ``examples``.
 
@@ -117,7 +118,8 @@ def generate_local(
     (the job's tools); None keeps each example's. Greedy by default; ``temperature`` and ``top_p`` apply only with
     ``do_sample=True``. ``progress(done, total)`` is called after each batch. ``max_batch_tokens`` caps a batch's
     padded prompt size (rows x longest prompt): a few long prompts then run in small batches instead of padding 31
-    short ones to their length.
+    short ones to their length. ``grammar`` (from :mod:`instil.eval.constrain`) holds every answer to it by
+    constrained decoding.
 
     Raises :class:`ModelError` when a prompt plus ``max_new_tokens`` does not fit the model's context.
     """
@@ -131,6 +133,12 @@ def generate_local(
     config = _config(tokenizer, stops, max_new_tokens, do_sample, temperature, top_p)
     stop_set = set(stops)
     device = _device(model)
+    matchers: Callable[[], Any] | None = None
+    if grammar is not None:
+        from instil.eval.constrain import Constrainer
+
+        template = Constrainer.for_model(model, tokenizer, stops).matcher(grammar)  # compiled once, copied per row
+        matchers = template.deep_copy
     # A model fresh from training may still be in train mode, where dropout (LoRA's too) would make greedy answers
     # random; evaluation mode for the run, the caller's mode restored after.
     was_training = bool(getattr(model, "training", False))
@@ -147,6 +155,7 @@ def generate_local(
             batch_size,
             max_batch_tokens,
             progress,
+            matchers,
         )
     finally:
         model.train(was_training)
@@ -163,13 +172,14 @@ def _run(
     batch_size: int,
     max_batch_tokens: int | None,
     progress: Callable[[int, int], None] | None,
+    matchers: Callable[[], Any] | None = None,
 ) -> list[Generation]:
     # Longest first: similar lengths share a batch (little padding), and running out of memory shows at once.
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
     results: list[Generation | None] = [None] * len(encoded)
     done = 0
     for batch in _batches(order, [len(e) for e in encoded], batch_size, max_batch_tokens):
-        rows = [Row(encoded[i], config.max_new_tokens) for i in batch]
+        rows = [Row(encoded[i], config.max_new_tokens, matcher=matchers() if matchers else None) for i in batch]
         for i, gen in zip(
             batch, _generate_rows(model, tokenizer, renderer, rows, config, stop_set, device), strict=True
         ):
@@ -192,6 +202,8 @@ class Row:
     """Called with each token id as it is generated (from the generating thread), the stop token included."""
     cancelled: Callable[[], bool] | None = None
     """Polled after each token: True stops this row there (its client went away); its batch-mates go on."""
+    matcher: Any = None
+    """A grammar matcher (:meth:`~instil.eval.constrain.Constrainer.matcher`) the answer is held to; None: free."""
 
 
 def generate_rows(
@@ -256,6 +268,13 @@ def _generate_rows(
         input_ids[k, width - len(r.ids) :] = torch.tensor(r.ids, dtype=torch.long)
         attention[k, width - len(r.ids) :] = 1
     steps = _Steps(rows, stop_set)
+    extra: dict[str, Any] = {}
+    if any(r.matcher is not None for r in rows):
+        from transformers import LogitsProcessorList
+
+        from instil.eval.constrain import GrammarMask
+
+        extra["logits_processor"] = LogitsProcessorList([GrammarMask([r.matcher for r in rows], stop_set)])
     began = time.perf_counter()
     with torch.inference_mode():
         out = model.generate(
@@ -263,6 +282,7 @@ def _generate_rows(
             attention_mask=attention.to(device),
             generation_config=config,
             stopping_criteria=StoppingCriteriaList([steps]),
+            **extra,
         )
     elapsed = time.perf_counter() - began
     first_token_s = (steps.first_at - began) if steps.first_at is not None else elapsed

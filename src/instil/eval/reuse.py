@@ -38,6 +38,8 @@ def eval_inputs_sha256(spec: JobSpec) -> str:
         "output": spec.output.model_dump(mode="json"),
         "max_new_tokens": spec.eval.max_new_tokens,
     }
+    if spec.eval.constrained:  # only when set, so the runs recorded before the option keep their hash
+        parts["constrained"] = True
     return sha256_hex(json.dumps(parts, sort_keys=True).encode())
 
 

@@ -15,7 +15,11 @@ What a request gets, and where it differs from OpenAI's hosted API:
   OpenAI does). An omitted ``temperature`` means greedy, not OpenAI's 1: the served model answers what was evaluated.
 - ``stop`` strings cut the decoded answer (generation itself stops at the end-of-turn token); ``usage`` counts the
   tokens generated.
-- ``response_format`` is accepted but not enforced (no constrained decoding): the model answers as it was trained.
+- ``response_format`` ``json_schema`` and ``json_object`` are enforced by constrained decoding
+  (:mod:`instil.eval.constrain`, llguidance): the answer can only be JSON of the schema (any JSON object), then the
+  end of the turn. A schema that cannot be enforced is a 400, never an unconstrained answer; so is a request that sends
+  its own ``tools`` with ``response_format`` (send ``tool_choice: "none"``). With the job's default tools only, a
+  constrained answer calls none.
 - ``tool_calls`` are parsed from Hermes-style ``<tool_call>{...}</tool_call>`` blocks; ``content`` is the text
   around them (None when there is none). ``tool_choice`` may be ``auto`` or ``none`` (a model cannot be forced).
 - ``stream: true`` is answered as server-sent events, ``chat.completion.chunk`` objects ending with
@@ -243,11 +247,11 @@ def create_app(
 
     engine = Engine(model, tokenizer, renderer, batch_size=batch_size, max_queue=max_queue)
     context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    prompter = _Prompter(tokenizer, renderer, max_new_tokens_cap, context)
+    stop_ids = set(stop_token_ids(tokenizer, renderer, model))
+    prompter = _Prompter(tokenizer, renderer, max_new_tokens_cap, context, model, sorted(stop_ids))
     # No tokenizer turns more than this many characters into the context's tokens: longer prompts are refused at
     # once, before they are rendered or tokenized.
     max_chars = context * MAX_CHARS_PER_TOKEN if context else None
-    stop_ids = set(stop_token_ids(tokenizer, renderer, model))
     started = int(time.time())
 
     @asynccontextmanager
@@ -539,19 +543,20 @@ def _check(
     for name in ("presence_penalty", "frequency_penalty"):
         if getattr(body, name):
             raise _ApiError(400, f"{name} is not supported (leave it out or 0)", param=name)
-    fmt = (body.response_format or {}).get("type", "text")
-    if fmt not in ("text", "json_object", "json_schema"):
-        raise _ApiError(
-            400,
-            f"response_format.type {fmt!r}: use text, json_object or json_schema",
-            param="response_format.type",
-        )
     choice = body.tool_choice
     if choice not in (None, "auto", "none"):
         raise _ApiError(
             400,
             f"tool_choice {choice!r} cannot be enforced on a local model; use 'auto' or 'none'",
             param="tool_choice",
+        )
+    schema = _response_schema(body.response_format)
+    if schema is not None and body.tools and choice != "none":
+        raise _ApiError(
+            400,
+            "response_format holds the answer to JSON, so it cannot call the request's tools as well; send "
+            "tool_choice: 'none' with it, or leave response_format out",
+            param="response_format",
         )
     stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     if len(stops) > 4 or not all(stops):
@@ -624,9 +629,10 @@ def _check(
         top_p=body.top_p or 1.0,
         seed=body.seed,
         stops=stops,
-        want_tools=choice != "none",
+        want_tools=choice != "none" and schema is None,
         messages=[m.to_dict() for m in messages],
         tools=tools,
+        schema=schema,
     )
 
 
@@ -644,17 +650,59 @@ class _Asked:
     want_tools: bool
     messages: list[dict[str, Any]]
     tools: list[dict[str, Any]] | None
+    schema: dict[str, Any] | None = None
+    """The JSON Schema the answer is held to (``response_format``); None: free text."""
+
+
+def _response_schema(fmt: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The JSON Schema a ``response_format`` holds the answer to (``{"type": "object"}`` for ``json_object``), None
+    for text; a 400 names what is wrong with it."""
+    kind = (fmt or {}).get("type", "text")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"type": "object"}
+    if kind != "json_schema":
+        raise _ApiError(
+            400, f"response_format.type {kind!r}: use text, json_object or json_schema", param="response_format.type"
+        )
+    spec = (fmt or {}).get("json_schema")
+    if not isinstance(spec, dict):
+        raise _ApiError(
+            400,
+            "response_format json_schema needs a json_schema object: {'name': ..., 'schema': {...}}",
+            param="response_format.json_schema",
+        )
+    schema = spec.get("schema", {"type": "object"})  # OpenAI's default: no schema is any JSON object
+    problem = _schema_problem(schema)
+    if problem is not None:
+        raise _ApiError(400, f"the schema is not a JSON Schema: {problem}", param="response_format.json_schema.schema")
+    return schema
 
 
 class _Prompter:
     """Renders and tokenizes a checked request into an engine :class:`Job`, on the caller's thread (never the
     engine's), and refuses a prompt that leaves no room in the model's context."""
 
-    def __init__(self, tokenizer: Any, renderer: Any, cap: int, context: int | None) -> None:
+    def __init__(
+        self, tokenizer: Any, renderer: Any, cap: int, context: int | None, model: Any = None, stops: Any = ()
+    ) -> None:
         self.tokenizer, self.renderer, self.cap, self.context = tokenizer, renderer, cap, context
+        self.model, self.stops = model, list(stops)
         # Fast tokenizers share one Rust object that refuses concurrent mutable use ("Already borrowed"): one
         # request is tokenized at a time, on a request thread, while the engine generates.
         self.lock = threading.Lock()
+
+    def matcher(self, schema: dict[str, Any]) -> Any:
+        """A grammar matcher holding the answer to ``schema``, compiled on the request's thread; a 400 when it cannot
+        be enforced (the client asked for a guarantee this server cannot give)."""
+        from instil.eval.constrain import Constrainer, ConstraintError, schema_grammar
+
+        try:
+            return Constrainer.for_model(self.model, self.tokenizer, self.stops).matcher(schema_grammar(schema))
+        except (ConstraintError, DependencyError) as e:
+            hint = f" ({e.hint})" if getattr(e, "hint", None) else ""
+            raise _ApiError(400, f"response_format cannot be enforced: {e}{hint}", param="response_format") from None
 
     def job(self, asked: _Asked) -> Job:
         try:
@@ -683,6 +731,7 @@ class _Prompter:
             temperature=asked.temperature,
             top_p=asked.top_p,
             seed=asked.seed,
+            matcher=self.matcher(asked.schema) if asked.schema is not None else None,
         )
 
 

@@ -53,6 +53,8 @@ class Job:
     seed: int | None = None
     on_token: Callable[[int], None] | None = None
     """Called with each new token id, from the engine's thread (streaming); it must return at once."""
+    matcher: Any = None
+    """A grammar matcher (:mod:`instil.eval.constrain`) the answer is held to; None: free."""
     future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
     """Resolves to the :class:`~instil.eval.generate.Generation`, or to the error that failed its batch."""
     gone: threading.Event = field(default_factory=threading.Event)
@@ -202,7 +204,10 @@ class Engine:
         for (temperature, top_p, seed), group in groups.items():
             for j in group:
                 j.batch_size = len(group)
-            rows = [Row(j.ids, j.max_tokens, on_token=_streamed(j), cancelled=j.gone.is_set) for j in group]
+            rows = [
+                Row(j.ids, j.max_tokens, on_token=_streamed(j), cancelled=j.gone.is_set, matcher=j.matcher)
+                for j in group
+            ]
             began = time.perf_counter()
             try:
                 if seed is not None:
