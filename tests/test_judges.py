@@ -267,6 +267,8 @@ def test_a_real_judge_without_a_verdict_is_a_grader_error(verdict_job) -> None:
         assert len(served) == 2  # an answer is final: the client retries failures, not bad verdicts
         with pytest.raises(GraderError, match="answered HTTP 401: incorrect API key"):
             LlmJudge("judge", rubric="r", model="judge:base", **{**kw, "api_key": "sk-wrong"}).grade(ex(), "Paris")
-        with pytest.raises(GraderError, match="answered HTTP 404: the model 'judge@1' does not exist"):
+        with pytest.raises(
+            GraderError, match="HTTP 404: the model 'judge@1' is judge@1, which this server does not hold"
+        ):
             LlmJudge("judge", rubric="r", model="judge@1", **kw).grade(ex(), "Paris")
     assert len(served) == 2

@@ -198,7 +198,7 @@ def test_models_health_and_errors_in_openai_shape(tiny, server):
     c = client(url)
     assert [m.id for m in c.models.list().data] == [NAME]
     assert c.models.retrieve(NAME).owned_by == "instil"
-    assert raw(url.removesuffix("/v1"), "/health", key=None) == (200, {"status": "ok", "model": NAME})
+    assert raw(url.removesuffix("/v1"), "/health", key=None) == (200, {"status": "ok", "model": NAME, "models": [NAME]})
 
     with pytest.raises(openai.AuthenticationError) as e:
         client(url, "sk-wrong").chat.completions.create(model=NAME, messages=chat("Hi"))
@@ -563,7 +563,7 @@ def test_cli_serve_refuses_clearly(tmp_path: Path, capsys, monkeypatch):
     colour_job(tmp_path / "job")
     path = str(tmp_path / "job" / "instil.yaml")
     assert main(["serve", path, "--version", "1", "--base"]) == 1
-    assert "not both" in capsys.readouterr().err
+    assert "has no model version 1" in capsys.readouterr().err
     assert main(["serve", path]) == 1
     out = capsys.readouterr().err
     assert "has no model" in out and "--base" in out and "Traceback" not in out

@@ -375,15 +375,23 @@ def export(
 def serve(
     spec: SpecArg = Path("instil.yaml"),
     version: Annotated[
-        str | None,
+        list[str] | None,
         typer.Option(
-            help="The model version to serve: 3, <job>@3, a pin name, latest (default: production, else the latest)."
+            help="A model version to serve: 3, <job>@3, a pin name, latest; repeat it for several side by side "
+            "(default: production or the latest, every pinned version, the latest)."
         ),
     ] = None,
     base: Annotated[
         bool,
-        typer.Option("--base", help="Serve the base model instead (the full prompt is its default system prompt)."),
+        typer.Option(
+            "--base",
+            help="Serve the base model as <job>:base (the full prompt is its default system prompt): alone, or "
+            "beside the --version ones.",
+        ),
     ] = False,
+    max_adapters: Annotated[
+        int, typer.Option(min=1, help="The most LoRA adapters loaded into one base (each version asked for by name).")
+    ] = 16,
     host: Annotated[str, typer.Option(help="The address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="The port to listen on.")] = 8000,
     api_key_env: Annotated[
@@ -407,9 +415,11 @@ def serve(
         ),
     ] = None,
 ) -> None:
-    """Serve a trained model (or the base) behind an OpenAI-compatible API: /v1/chat/completions, /v1/models.
+    """Serve the job's models behind an OpenAI-compatible API: /v1/chat/completions, /v1/models.
 
-    With --proxy, forward every request to the spec's upstream instead. Either way each answer is kept as a trace
+    Clients pick a version by model name: <job> (production), <job>@3, <job>@<pin>, <job>:base. LoRA versions share
+    one copy of their base and are batched together; a promotion reaches the running server within a second. With
+    --proxy, forward every request to the spec's upstream instead. Either way each answer is kept as a trace
     (instil traces lists them)."""
     from transformers.utils import logging as hf_logging
 
@@ -420,8 +430,7 @@ def serve(
     keeping = job.serve.capture if capture is None else capture
 
     def ready(name: str, url: str) -> None:
-        said = f" (model={_escape(repr(name))})" if not proxy else ""
-        console.print(f"serving [bold]{_escape(name)}[/] at [bold]{url}[/]{said}; Ctrl-C stops", soft_wrap=True)
+        console.print(f"serving [bold]{_escape(name)}[/] at [bold]{url}[/]; Ctrl-C stops", soft_wrap=True)
         console.print(
             "traces are kept in the store (instil traces list)" if keeping else "no traces are kept (--no-capture)",
             style="dim",
@@ -433,8 +442,9 @@ def serve(
         stats = serve_job(
             job,
             store,
-            version=version,
+            versions=version or None,
             base=base,
+            max_adapters=max_adapters,
             proxy=proxy,
             host=host,
             port=port,

@@ -215,9 +215,13 @@ def generate_rows(
     do_sample: bool = False,
     temperature: float = 1.0,
     top_p: float = 1.0,
+    adapter_names: Sequence[str] | None = None,
 ) -> list[Generation]:
     """Generate ``rows`` as one batch, each to its own ``max_new_tokens``, with the settings, padding and stop tokens
     of :func:`generate_local` (so greedy answers are the ones evaluation measured); results in the order of ``rows``.
+
+    ``adapter_names``: for a PEFT model holding several LoRA adapters, the adapter of each row (``__base__`` for
+    none), so rows of different versions share one batch (PEFT's mixed-adapter inference).
 
     The caller checks the context (prompt plus limit within the model's positions). A row stopped by ``cancelled``
     gets the text generated so far, with ``finish_reason`` ``length``."""
@@ -230,7 +234,7 @@ def generate_rows(
     was_training = bool(getattr(model, "training", False))
     model.eval()
     try:
-        return _generate_rows(model, tokenizer, renderer, list(rows), config, set(stops), _device(model))
+        return _generate_rows(model, tokenizer, renderer, list(rows), config, set(stops), _device(model), adapter_names)
     finally:
         model.train(was_training)
 
@@ -256,7 +260,14 @@ def _config(
 
 
 def _generate_rows(
-    model: Any, tokenizer: Any, renderer: Any, rows: list[Row], config: Any, stop_set: set[int], device: Any
+    model: Any,
+    tokenizer: Any,
+    renderer: Any,
+    rows: list[Row],
+    config: Any,
+    stop_set: set[int],
+    device: Any,
+    adapter_names: Sequence[str] | None = None,
 ) -> list[Generation]:
     import torch
     from transformers import StoppingCriteriaList
@@ -275,6 +286,10 @@ def _generate_rows(
         from instil.eval.constrain import GrammarMask
 
         extra["logits_processor"] = LogitsProcessorList([GrammarMask([r.matcher for r in rows], stop_set)])
+    if adapter_names is not None:
+        if len(adapter_names) != len(rows):
+            raise ValueError(f"{len(adapter_names)} adapter names for {len(rows)} rows")
+        extra["adapter_names"] = list(adapter_names)
     began = time.perf_counter()
     with torch.inference_mode():
         out = model.generate(

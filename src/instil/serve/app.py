@@ -65,12 +65,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from instil.data.records import Example, Message
-from instil.errors import ChatTemplateError, DependencyError
+from instil.errors import ChatTemplateError, DependencyError, InstilError
 from instil.eval.generate import MAX_NEW_TOKENS_CAP, Generation, parse_tool_calls, stop_token_ids
-from instil.serve.engine import Engine, Job, QueueFull
+from instil.serve.catalog import Catalog, NotServed, Target
+from instil.serve.engine import Engine, EngineStats, Job, QueueFull
 from instil.serve.metrics import AccessLog, ServeMetrics
 
-__all__ = ["TAGS_HEADER", "ServedRequest", "create_app", "request_tags"]
+__all__ = ["TAGS_HEADER", "ServedRequest", "create_app", "create_catalog_app", "request_tags"]
 
 log = logging.getLogger("instil.serve")
 
@@ -131,6 +132,10 @@ class ServedRequest:
     """False when the request said ``store: false``: it must not be kept."""
     tags: tuple[str, ...] = ()
     """The tags of the request's ``X-Instil-Tags`` header."""
+    version: int | None = None
+    """The job's model version that answered (None: a base, or a model outside a job)."""
+    asked_model: str | None = None
+    """The ``model`` the request named (an alias such as ``<job>`` or ``<job>@stable``); ``model`` is what answered."""
 
 
 # ---- the request body ------------------------------------------------------------------------------------------------
@@ -224,13 +229,75 @@ def create_app(
     """A FastAPI app serving ``model`` under the name ``model_name`` with OpenAI's chat completions API.
 
     ``renderer`` is the :class:`~instil.train.chat.ChatRenderer` the model was trained and evaluated with.
+    ``default_system_prompt`` / ``default_tools`` are used by requests without a system message / without tools.
+    The other arguments are :func:`create_catalog_app`'s."""
+    target = Target(model_name, model, tokenizer, renderer, system_prompt=default_system_prompt, tools=default_tools)
+    return create_catalog_app(
+        Catalog([target]),
+        api_key=api_key,
+        max_new_tokens_cap=max_new_tokens_cap,
+        batch_size=batch_size,
+        on_request=on_request,
+        max_body_bytes=max_body_bytes,
+        max_queue=max_queue,
+        trace_log=trace_log,
+    )
+
+
+class _Backend:
+    """One model object's engine and what requests to it are checked and tokenized with."""
+
+    def __init__(self, target: Target, batch_size: int, max_queue: int, cap: int) -> None:
+        model, tokenizer, renderer = target.model, target.tokenizer, target.renderer
+        self.tokenizer, self.renderer = tokenizer, renderer
+        self.engine = Engine(model, tokenizer, renderer, batch_size=batch_size, max_queue=max_queue)
+        context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        self.stop_ids = set(stop_token_ids(tokenizer, renderer, model))
+        self.prompter = _Prompter(tokenizer, renderer, cap, context, model, sorted(self.stop_ids))
+        # No tokenizer turns more than this many characters into the context's tokens: longer prompts are refused
+        # at once, before they are rendered or tokenized.
+        self.max_chars = context * MAX_CHARS_PER_TOKEN if context else None
+
+
+class _Engines:
+    """The engines of every backend, read together for metrics (queue depth, batches, cancellations)."""
+
+    def __init__(self, backends: dict[int, _Backend]) -> None:
+        self.backends = backends
+
+    @property
+    def waiting(self) -> int:
+        return sum(b.engine.waiting for b in list(self.backends.values()))
+
+    @property
+    def stats(self) -> EngineStats:
+        total = EngineStats()
+        for b in list(self.backends.values()):
+            for name in ("generated", "cancelled", "failed", "batches", "batch_seconds"):
+                setattr(total, name, getattr(total, name) + getattr(b.engine.stats, name))
+        return total
+
+
+def create_catalog_app(
+    catalog: Catalog,
+    *,
+    api_key: str | None = None,
+    max_new_tokens_cap: int = MAX_NEW_TOKENS_CAP,
+    batch_size: int = 8,
+    on_request: Callable[[ServedRequest], None] | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    max_queue: int = MAX_QUEUE,
+    trace_log: Any = None,
+) -> Any:
+    """A FastAPI app serving every target of ``catalog`` (:mod:`instil.serve.catalog`) by the name a request's
+    ``model`` gives; targets sharing a model object share one engine, so versions on one base batch together.
+
     ``api_key``: the key clients must send as ``Authorization: Bearer <key>`` (None: no key). ``max_new_tokens_cap``
     bounds ``max_tokens`` (a larger request is refused) and is the default when a request sets none.
-    ``default_system_prompt`` / ``default_tools`` are used by requests without a system message / without tools.
     ``batch_size``: the most queued requests generated together. ``on_request`` is called with a
     :class:`ServedRequest` after each answer (in a worker thread; an exception in it is logged, the answer stands).
     ``max_body_bytes`` bounds a request's body: a larger one is answered 413 before it is read whole.
-    ``max_queue``: the most requests waiting for the model; past it, 429 with ``Retry-After``.
+    ``max_queue``: the most requests waiting for each model; past it, 429 with ``Retry-After``.
     ``trace_log``: the :class:`~instil.serve.capture.TraceLog` the hook captures to, whose spool ``/metrics`` shows.
     """
     try:
@@ -245,46 +312,61 @@ def create_app(
             f"({max_body_bytes}) and max_queue ({max_queue}) must be at least 1"
         )
 
-    engine = Engine(model, tokenizer, renderer, batch_size=batch_size, max_queue=max_queue)
-    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    stop_ids = set(stop_token_ids(tokenizer, renderer, model))
-    prompter = _Prompter(tokenizer, renderer, max_new_tokens_cap, context, model, sorted(stop_ids))
-    # No tokenizer turns more than this many characters into the context's tokens: longer prompts are refused at
-    # once, before they are rendered or tokenized.
-    max_chars = context * MAX_CHARS_PER_TOKEN if context else None
-    started = int(time.time())
+    backends: dict[int, _Backend] = {}
+    backends_lock = threading.Lock()
+
+    def backend(t: Target) -> _Backend:
+        b = backends.get(id(t.model))
+        if b is None:
+            with backends_lock:
+                b = backends.get(id(t.model))
+                if b is None:
+                    b = backends[id(t.model)] = _Backend(t, batch_size, max_queue, max_new_tokens_cap)
+        return b
+
+    for t in catalog.targets():  # engines (and their stop tokens' checks) for what is loaded now, not mid-request
+        backend(t)
+
+    def on_engine(model: Any, fn: Callable[[], Any]) -> Any:
+        b = backends.get(id(model))
+        return fn() if b is None else b.engine.call(fn).result(timeout=600)
+
+    catalog.bind(on_engine)  # an adapter loaded into a serving model waits for the batch in hand
 
     @asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
         yield
-        await run_in_threadpool(engine.stop)
+        for b in list(backends.values()):
+            await run_in_threadpool(b.engine.stop)
 
-    app = FastAPI(title=f"instil: {model_name}", lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.state.engine = engine  # for metrics and tests: queue depth, cancelled and generated counts
+    first = catalog.targets()[0].name
+    app = FastAPI(title=f"instil: {first}", lifespan=lifespan, docs_url=None, redoc_url=None)
+    engines = _Engines(backends)
+    app.state.catalog = catalog
+    app.state.engine = backend(catalog.targets()[0]).engine  # the first model's, for tests
+    app.state.engines = engines
 
     _handle_errors(app)
     app.add_middleware(_BodyLimit, max_bytes=max_body_bytes)  # inside the key check, which runs first
     _require_key(app, api_key)
-    metrics = ServeMetrics(engine=engine, traces=trace_log)
+    metrics = ServeMetrics(engine=engines, traces=trace_log)
     app.state.metrics = metrics
     app.add_middleware(AccessLog, metrics=metrics)  # outermost: every request is counted, refused ones too
 
-    def model_card() -> dict[str, Any]:
-        return {"id": model_name, "object": "model", "created": started, "owned_by": "instil"}
-
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": model_name}
+        return {"status": "ok", "model": first, "models": catalog.names()}
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [model_card()]}
+        return {"object": "list", "data": catalog.cards()}
 
     @app.get("/v1/models/{name:path}")
     async def one_model(name: str) -> dict[str, Any]:
-        if name != model_name:
-            raise _unknown_model(name, model_name)
-        return model_card()
+        card = catalog.card(name)
+        if card is None:
+            raise _unknown_model(name, catalog.names())
+        return card
 
     def record(
         body: _ChatRequest,
@@ -295,6 +377,7 @@ def create_app(
         began: float,
         arrived: datetime,
         tags: tuple[str, ...],
+        target: Target,
     ) -> ServedRequest:
         text, finish, message, usage, calls = answer
         return ServedRequest(
@@ -305,7 +388,7 @@ def create_app(
             latency_s=time.perf_counter() - began,
             first_token_s=(job.first_token_at - began) if job.first_token_at is not None else None,
             id=rid,
-            model=model_name,
+            model=target.name,
             finish_reason=finish,
             tool_calls=calls,
             tools=asked.tools,
@@ -317,21 +400,29 @@ def create_app(
             metadata=dict(body.metadata or {}),
             store=body.store is not False,
             tags=tags,
+            version=target.version,
+            asked_model=body.model,
         )
 
-    def count(job: Job, usage: dict[str, int], began: float) -> None:
+    def count(target: Target, job: Job, usage: dict[str, int], began: float) -> None:
         first = (job.first_token_at - began) if job.first_token_at is not None else None
-        metrics.answered(model_name, usage.get("prompt_tokens"), usage.get("completion_tokens"), first)
+        metrics.answered(target.name, usage.get("prompt_tokens"), usage.get("completion_tokens"), first)
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(body: _ChatRequest, request: Request) -> Any:
         began, arrived = time.perf_counter(), datetime.now(UTC)
-        if body.model != model_name:
-            raise _unknown_model(body.model, model_name)
+        target = catalog.lookup(body.model)
+        if target is None:  # an alias not yet read, or a version not yet loaded: off the event loop
+            target = await run_in_threadpool(_resolve, catalog, body.model)
+        if target is None:
+            raise _unknown_model(body.model, catalog.names())
+        served = backend(target)
         tags = request_tags(request.headers.get(TAGS_HEADER))
-        asked = _check(body, default_system_prompt, default_tools, max_new_tokens_cap, max_chars)
-        job = await run_in_threadpool(prompter.job, asked)  # off the event loop and off the engine's thread
+        asked = _check(body, target.system_prompt, target.tools, max_new_tokens_cap, served.max_chars)
+        job = await run_in_threadpool(served.prompter.job, asked)  # off the event loop and off the engine's thread
+        job.adapter = target.adapter
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        engine, tokenizer, renderer = served.engine, served.tokenizer, served.renderer
         if body.stream:
             include_usage = bool((body.stream_options or {}).get("include_usage"))
             tokens: asyncio.Queue[int | None] = asyncio.Queue()
@@ -341,8 +432,9 @@ def create_app(
             _submit(engine, job)  # a full queue is a 429 before the stream starts
 
             async def events() -> AsyncIterator[str]:
-                stream = _Stream(rid, created, model_name, include_usage)
-                text = _TextSoFar(tokenizer, stop_ids, [*renderer.stop_strings, *asked.stops], asked.want_tools)
+                stream = _Stream(rid, created, target.name, include_usage)
+                stops = [*renderer.stop_strings, *asked.stops]
+                text = _TextSoFar(tokenizer, served.stop_ids, stops, asked.want_tools)
                 try:
                     yield stream.chunk({"role": "assistant", "content": ""})
                     while (token := await tokens.get()) is not None:
@@ -356,9 +448,9 @@ def create_app(
                         return
                     answer = _answer(gen, asked.stops, asked.want_tools)
                     _, finish, message, usage, _ = answer
-                    count(job, usage, began)
+                    count(target, job, usage, began)
                     if on_request is not None:  # before [DONE]: a client that saw the end has its trace kept
-                        hook_record = record(body, asked, job, answer, rid, began, arrived, tags)
+                        hook_record = record(body, asked, job, answer, rid, began, arrived, tags, target)
                         await run_in_threadpool(_call_hook, on_request, hook_record)
                     for chunk in stream.rest(message, text.sent, finish, usage):
                         yield chunk
@@ -374,21 +466,33 @@ def create_app(
             return Response(status_code=499)
         answer = _answer(gen, asked.stops, asked.want_tools)
         _, finish, message, usage, _ = answer
-        count(job, usage, began)
+        count(target, job, usage, began)
         if on_request is not None:  # before the answer goes out: a client that has it has its trace kept
-            hook_record = record(body, asked, job, answer, rid, began, arrived, tags)
+            hook_record = record(body, asked, job, answer, rid, began, arrived, tags, target)
             await run_in_threadpool(_call_hook, on_request, hook_record)
         return {
             "id": rid,
             "object": "chat.completion",
             "created": created,
-            "model": model_name,
+            "model": target.name,
             "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
             "usage": usage,
             "system_fingerprint": None,
         }
 
     return app
+
+
+def _resolve(catalog: Catalog, name: str) -> Target | None:
+    """The catalog's target for ``name``; a failure to load it is the server's fault, said as a 503 (retryable)."""
+    try:
+        return catalog.resolve(name)
+    except NotServed as e:
+        raise _ApiError(404, f"{e} ({e.hint})" if e.hint else str(e), param="model", code="model_not_found") from None
+    except InstilError as e:
+        raise _ApiError(
+            503, f"the model {name!r} could not be loaded: {e}", type="server_error", code="model_unavailable"
+        ) from None
 
 
 def _submit(engine: Engine, job: Job) -> None:
@@ -834,10 +938,11 @@ def _validation_error(errors: Any) -> _ApiError:
     return _ApiError(400, f"{param}: {message}" if param else message, param=param)
 
 
-def _unknown_model(name: str, served: str) -> _ApiError:
+def _unknown_model(name: str, served: list[str]) -> _ApiError:
+    shown = ", ".join(repr(n) for n in served[:8]) + (f" and {len(served) - 8} more" if len(served) > 8 else "")
     return _ApiError(
         404,
-        f"the model {name!r} does not exist; this server serves {served!r}",
+        f"the model {name!r} does not exist; this server serves {shown} (GET /v1/models lists every name)",
         param="model",
         code="model_not_found",
     )

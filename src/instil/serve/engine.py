@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from instil.eval.generate import Row, generate_rows
+from instil.serve.catalog import BASE_ADAPTER
 
 __all__ = ["Engine", "EngineStats", "Job", "QueueFull"]
 
@@ -55,6 +56,9 @@ class Job:
     """Called with each new token id, from the engine's thread (streaming); it must return at once."""
     matcher: Any = None
     """A grammar matcher (:mod:`instil.eval.constrain`) the answer is held to; None: free."""
+    adapter: str | None = None
+    """The LoRA adapter to answer with, in a model holding several (``__base__``: the base); None: the model as
+    it is. Jobs of different adapters share a batch."""
     future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
     """Resolves to the :class:`~instil.eval.generate.Generation`, or to the error that failed its batch."""
     gone: threading.Event = field(default_factory=threading.Event)
@@ -67,6 +71,14 @@ class Job:
         """The client has gone: drop the request if it is still queued, stop it at its next token if not."""
         self.gone.set()
         self.future.cancel()  # succeeds only while queued; a running job is stopped by `gone`
+
+
+@dataclass
+class _Call:
+    """Work for the engine's thread between batches (loading an adapter into the model it owns)."""
+
+    fn: Callable[[], Any]
+    future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
 
 
 @dataclass
@@ -105,9 +117,9 @@ class Engine:
             )
         self.model, self.tokenizer, self.renderer = model, tokenizer, renderer
         self.batch_size, self.max_queue, self.max_batch_tokens = batch_size, max_queue, max_batch_tokens
-        self._held: Job | None = None  # taken from the queue but left for the next batch (it would not fit this one)
+        self._held: Job | _Call | None = None  # taken from the queue, left for the next turn (it did not fit this one)
         self.stats = EngineStats()
-        self._queue: queue.Queue[Job | None] = queue.Queue()
+        self._queue: queue.Queue[Job | _Call | None] = queue.Queue()
         self._waiting = 0  # jobs submitted and not yet taken into a batch (the queue also holds the stop marker)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -123,10 +135,22 @@ class Engine:
             if self._waiting >= self.max_queue:
                 raise QueueFull(self._waiting, self._retry_after())
             self._waiting += 1
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._loop, name="instil-serve-generate", daemon=True)
-                self._thread.start()
+            self._ensure_thread()
         self._queue.put(job)
+
+    def call(self, fn: Callable[[], Any]) -> concurrent.futures.Future:
+        """Run ``fn`` on the engine's thread after the batch in hand (the model is never changed mid-batch), ahead of
+        no request queued before it; the future holds its result."""
+        item = _Call(fn)
+        with self._lock:
+            self._ensure_thread()
+        self._queue.put(item)
+        return item.future
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._loop, name="instil-serve-generate", daemon=True)
+            self._thread.start()
 
     def stop(self) -> None:
         """Finish the batch in hand and stop the thread (queued requests are cancelled)."""
@@ -148,6 +172,9 @@ class Engine:
         first, self._held = (self._held, None) if self._held is not None else (self._queue.get(), None)
         if first is None:
             return [], True
+        if isinstance(first, _Call):
+            _run_call(first)
+            return [], False
         jobs, stopping = [first], False
         width, new = len(first.ids), first.max_tokens
         while len(jobs) < self.batch_size:
@@ -157,6 +184,9 @@ class Engine:
                 break
             if more is None:
                 stopping = True
+                break
+            if isinstance(more, _Call):
+                self._held = more  # after this batch, before the jobs queued behind it
                 break
             w, n = max(width, len(more.ids)), max(new, more.max_tokens)
             if (len(jobs) + 1) * (w + n) > self.max_batch_tokens:
@@ -185,16 +215,16 @@ class Engine:
                 return
 
     def _drain(self) -> None:
-        if self._held is not None and self._held.future.cancel():
-            self.stats.cancelled += 1
-        self._held = None
+        held, self._held = self._held, None
         while True:
+            if isinstance(held, _Call):
+                held.future.set_exception(RuntimeError("the engine stopped before this ran"))
+            elif held is not None and held.future.cancel():
+                self.stats.cancelled += 1
             try:
-                j = self._queue.get_nowait()
+                held = self._queue.get_nowait()
             except queue.Empty:
                 return
-            if j is not None and j.future.cancel():
-                self.stats.cancelled += 1
 
     def _run(self, jobs: list[Job]) -> None:
         groups: dict[tuple, list[Job]] = {}
@@ -208,6 +238,7 @@ class Engine:
                 Row(j.ids, j.max_tokens, on_token=_streamed(j), cancelled=j.gone.is_set, matcher=j.matcher)
                 for j in group
             ]
+            adapters = [j.adapter or BASE_ADAPTER for j in group] if any(j.adapter for j in group) else None
             began = time.perf_counter()
             try:
                 if seed is not None:
@@ -224,6 +255,7 @@ class Engine:
                     do_sample=sample,
                     temperature=temperature if sample else 1.0,
                     top_p=top_p if sample else 1.0,
+                    adapter_names=adapters,
                 )
             except BaseException as e:  # answered as a 500 to each request of the group; the engine lives on
                 log.exception("generation failed for a batch of %d request(s)", len(group))
@@ -242,6 +274,15 @@ class Engine:
                 else:
                     self.stats.generated += 1
                 j.future.set_result(g)
+
+
+def _run_call(call: _Call) -> None:
+    if not call.future.set_running_or_notify_cancel():
+        return
+    try:
+        call.future.set_result(call.fn())
+    except BaseException as e:  # the caller gets it; the engine lives on
+        call.future.set_exception(e)
 
 
 def _streamed(job: Job) -> Callable[[int], None] | None:

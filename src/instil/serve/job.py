@@ -18,7 +18,7 @@ false`` or the request says ``store: false``; ``instil traces`` reads them back.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,13 +26,24 @@ from instil.errors import DependencyError, InstilError, NotFoundError
 from instil.eval.candidates import Candidate, load_candidate
 from instil.eval.generate import MAX_NEW_TOKENS_CAP
 from instil.registry import resolve
-from instil.serve.app import MAX_BODY_BYTES, MAX_QUEUE, ServedRequest, create_app
+from instil.serve.app import MAX_BODY_BYTES, MAX_QUEUE, ServedRequest, create_catalog_app
 from instil.serve.capture import CaptureStats, TraceLog, capture_graders, served_trace
+from instil.serve.catalog import Catalog, Target
 from instil.serve.proxy import create_proxy_app
+from instil.serve.versions import MAX_ADAPTERS, JobCatalog
 from instil.spec import JobSpec
 from instil.store import ModelVersion, Store
 
-__all__ = ["ServedModel", "api_key_from_env", "job_app", "load_served", "proxy_app", "serve_job", "trace_log"]
+__all__ = [
+    "ServedModel",
+    "api_key_from_env",
+    "job_app",
+    "job_catalog",
+    "load_served",
+    "proxy_app",
+    "serve_job",
+    "trace_log",
+]
 
 
 @dataclass(frozen=True)
@@ -85,44 +96,72 @@ def load_served(spec: JobSpec, store: Store, *, version: int | str | None = None
     return ServedModel(name, loaded.model, loaded.tokenizer, loaded.renderer, prompt, tools, model_version)
 
 
+def job_catalog(
+    spec: JobSpec,
+    store: Store,
+    *,
+    versions: Sequence[int | str] | None = None,
+    base: bool = False,
+    max_adapters: int = MAX_ADAPTERS,
+) -> JobCatalog:
+    """What a job's server loads (:class:`~instil.serve.versions.JobCatalog`): ``versions`` (default: production or
+    the latest, every pinned version and the latest), plus the base with ``base``. ``base`` alone, with no
+    ``versions``, serves the base only."""
+    if base and not versions:
+        return JobCatalog(spec, store, versions=[], base=True, max_adapters=max_adapters)
+    return JobCatalog(spec, store, versions=versions, base=base, max_adapters=max_adapters)
+
+
 def job_app(
     spec: JobSpec,
     store: Store,
     *,
     version: int | str | None = None,
+    versions: Sequence[int | str] | None = None,
     base: bool = False,
     api_key: str | None = None,
     max_new_tokens_cap: int = MAX_NEW_TOKENS_CAP,
     on_request: Callable[[ServedRequest], None] | None = None,
     served: ServedModel | None = None,
+    catalog: Catalog | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
     max_queue: int = MAX_QUEUE,
     traces: TraceLog | None = None,
 ) -> Any:
-    """The FastAPI app serving the job's model (see :func:`load_served`); ``served`` skips the loading.
+    """The FastAPI app serving the job's models by name: ``catalog`` as given, else ``served`` alone (already
+    loaded), else :func:`job_catalog` of ``versions`` (or the one ``version``) and ``base``.
 
     ``traces``: a started :class:`TraceLog` that every answer is captured to (the caller starts and closes it)."""
-    served = served or load_served(spec, store, version=version, base=base)
+    if catalog is None:
+        if served is not None:
+            number = served.version.version if served.version is not None else None
+            target = Target(
+                served.name,
+                served.model,
+                served.tokenizer,
+                served.renderer,
+                system_prompt=served.system_prompt,
+                tools=served.tools,
+                version=number,
+            )
+            catalog = Catalog([target])
+        else:
+            refs = [version] if version is not None else versions
+            catalog = job_catalog(spec, store, versions=refs, base=base)
     hook = on_request
     if traces is not None:
-        version_no = served.version.version if served.version is not None else None
         price = spec.eval.machine_price_per_hour
 
         def hook(r: ServedRequest) -> None:
             if r.store:
-                traces.capture(served_trace(spec.name, r, version=version_no, price_per_hour=price))
+                traces.capture(served_trace(spec.name, r, version=r.version, price_per_hour=price))
             if on_request is not None:
                 on_request(r)
 
-    return create_app(
-        served.model,
-        served.tokenizer,
-        served.renderer,
-        model_name=served.name,
+    return create_catalog_app(
+        catalog,
         api_key=api_key,
         max_new_tokens_cap=max_new_tokens_cap,
-        default_system_prompt=served.system_prompt,
-        default_tools=served.tools,
         batch_size=spec.eval.batch_size,
         on_request=hook,
         max_body_bytes=max_body_bytes,
@@ -194,7 +233,9 @@ def serve_job(
     store: Store,
     *,
     version: int | str | None = None,
+    versions: Sequence[int | str] | None = None,
     base: bool = False,
+    max_adapters: int = MAX_ADAPTERS,
     proxy: bool = False,
     host: str = "127.0.0.1",
     port: int = 8000,
@@ -206,8 +247,10 @@ def serve_job(
     max_queue: int = MAX_QUEUE,
     capture: bool | None = None,
 ) -> CaptureStats | None:
-    """Serve the job's model (or, with ``proxy``, forward to its upstreams) on ``host:port`` until interrupted
+    """Serve the job's models (or, with ``proxy``, forward to its upstreams) on ``host:port`` until interrupted
     (Ctrl-C stops it cleanly); returns what trace capture did (None without capture).
+
+    ``versions`` (or the one ``version``), ``base`` and ``max_adapters`` say what is loaded (:func:`job_catalog`).
 
     ``api_key_env`` names the environment variable with the key clients must send (read once, never logged).
     ``ready(name, base_url)`` is called once the model is loaded, before the server starts listening (``name`` is
@@ -220,7 +263,7 @@ def serve_job(
     except ImportError:
         raise DependencyError("serving needs fastapi and uvicorn", hint="pip install 'instil[serve]'") from None
     api_key = api_key_from_env(api_key_env)
-    if proxy and (version is not None or base):
+    if proxy and (version is not None or versions or base):
         raise InstilError(
             "--proxy forwards to the spec's upstream; it serves no local model", hint="drop --version/--base"
         )
@@ -229,19 +272,23 @@ def serve_job(
         app = proxy_app(spec, api_key=api_key, traces=traces, max_body_bytes=max_body_bytes)
         name = "proxy to " + ", ".join(f"{u.name} ({u.base_url})" for u in spec.serve.upstreams)
     else:
-        served = load_served(spec, store, version=version, base=base)
+        refs = [version] if version is not None else versions
+        catalog = job_catalog(spec, store, versions=refs, base=base, max_adapters=max_adapters)
         app = job_app(
             spec,
             store,
             api_key=api_key,
             max_new_tokens_cap=max_new_tokens_cap,
             on_request=on_request,
-            served=served,
+            catalog=catalog,
             max_body_bytes=max_body_bytes,
             max_queue=max_queue,
             traces=traces,
         )
-        name = served.name
+        name = ", ".join(catalog.names())
+        aliases = catalog.aliases()
+        if aliases:
+            name += " (" + ", ".join(f"{a} = {n}" for a, n in aliases.items()) + ")"
     if traces is not None:
         traces.start()  # after loading, so a failed load leaves no spool behind; before listening
     try:
