@@ -216,3 +216,32 @@ def test_batches_respect_rows_and_the_padded_token_budget():
     assert _batches(order, lengths, 3, 1000) == [[0], [1, 2, 3], [4, 5, 6]]
     assert _batches(order, lengths, 32, None) == [order]
     assert [len(b) for b in _batches(order, lengths, 2, None)] == [2, 2, 2, 1]
+
+
+def test_a_cached_system_prompt_gives_the_answers_of_a_full_prefill(tiny):
+    from instil.eval.generate import Row, generate_rows
+    from instil.eval.prefix import PrefixCache, prefix_length
+
+    model, tokenizer, renderer = tiny
+    system = "You are the triage desk of a large shop; read the ticket, weigh it and answer in JSON. " * 6
+    prompts = [renderer.prompt(ex.with_system_prompt(system)) for ex in _examples()]
+    ids = [list(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+    n = prefix_length(renderer, tokenizer, system)
+    assert n >= 32 and all(i[:n] == ids[0][:n] for i in ids)
+    assert prefix_length(renderer, tokenizer, None) == 0
+
+    def rows() -> list[Row]:
+        return [Row(list(i), 12) for i in ids]
+
+    plain = generate_rows(model, tokenizer, renderer, rows())
+    cache = PrefixCache()
+    for _ in range(2):  # computed once, then reused
+        cached = generate_rows(model, tokenizer, renderer, rows(), prefix_cache=cache, prefix_len=n)
+        assert [g.text for g in cached] == [g.text for g in plain]
+        assert [g.output_tokens for g in cached] == [g.output_tokens for g in plain]
+        assert [g.input_tokens for g in cached] == [len(i) for i in ids]
+    assert (cache.misses, cache.hits) == (1, 1)
+    # Rows that do not share the prefix are prefilled whole, and answer the same.
+    other = list(tokenizer(renderer.prompt(_examples()[0]), add_special_tokens=False)["input_ids"])
+    mixed = generate_rows(model, tokenizer, renderer, [*rows()[:2], Row(other, 12)], prefix_cache=cache, prefix_len=n)
+    assert [g.text for g in mixed[:2]] == [g.text for g in plain[:2]] and cache.hits == 1

@@ -721,3 +721,37 @@ def test_response_format_is_enforced_streamed_or_not_and_refused_when_it_cannot_
             model=NAME, messages=chat("Hi"), max_tokens=120, response_format=fmt, tools=[tool], tool_choice="none"
         )
         jsonschema.validate(json.loads(with_tools.choices[0].message.content), TRIAGE)
+
+
+def test_the_shared_system_prompt_is_computed_once_and_answers_stay_the_same(tiny):
+    import concurrent.futures
+
+    model, tokenizer, renderer = tiny
+    system = "You triage support tickets for a large shop. Read each one with care before you answer. " * 5
+    records: list[ServedRequest] = []
+    app = create_app(
+        model,
+        tokenizer,
+        renderer,
+        model_name=NAME,
+        api_key=KEY,
+        default_system_prompt=system,
+        on_request=records.append,
+    )
+    with serve_app(app) as url:
+        c = client(url)
+
+        def ask(k: int) -> str:
+            r = c.chat.completions.create(model=NAME, messages=chat(TICKETS[k], system=None), max_tokens=8)
+            return r.choices[0].message.content
+
+        answers = [ask(0)]  # alone: the prefix is computed
+        with concurrent.futures.ThreadPoolExecutor(7) as pool:  # then taken from the cache, in batches
+            answers += list(pool.map(ask, range(1, 8)))
+        with urllib.request.urlopen(url.removesuffix("/v1") + "/metrics", timeout=10) as got:
+            text = got.read().decode()
+    stats = app.state.engine.stats
+    assert stats.prefix_misses == 1 and stats.prefix_hits >= 1  # computed once, for the first batch
+    assert f"instil_prefix_cache_hits {float(stats.prefix_hits)}" in text
+    for k, text_k in enumerate(answers):
+        assert text_k == local(tiny, chat(TICKETS[k], system=system), 8).text, k

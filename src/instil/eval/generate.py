@@ -216,12 +216,17 @@ def generate_rows(
     temperature: float = 1.0,
     top_p: float = 1.0,
     adapter_names: Sequence[str] | None = None,
+    prefix_cache: Any = None,
+    prefix_len: int = 0,
 ) -> list[Generation]:
     """Generate ``rows`` as one batch, each to its own ``max_new_tokens``, with the settings, padding and stop tokens
     of :func:`generate_local` (so greedy answers are the ones evaluation measured); results in the order of ``rows``.
 
     ``adapter_names``: for a PEFT model holding several LoRA adapters, the adapter of each row (``__base__`` for
     none), so rows of different versions share one batch (PEFT's mixed-adapter inference).
+
+    ``prefix_cache`` (a :class:`~instil.eval.prefix.PrefixCache`) with ``prefix_len``: when every row starts with the
+    same ``prefix_len`` tokens and runs one adapter, their KV comes from the cache instead of being prefilled again.
 
     The caller checks the context (prompt plus limit within the model's positions). A row stopped by ``cancelled``
     gets the text generated so far, with ``finish_reason`` ``length``."""
@@ -234,7 +239,18 @@ def generate_rows(
     was_training = bool(getattr(model, "training", False))
     model.eval()
     try:
-        return _generate_rows(model, tokenizer, renderer, list(rows), config, set(stops), _device(model), adapter_names)
+        return _generate_rows(
+            model,
+            tokenizer,
+            renderer,
+            list(rows),
+            config,
+            set(stops),
+            _device(model),
+            adapter_names,
+            prefix_cache,
+            prefix_len,
+        )
     finally:
         model.train(was_training)
 
@@ -268,18 +284,30 @@ def _generate_rows(
     stop_set: set[int],
     device: Any,
     adapter_names: Sequence[str] | None = None,
+    prefix_cache: Any = None,
+    prefix_len: int = 0,
 ) -> list[Generation]:
     import torch
     from transformers import StoppingCriteriaList
 
-    width = max(len(r.ids) for r in rows)
+    extra: dict[str, Any] = {}
+    cached = _shared_prefix(model, rows, adapter_names, prefix_cache, prefix_len, device)
+    p = 0
+    if cached is not None:
+        p, extra[cached[0]] = prefix_len, cached[1]
+    # [prefix | left padding | the row's own tokens]: the mask hides the padding, so positions run on unbroken.
+    tail = max(len(r.ids) - p for r in rows)
+    width = p + tail
     input_ids = torch.full((len(rows), width), config.pad_token_id, dtype=torch.long)
     attention = torch.zeros((len(rows), width), dtype=torch.long)
     for k, r in enumerate(rows):
-        input_ids[k, width - len(r.ids) :] = torch.tensor(r.ids, dtype=torch.long)
-        attention[k, width - len(r.ids) :] = 1
+        own = len(r.ids) - p
+        if p:
+            input_ids[k, :p] = torch.tensor(r.ids[:p], dtype=torch.long)
+            attention[k, :p] = 1
+        input_ids[k, width - own :] = torch.tensor(r.ids[p:], dtype=torch.long)
+        attention[k, width - own :] = 1
     steps = _Steps(rows, stop_set)
-    extra: dict[str, Any] = {}
     if any(r.matcher is not None for r in rows):
         from transformers import LogitsProcessorList
 
@@ -319,6 +347,30 @@ def _generate_rows(
             )
         )
     return results
+
+
+def _shared_prefix(
+    model: Any,
+    rows: list[Row],
+    adapter_names: Sequence[str] | None,
+    prefix_cache: Any,
+    prefix_len: int,
+    device: Any,
+) -> tuple[str, Any] | None:
+    """(the cache keyword, a cache of the rows' shared first ``prefix_len`` tokens) when the batch can use one: all
+    rows start with those tokens and have at least one more, and run the same adapter."""
+    from instil.eval.prefix import MIN_PREFIX_TOKENS, cache_keyword
+
+    if prefix_cache is None or prefix_len < MIN_PREFIX_TOKENS:
+        return None
+    first = rows[0].ids[:prefix_len]
+    if any(len(r.ids) <= prefix_len or r.ids[:prefix_len] != first for r in rows):
+        return None
+    adapters = set(adapter_names) if adapter_names is not None else {None}
+    if len(adapters) != 1:
+        return None
+    cache = prefix_cache.batch_cache(model, first, len(rows), next(iter(adapters)), device)
+    return None if cache is None else (cache_keyword(model), cache)
 
 
 def _batches(order: list[int], lengths: list[int], batch_size: int, max_tokens: int | None) -> list[list[int]]:

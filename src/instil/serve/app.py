@@ -67,6 +67,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from instil.data.records import Example, Message
 from instil.errors import ChatTemplateError, DependencyError, InstilError
 from instil.eval.generate import MAX_NEW_TOKENS_CAP, Generation, parse_tool_calls, stop_token_ids
+from instil.eval.prefix import prefix_length
 from instil.serve.catalog import Catalog, NotServed, Target
 from instil.serve.engine import Engine, EngineStats, Job, QueueFull
 from instil.serve.metrics import AccessLog, ServeMetrics
@@ -273,7 +274,15 @@ class _Engines:
     def stats(self) -> EngineStats:
         total = EngineStats()
         for b in list(self.backends.values()):
-            for name in ("generated", "cancelled", "failed", "batches", "batch_seconds"):
+            for name in (
+                "generated",
+                "cancelled",
+                "failed",
+                "batches",
+                "batch_seconds",
+                "prefix_hits",
+                "prefix_misses",
+            ):
                 setattr(total, name, getattr(total, name) + getattr(b.engine.stats, name))
         return total
 
@@ -793,9 +802,26 @@ class _Prompter:
     ) -> None:
         self.tokenizer, self.renderer, self.cap, self.context = tokenizer, renderer, cap, context
         self.model, self.stops = model, list(stops)
+        self._prefixes: dict[str, int] = {}  # system turn and tools -> shared prompt tokens (prefix_length)
         # Fast tokenizers share one Rust object that refuses concurrent mutable use ("Already borrowed"): one
         # request is tokenized at a time, on a request thread, while the engine generates.
         self.lock = threading.Lock()
+
+    def prefix_len(self, asked: "_Asked") -> int:
+        """The tokens this request's prompt shares with every prompt of the same system turn and tools (its system
+        prompt, rendered), found once per system prompt and kept (the most recent 64)."""
+        first = asked.example.messages[0]
+        if first.role != "system":
+            return 0
+        key = json.dumps([first.to_dict(), asked.tools], sort_keys=True, ensure_ascii=False)
+        n = self._prefixes.get(key)
+        if n is None:
+            with self.lock:  # it tokenizes
+                n = prefix_length(self.renderer, self.tokenizer, first, asked.tools)
+            if len(self._prefixes) >= 64:
+                self._prefixes.pop(next(iter(self._prefixes)))
+            self._prefixes[key] = n
+        return n
 
     def matcher(self, schema: dict[str, Any]) -> Any:
         """A grammar matcher holding the answer to ``schema``, compiled on the request's thread; a 400 when it cannot
@@ -831,6 +857,7 @@ class _Prompter:
             raise _ApiError(400, f"{why} ({what})", param="messages", code="context_length_exceeded")
         return Job(
             ids,
+            prefix_len=self.prefix_len(asked),
             max_tokens=room if wanted is None else wanted,
             temperature=asked.temperature,
             top_p=asked.top_p,

@@ -8,8 +8,10 @@
 Everything that can be done without the model (rendering, tokenizing, the context check) is done by the caller, on its
 own thread, so one long prompt never holds up the requests queued behind it. Requests waiting when a batch starts are
 generated together by :func:`~instil.eval.generate.generate_rows`, each to its own ``max_tokens``, with the padding and
-stop tokens evaluation uses: greedy answers are the evaluated ones. A cancelled request is dropped before its batch
-starts, or stopped at its next token when it is already generating; its batch-mates go on.
+stop tokens evaluation uses: greedy answers are the evaluated ones. A batch whose requests share their rendered
+system turn (``Job.prefix_len``) takes its KV from the engine's :class:`~instil.eval.prefix.PrefixCache`, computed
+once. A cancelled request is dropped before its batch starts, or stopped at its next token when it is already
+generating; its batch-mates go on.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from instil.eval.generate import Row, generate_rows
+from instil.eval.prefix import PrefixCache
 from instil.serve.catalog import BASE_ADAPTER
 
 __all__ = ["Engine", "EngineStats", "Job", "QueueFull"]
@@ -56,6 +59,9 @@ class Job:
     """Called with each new token id, from the engine's thread (streaming); it must return at once."""
     matcher: Any = None
     """A grammar matcher (:mod:`instil.eval.constrain`) the answer is held to; None: free."""
+    prefix_len: int = 0
+    """How many leading ``ids`` are the rendered system turn shared with other requests (0: none known): batches
+    of jobs sharing them take their KV from the engine's prefix cache."""
     adapter: str | None = None
     """The LoRA adapter to answer with, in a model holding several (``__base__``: the base); None: the model as
     it is. Jobs of different adapters share a batch."""
@@ -95,6 +101,10 @@ class EngineStats:
     """Batches run (a batch of one counts)."""
     batch_seconds: float = 0.0
     """Seconds spent generating."""
+    prefix_hits: int = 0
+    """Batches whose shared prefix's KV came from the prefix cache."""
+    prefix_misses: int = 0
+    """Batches whose shared prefix's KV was computed (then kept)."""
 
 
 class Engine:
@@ -109,6 +119,7 @@ class Engine:
         batch_size: int = 8,
         max_queue: int = 64,
         max_batch_tokens: int = MAX_BATCH_TOKENS,
+        prefix_caching: bool = True,
     ) -> None:
         if batch_size < 1 or max_queue < 1 or max_batch_tokens < 1:
             raise ValueError(
@@ -119,6 +130,7 @@ class Engine:
         self.batch_size, self.max_queue, self.max_batch_tokens = batch_size, max_queue, max_batch_tokens
         self._held: Job | _Call | None = None  # taken from the queue, left for the next turn (it did not fit this one)
         self.stats = EngineStats()
+        self.prefix_cache = PrefixCache() if prefix_caching else None
         self._queue: queue.Queue[Job | _Call | None] = queue.Queue()
         self._waiting = 0  # jobs submitted and not yet taken into a batch (the queue also holds the stop marker)
         self._lock = threading.Lock()
@@ -239,6 +251,7 @@ class Engine:
                 for j in group
             ]
             adapters = [j.adapter or BASE_ADAPTER for j in group] if any(j.adapter for j in group) else None
+            shared = group[0].prefix_len if all(j.prefix_len == group[0].prefix_len for j in group) else 0
             began = time.perf_counter()
             try:
                 if seed is not None:
@@ -256,6 +269,8 @@ class Engine:
                     temperature=temperature if sample else 1.0,
                     top_p=top_p if sample else 1.0,
                     adapter_names=adapters,
+                    prefix_cache=self.prefix_cache,
+                    prefix_len=shared,
                 )
             except BaseException as e:  # answered as a 500 to each request of the group; the engine lives on
                 log.exception("generation failed for a batch of %d request(s)", len(group))
@@ -266,6 +281,8 @@ class Engine:
             finally:
                 self.stats.batches += 1
                 self.stats.batch_seconds += time.perf_counter() - began
+                if self.prefix_cache is not None:
+                    self.stats.prefix_hits, self.stats.prefix_misses = self.prefix_cache.hits, self.prefix_cache.misses
             for j, g in zip(group, gens, strict=True):
                 if j.first_token_at is None and g.output_tokens:
                     j.first_token_at = started + g.first_token_s

@@ -63,6 +63,9 @@ class ServeMetrics:
             Gauge("instil_cancelled", "Requests dropped because their client went away", registry=r).set_function(
                 lambda: engine.stats.cancelled
             )
+            Gauge(
+                "instil_prefix_cache_hits", "Batches whose shared system prompt came from the KV cache", registry=r
+            ).set_function(lambda: engine.stats.prefix_hits)
         if traces is not None:
             Gauge("instil_trace_spool_bytes", "Bytes of traces spooled, not yet in the store", registry=r).set_function(
                 lambda: traces.stats().spool_bytes
