@@ -176,3 +176,82 @@ def test_the_default_set_is_production_the_pins_and_the_latest(lora_job):
     wanted = {v for v in (production.version if production else None, *pins, latest) if v is not None}
     assert sorted(names) == sorted(f"colors@{v}" for v in wanted)
     assert json.dumps(names)  # plain strings
+
+
+# ---- --engine vllm: the command line it builds, and the proxy's aliases in front of it ------------------------------
+def test_the_vllm_command_serves_the_lora_versions_on_their_base(lora_job):
+    import importlib.util
+
+    from instil.errors import DependencyError
+    from instil.serve.vllm import vllm_executable, vllm_plan
+
+    spec, store = lora_job
+    plan = vllm_plan(spec, store, versions=[1, 3], port=8123, extra_args=["--gpu-memory-utilization", "0.8"])
+    v1, v3 = store.get_model(spec.name, 1), store.get_model(spec.name, 3)
+    cmd = plan.command
+    assert cmd[:3] == ["vllm", "serve", str(Path(v1.meta["model_info"]["path"]))]
+    assert cmd[cmd.index("--port") + 1] == "8123" and cmd[cmd.index("--host") + 1] == "127.0.0.1"
+    assert cmd[cmd.index("--served-model-name") + 1] == "colors:base"
+    assert cmd[cmd.index("--tokenizer") + 1] == v1.path  # training's chat template, saved beside the adapter
+    rank = json.loads((Path(v1.path) / "adapter_config.json").read_text())["r"]
+    assert int(cmd[cmd.index("--max-lora-rank") + 1]) == min(r for r in (8, 16, 32, 64, 128) if r >= rank)
+    at = cmd.index("--lora-modules")
+    assert cmd[at + 1 : at + 3] == [f"colors@1={v1.path}", f"colors@3={v3.path}"]
+    assert "--enable-lora" in cmd and cmd[-2:] == ["--gpu-memory-utilization", "0.8"]
+    assert "--trust-remote-code" not in cmd
+    assert plan.names == ["colors:base", "colors@1", "colors@3"] and plan.versions == [1, 3]
+    if importlib.util.find_spec("vllm") is None:
+        with pytest.raises(DependencyError, match="needs vLLM"):
+            vllm_executable()
+
+
+def test_cli_serve_engine_vllm_says_what_is_missing(lora_job, capsys, monkeypatch):
+    import importlib.util
+
+    from instil.cli import main
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here")
+    spec, store = lora_job
+    monkeypatch.setenv("INSTIL_HOME", str(store.home))
+    assert main(["serve", str(spec.file), "--engine", "vllm"]) == 1
+    err = capsys.readouterr().err
+    assert "needs vLLM" in err and "pip install vllm" in err and "Traceback" not in err
+    assert main(["serve", str(spec.file), "--engine", "vllm", "--base"]) == 1
+    assert "takes no --proxy or --base" in capsys.readouterr().err
+
+
+def test_the_proxy_turns_aliases_into_the_names_an_engine_knows(lora_job):
+    """An engine that knows only canonical names (vLLM's LoRA modules; here an instil server playing it) behind the
+    proxy: `colors` reaches production, a pin its version, as the store says now; traces name the version."""
+    from instil.serve import Catalog, create_catalog_app
+    from instil.serve.proxy import create_proxy_app
+    from instil.serve.versions import Aliases
+    from instil.spec import UpstreamSpec
+
+    spec, store = lora_job
+    loaded = JobCatalog(spec, store, versions=[1, 2])
+    engine = Catalog(loaded.targets())  # no aliases: colors@1 and colors@2 only
+    traces: list = []
+    with serve_app(create_catalog_app(engine, max_new_tokens_cap=4)) as inner:
+        upstream = UpstreamSpec(name="vllm", base_url=inner)
+        proxy = create_proxy_app(
+            [upstream], job="colors", on_trace=traces.append, rename=Aliases(store, "colors", 0.0), source="local"
+        )
+        with serve_app(proxy) as url:
+            c = client(url, "unused")
+            pin(store, spec.name, "canary", 2)
+            production = store.production_model(spec.name)
+            if production is None or production.version != 1:
+                store.record_decision(
+                    spec.name, kind="gate", model=store.get_model(spec.name, 1), promoted=True,
+                    production_before=production,
+                )  # fmt: skip
+                production = store.production_model(spec.name)
+            for name, expected in (("colors", production.ref), ("colors@canary", "colors@2"), ("colors@1", "colors@1")):
+                r = c.chat.completions.create(model=name, messages=_messages(1), max_tokens=2)
+                assert r.model == expected, name
+            with pytest.raises(openai.NotFoundError):  # not a name of the job: sent as it is, and refused upstream
+                c.chat.completions.create(model="colors@7", messages=_messages(1), max_tokens=2)
+    assert [t.version for t in traces[:3]] == [production.version, 2, 1]
+    assert {t.source for t in traces} == {"local"}

@@ -392,6 +392,17 @@ def serve(
     max_adapters: Annotated[
         int, typer.Option(min=1, help="The most LoRA adapters loaded into one base (each version asked for by name).")
     ] = 16,
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="transformers (the default, any model on CPU or GPU) or vllm (vLLM's server on a CUDA GPU, "
+            "multi-LoRA, behind the same capture and routing)."
+        ),
+    ] = "transformers",
+    engine_arg: Annotated[
+        list[str] | None,
+        typer.Option(help="An argument passed to vLLM as it is (repeat it): --engine-arg=--gpu-memory-utilization=0.8"),
+    ] = None,
     host: Annotated[str, typer.Option(help="The address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="The port to listen on.")] = 8000,
     api_key_env: Annotated[
@@ -445,6 +456,8 @@ def serve(
             versions=version or None,
             base=base,
             max_adapters=max_adapters,
+            engine=engine,
+            engine_args=engine_arg or (),
             proxy=proxy,
             host=host,
             port=port,

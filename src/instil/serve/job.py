@@ -236,6 +236,8 @@ def serve_job(
     versions: Sequence[int | str] | None = None,
     base: bool = False,
     max_adapters: int = MAX_ADAPTERS,
+    engine: str = "transformers",
+    engine_args: Sequence[str] = (),
     proxy: bool = False,
     host: str = "127.0.0.1",
     port: int = 8000,
@@ -251,6 +253,8 @@ def serve_job(
     (Ctrl-C stops it cleanly); returns what trace capture did (None without capture).
 
     ``versions`` (or the one ``version``), ``base`` and ``max_adapters`` say what is loaded (:func:`job_catalog`).
+    ``engine="vllm"`` runs them in vLLM's server instead (:mod:`instil.serve.vllm`; ``engine_args`` are passed to
+    it), behind the proxy's capture and routing.
 
     ``api_key_env`` names the environment variable with the key clients must send (read once, never logged).
     ``ready(name, base_url)`` is called once the model is loaded, before the server starts listening (``name`` is
@@ -267,7 +271,17 @@ def serve_job(
         raise InstilError(
             "--proxy forwards to the spec's upstream; it serves no local model", hint="drop --version/--base"
         )
+    if engine not in ("transformers", "vllm"):
+        raise InstilError(f"unknown engine {engine!r}", hint="use transformers (the default) or vllm")
+    if engine == "vllm" and (proxy or base):
+        raise InstilError(
+            "--engine vllm serves the job's versions (vLLM adds the base itself); it takes no --proxy or --base",
+            hint="drop --proxy/--base",
+        )
     traces = trace_log(spec, store) if (spec.serve.capture if capture is None else capture) else None
+    if engine == "vllm":
+        return _serve_vllm(spec, store, [version] if version is not None else versions, host, port, api_key, traces,
+                           max_body_bytes, ready, engine_args)  # fmt: skip
     if proxy:
         app = proxy_app(spec, api_key=api_key, traces=traces, max_body_bytes=max_body_bytes)
         name = "proxy to " + ", ".join(f"{u.name} ({u.base_url})" for u in spec.serve.upstreams)
@@ -299,3 +313,82 @@ def serve_job(
     finally:
         stats = traces.close() if traces is not None else None
     return stats
+
+
+def _serve_vllm(
+    spec: JobSpec,
+    store: Store,
+    versions: Sequence[int | str] | None,
+    host: str,
+    port: int,
+    api_key: str | None,
+    traces: TraceLog | None,
+    max_body_bytes: int,
+    ready: Callable[[str, str], None] | None,
+    engine_args: Sequence[str],
+) -> CaptureStats | None:
+    """vLLM on a loopback port of its own, the proxy in front of it on ``host:port``, until interrupted."""
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+
+    import uvicorn
+
+    from instil.env import home_dir
+    from instil.serve.versions import Aliases
+    from instil.serve.vllm import vllm_executable, vllm_plan
+    from instil.spec import UpstreamSpec
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        inner = s.getsockname()[1]
+    plan = vllm_plan(spec, store, versions=versions, port=inner, executable=vllm_executable(), extra_args=engine_args)
+    logs = home_dir(spec.root) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    log_path = logs / f"vllm-{spec.name}-{inner}.log"
+    with log_path.open("ab") as out:
+        proc = subprocess.Popen(plan.command, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 1800  # a large model's first load compiles kernels and fills the cache
+        while True:
+            if proc.poll() is not None:
+                raise InstilError(
+                    f"vLLM exited with status {proc.returncode} before it was ready", hint=f"its log: {log_path}"
+                )
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{inner}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise InstilError("vLLM did not become ready in 30 minutes", hint=f"its log: {log_path}")
+            time.sleep(1.0)
+        upstream = UpstreamSpec(name="vllm", base_url=f"http://127.0.0.1:{inner}/v1", timeout_s=600)
+        app = create_proxy_app(
+            [upstream],
+            job=spec.name,
+            api_key=api_key,
+            on_trace=traces.capture if traces is not None else None,
+            max_body_bytes=max_body_bytes,
+            trace_log=traces,
+            rename=Aliases(store, spec.name),
+            source="local",
+        )
+        if traces is not None:
+            traces.start()
+        try:
+            if ready is not None:
+                shown = f"[{host}]" if ":" in host else host
+                ready(", ".join(plan.names) + " (vLLM)", f"http://{shown}:{port}/v1")
+            uvicorn.run(app, host=host, port=port, log_level="warning")
+        finally:
+            stats = traces.close() if traces is not None else None
+        return stats
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()

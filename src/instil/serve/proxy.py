@@ -86,8 +86,14 @@ def create_proxy_app(
     max_body_bytes: int = MAX_BODY_BYTES,
     keys: dict[str, str | None] | None = None,
     trace_log: Any = None,
+    rename: Callable[[str], str | None] | None = None,
+    source: str = "proxy",
 ) -> Any:
     """A FastAPI app forwarding OpenAI chat completions to ``upstreams`` (see the module doc).
+
+    ``rename(model)``: the name to send upstream instead (an alias such as ``<job>`` turned into ``<job>@3``), or
+    None to send the request as it came; a renamed body is re-encoded, any other goes up byte for byte. ``source``
+    is what the traces say answered (``proxy``; ``local`` for a model of our own behind vLLM).
 
     ``api_key``: the key clients must send to this proxy (None: none). ``keys`` maps an upstream's name to its key
     (read from its ``api_key_env`` by the caller; an upstream without one forwards the client's ``Authorization``).
@@ -203,6 +209,11 @@ def create_proxy_app(
         except (ValueError, UnicodeDecodeError):
             asked = None
         asked = asked if isinstance(asked, dict) else {}
+        if rename is not None and isinstance(asked.get("model"), str):
+            renamed = rename(asked["model"])
+            if renamed is not None and renamed != asked["model"]:
+                asked = {**asked, "model": renamed}
+                raw = json.dumps(asked, ensure_ascii=False).encode()
         u = route(upstreams, asked.get("model"))
         if u is None:
             raise _ApiError(
@@ -217,7 +228,7 @@ def create_proxy_app(
         streamed = response.headers.get("content-type", "").startswith("text/event-stream")
 
         def trace(status: int, answer: dict[str, Any], error: dict[str, Any] | None, first: float | None) -> Trace:
-            return _trace(job, u, asked, answer, status, error, began, arrived, first, bool(streamed), tags)
+            return _trace(job, u, asked, answer, status, error, began, arrived, first, bool(streamed), tags, source)
 
         status = response.status
         if not streamed:
@@ -357,6 +368,7 @@ def _trace(
     first_token_s: float | None,
     stream: bool,
     tags: tuple[str, ...],
+    source: str = "proxy",
 ) -> Trace:
     usage = answer.get("usage") or {}
     prompt, completion = _int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens"))
@@ -373,8 +385,9 @@ def _trace(
         id=rid if isinstance(rid, str) and 0 < len(rid) <= 128 else f"trace-{uuid.uuid4().hex}",
         job=job,
         created_at=arrived,
-        source="proxy",
+        source=source,
         model=str(answer.get("model") or asked.get("model") or "")[:256],
+        version=_version(job, answer.get("model") or asked.get("model")),
         messages=messages if isinstance(messages, list) else [],
         status=status,
         output=answer.get("content") if isinstance(answer.get("content"), str) else None,
@@ -394,6 +407,13 @@ def _trace(
         meta={str(k): v for k, v in metadata.items()} if isinstance(metadata, dict) else {},
         tags=tags,
     )
+
+
+def _version(job: str, model: Any) -> int | None:
+    """The job's version a canonical model name ``<job>@<n>`` names (a model of our own served by vLLM)."""
+    if isinstance(model, str) and model.startswith(job + "@") and model[len(job) + 1 :].isdigit():
+        return int(model[len(job) + 1 :])
+    return None
 
 
 def _int(value: Any) -> int | None:

@@ -39,7 +39,7 @@ from instil.spec import JobSpec
 from instil.store import ModelVersion, Store
 from instil.train.models import job_base, trained_base, version_kind
 
-__all__ = ["MAX_ADAPTERS", "JobCatalog"]
+__all__ = ["MAX_ADAPTERS", "Aliases", "JobCatalog", "default_versions"]
 
 log = logging.getLogger("instil.serve")
 
@@ -47,6 +47,61 @@ MAX_ADAPTERS = 16
 """The most LoRA adapters :class:`JobCatalog` loads into one base by default."""
 _REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _ADAPTERS = ("lora", "qlora")
+
+
+def default_versions(store: Store, job: str) -> list[ModelVersion]:
+    """What a job's server loads unless told: production (the latest before a promotion), every pinned version,
+    the latest; each once, in that order."""
+    models = store.list_models(job)
+    if not models:
+        return []
+    production = store.production_model(job)
+    pinned = [store.get_model(job, p.version) for p in store.list_pins(job)]
+    return list({m.version: m for m in [production or models[-1], *pinned, models[-1]]}.values())
+
+
+def version_named(store: Store, job: str, name: str) -> ModelVersion | None:
+    """The model version a request's ``model`` names: ``<job>`` (production, else the latest), ``<job>@<n>``,
+    ``<job>@production``, ``<job>@latest``, ``<job>@<pin>``; None when it names none of this job's versions."""
+    if name == job:
+        ref = "production"
+    elif name.startswith(job + "@") and _REF.fullmatch(name[len(job) + 1 :]):
+        ref = name[len(job) + 1 :]
+    else:
+        return None
+    try:
+        return resolve(store, job, ref)
+    except NotFoundError:
+        if ref != "production":
+            return None
+        try:
+            return resolve(store, job, "latest")
+        except NotFoundError:
+            return None
+
+
+class Aliases:
+    """A job's names mapped to the canonical ``<job>@<n>`` as the store says now, re-read at most every
+    ``refresh_s`` (for a server whose engine knows only canonical names: vLLM's)."""
+
+    def __init__(self, store: Store, job: str, refresh_s: float = 1.0) -> None:
+        self.store, self.job, self.refresh_s = store, job, refresh_s
+        self._seen: dict[str, tuple[float, str | None]] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, name: str) -> str | None:
+        """The canonical name ``name`` stands for, or None when it is not one of the job's names."""
+        now = time.monotonic()
+        hit = self._seen.get(name)
+        if hit is not None and now - hit[0] <= self.refresh_s:
+            return hit[1]
+        with self._lock:
+            version = version_named(self.store, self.job, name)
+            canonical = version.ref if version is not None else None
+            if len(self._seen) > 1024:
+                self._seen.clear()
+            self._seen[name] = (now, canonical)
+        return canonical
 
 
 @dataclass
@@ -118,23 +173,8 @@ class JobCatalog(Catalog):
         return self._ensure(version, name)
 
     def _version_named(self, name: str) -> ModelVersion | None:
-        """The model version ``name`` names (``<job>``, ``<job>@<ref>``), or None when it names none of this job."""
-        if name == self.job:
-            ref = "production"
-        elif name.startswith(self.job + "@") and _REF.fullmatch(name[len(self.job) + 1 :]):
-            ref = name[len(self.job) + 1 :]
-        else:
-            return None
         with self._store_lock:
-            try:
-                return resolve(self.store, self.job, ref)
-            except NotFoundError:
-                if ref != "production":
-                    return None
-                try:
-                    return resolve(self.store, self.job, "latest")
-                except NotFoundError:
-                    return None
+            return version_named(self.store, self.job, name)
 
     def _refresh(self, force: bool = False) -> None:
         """Point the aliases at what the store says now (at most every ``refresh_s``, unless ``force``)."""
@@ -161,12 +201,7 @@ class JobCatalog(Catalog):
 
     # -- loading -------------------------------------------------------------------------------------------------------
     def _default_versions(self) -> list[ModelVersion]:
-        models = self.store.list_models(self.job)
-        if not models:
-            return []
-        production = self.store.production_model(self.job)
-        pinned = [self.store.get_model(self.job, p.version) for p in self.store.list_pins(self.job)]
-        return [production or models[-1], *pinned, models[-1]]
+        return default_versions(self.store, self.job)
 
     def _ensure(self, version: ModelVersion, asked: str) -> Target:
         """The target of ``version``, loading it now when it is an adapter that fits a loaded base."""
