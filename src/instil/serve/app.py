@@ -1,4 +1,4 @@
-"""An OpenAI-compatible HTTP server for one local model: any OpenAI client talks to the base or a trained model.
+"""An OpenAI-compatible HTTP server for local models: any OpenAI client talks to the base or a trained version.
 
     from instil.serve import create_app
     app = create_app(model, tokenizer, renderer, model_name="colors@1", api_key="sk-local")
@@ -6,6 +6,9 @@
     # then: openai.OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="sk-local").chat.completions.create(...)
 
 Routes: ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /v1/models/{id}`` and ``GET /health`` (no key).
+:func:`create_app` serves one model under one name; :func:`create_catalog_app` serves every name of a
+:class:`~instil.serve.catalog.Catalog` (a job's versions on one base, by ``model``), the response naming the version
+that answered.
 
 What a request gets, and where it differs from OpenAI's hosted API:
 
