@@ -255,3 +255,29 @@ def test_the_proxy_turns_aliases_into_the_names_an_engine_knows(lora_job):
                 c.chat.completions.create(model="colors@7", messages=_messages(1), max_tokens=2)
     assert [t.version for t in traces[:3]] == [production.version, 2, 1]
     assert {t.source for t in traces} == {"local"}
+
+
+def test_whole_model_versions_are_served_beside_the_base_and_never_loaded_on_a_whim(tmp_path: Path):
+    from instil.jobdata import curate_job, split_job
+    from instil.train.sft import train_sft
+
+    spec = colour_job(tmp_path / "job")  # adapter: full
+    with Store.open(home=tmp_path / "home") as store:
+        curate_job(spec, store)
+        split_job(spec, store)
+        for _ in range(2):
+            train_sft(spec, store, max_steps=1, progress=False)
+        catalog = JobCatalog(spec, store, versions=[1], base=True)
+        one, base = catalog.lookup("colors@1"), catalog.lookup("colors:base")
+        assert one.model is not base.model and one.adapter is None and base.adapter is None
+        app = job_app(spec, store, catalog=catalog, api_key=KEY, max_new_tokens_cap=4)
+        with serve_app(app) as url:
+            c = client(url, KEY)
+            for name in ("colors@1", "colors:base"):
+                r = c.chat.completions.create(model=name, messages=_messages(2), max_tokens=4)
+                assert r.model == name and r.choices[0].message.content == _alone(
+                    spec, store, 1 if name == "colors@1" else None, _messages(2), 4
+                )
+            with pytest.raises(openai.NotFoundError) as e:  # a whole model is loaded at start only
+                c.chat.completions.create(model="colors@2", messages=_messages(2), max_tokens=2)
+            assert "--version 2" in e.value.body["message"] and "full" in e.value.body["message"]
