@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -755,3 +756,29 @@ def test_the_shared_system_prompt_is_computed_once_and_answers_stay_the_same(tin
     assert f"instil_prefix_cache_hits {float(stats.prefix_hits)}" in text
     for k, text_k in enumerate(answers):
         assert text_k == local(tiny, chat(TICKETS[k], system=system), 8).text, k
+
+
+def test_a_batch_waits_a_moment_for_requests_on_their_way_and_not_when_none_are(tiny):
+    from instil.serve.engine import Engine, Job
+
+    model, tokenizer, renderer = tiny
+
+    def job(t: str) -> Job:
+        return Job(list(tokenizer(renderer.prompt(chat(t)), add_special_tokens=False)["input_ids"]), max_tokens=4)
+
+    engine = Engine(model, tokenizer, renderer, batch_size=4, max_queue=16, gather_s=2.0)
+    try:
+        alone = job(TICKETS[0])
+        engine.submit(alone)  # nothing announced, no batch before it: it starts at once
+        alone.future.result(timeout=60)
+        assert alone.batch_size == 1
+        engine.expect(1)  # a request being tokenized: the next batch waits for it
+        first, late = job(TICKETS[1]), job(TICKETS[2])
+        engine.submit(first)
+        time.sleep(0.1)
+        engine.submit(late)
+        engine.expect(-1)
+        assert first.future.result(timeout=60).text == local(tiny, chat(TICKETS[1]), 4).text
+        assert late.future.result(timeout=60) is not None and first.batch_size == late.batch_size == 2
+    finally:
+        engine.stop()

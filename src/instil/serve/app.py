@@ -431,7 +431,12 @@ def create_catalog_app(
         served = backend(target)
         tags = request_tags(request.headers.get(TAGS_HEADER))
         asked = _check(body, target.system_prompt, target.tools, max_new_tokens_cap, served.max_chars)
-        job = await run_in_threadpool(served.prompter.job, asked)  # off the event loop and off the engine's thread
+        served.engine.expect(1)  # a batch about to start may wait a moment for this one
+        try:
+            job = await run_in_threadpool(served.prompter.job, asked)  # off the event loop and the engine's thread
+        except BaseException:
+            served.engine.expect(-1)
+            raise
         job.adapter = target.adapter
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         engine, tokenizer, renderer = served.engine, served.tokenizer, served.renderer
@@ -518,6 +523,8 @@ def _submit(engine: Engine, job: Job) -> None:
             code="server_busy",
             headers={"Retry-After": str(math.ceil(e.retry_after_s))},
         ) from None
+    finally:
+        engine.expect(-1)  # queued, or refused: no longer on its way
 
 
 async def _unless_gone(job: Job, request: Any) -> Generation | None:

@@ -120,6 +120,7 @@ class Engine:
         max_queue: int = 64,
         max_batch_tokens: int = MAX_BATCH_TOKENS,
         prefix_caching: bool = True,
+        gather_s: float = 0.008,
     ) -> None:
         if batch_size < 1 or max_queue < 1 or max_batch_tokens < 1:
             raise ValueError(
@@ -131,6 +132,11 @@ class Engine:
         self._held: Job | _Call | None = None  # taken from the queue, left for the next turn (it did not fit this one)
         self.stats = EngineStats()
         self.prefix_cache = PrefixCache() if prefix_caching else None
+        # How long a batch may wait for requests it has reason to expect: ones being tokenized now, or, after a
+        # batch of n, until it holds n again (clients of a busy server send again as their answers arrive).
+        self.gather_s = gather_s
+        self._coming = 0
+        self._last_batch = 0
         self._queue: queue.Queue[Job | _Call | None] = queue.Queue()
         self._waiting = 0  # jobs submitted and not yet taken into a batch (the queue also holds the stop marker)
         self._lock = threading.Lock()
@@ -149,6 +155,12 @@ class Engine:
             self._waiting += 1
             self._ensure_thread()
         self._queue.put(job)
+
+    def expect(self, n: int) -> None:
+        """``n`` more (or, negative, fewer) requests are being prepared for :meth:`submit` (rendered, tokenized): a
+        batch about to start waits up to ``gather_s`` for them."""
+        with self._lock:
+            self._coming += n
 
     def call(self, fn: Callable[[], Any]) -> concurrent.futures.Future:
         """Run ``fn`` on the engine's thread after the batch in hand (the model is never changed mid-batch), ahead of
@@ -189,11 +201,18 @@ class Engine:
             return [], False
         jobs, stopping = [first], False
         width, new = len(first.ids), first.max_tokens
+        until = time.perf_counter() + self.gather_s
         while len(jobs) < self.batch_size:
             try:
                 more = self._queue.get_nowait()
             except queue.Empty:
-                break
+                left = until - time.perf_counter()
+                if left <= 0 or (self._coming <= 0 and len(jobs) >= self._last_batch):
+                    break
+                try:
+                    more = self._queue.get(timeout=left)
+                except queue.Empty:
+                    break
             if more is None:
                 stopping = True
                 break
@@ -206,6 +225,7 @@ class Engine:
                 break
             jobs.append(more)
             width, new = w, n
+        self._last_batch = len(jobs)
         with self._lock:
             self._waiting -= len(jobs)  # a held job still waits
         live = []
