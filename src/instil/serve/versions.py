@@ -136,15 +136,17 @@ class JobCatalog(Catalog):
         self._load_lock = threading.RLock()
         self._store_lock = threading.Lock()  # the store is read from request threads; one at a time
         self._refreshed = float("-inf")
-        chosen = [resolve(store, self.job, v) for v in versions] if versions is not None else self._default_versions()
+        chosen = (
+            [resolve(store, self.job, v) for v in versions]
+            if versions is not None
+            else default_versions(store, self.job)
+        )
         if not chosen and not base:
             raise NotFoundError(
                 f"the job {self.job!r} has no model to serve yet",
                 hint="train one first (`instil train`), or serve the base (--base)",
             )
-        targets: list[Target] = []
-        for v in {m.version: m for m in chosen}.values():
-            targets.append(self._load_version(v))
+        targets = [self._load_version(v) for v in {m.version: m for m in chosen}.values()]
         if base:
             targets.append(self._load_base())
         super().__init__(targets)
@@ -200,9 +202,6 @@ class JobCatalog(Catalog):
         self._refreshed = time.monotonic()
 
     # -- loading -------------------------------------------------------------------------------------------------------
-    def _default_versions(self) -> list[ModelVersion]:
-        return default_versions(self.store, self.job)
-
     def _ensure(self, version: ModelVersion, asked: str) -> Target:
         """The target of ``version``, loading it now when it is an adapter that fits a loaded base."""
         with self._load_lock:
@@ -267,32 +266,24 @@ class JobCatalog(Catalog):
     def _load_base(self) -> Target:
         """The base with the full prompt, sharing a loaded host when the host's base is the job's and their
         tokenizers match (then ``__base__`` runs it inside the adapters' batches)."""
-        candidate = Candidate("base+full", "local", "full", "base")
-        base = str(job_base(self.spec, self.store))
-        name = f"{self.job}:base"
-        host = self._hosts.get(base)
-        loaded = None
-        if host is not None:
-            from instil.train.models import load_tokenizer
+        from instil.train.models import load_tokenizer
 
-            model_spec = self.spec.model.model_copy(update={"base": base})
-            if _same_tokenizer(load_tokenizer(model_spec, root=self.spec.root), host.tokenizer):
-                return Target(
-                    name,
-                    host.model,
-                    host.tokenizer,
-                    host.renderer,
-                    adapter=BASE_ADAPTER,
-                    system_prompt=self.spec.system_prompt,
-                    tools=self.spec.output.tool_dicts(),
-                    card={"kind": "base"},
-                )
-        loaded = load_candidate(candidate, self.spec, self.store)
+        base = str(job_base(self.spec, self.store))
+        host = self._hosts.get(base)
+        shared = host is not None and _same_tokenizer(
+            load_tokenizer(self.spec.model.model_copy(update={"base": base}), root=self.spec.root), host.tokenizer
+        )
+        if shared and host is not None:
+            model, tokenizer, renderer, adapter = host.model, host.tokenizer, host.renderer, BASE_ADAPTER
+        else:
+            loaded = load_candidate(Candidate("base+full", "local", "full", "base"), self.spec, self.store)
+            model, tokenizer, renderer, adapter = loaded.model, loaded.tokenizer, loaded.renderer, None
         return Target(
-            name,
-            loaded.model,
-            loaded.tokenizer,
-            loaded.renderer,
+            f"{self.job}:base",
+            model,
+            tokenizer,
+            renderer,
+            adapter=adapter,
             system_prompt=self.spec.system_prompt,
             tools=self.spec.output.tool_dicts(),
             card={"kind": "base"},
