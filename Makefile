@@ -26,7 +26,7 @@ FLOORS_UV = $(FLOORS_BIN)/uv pip install --quiet --python $(FLOORS_BIN)/python -
 # a 4-step LoRA SFT on the tiny model loaded back with PEFT, TRL's collators, a mid-epoch resume, eval of base and
 # tuned on a holdout of 8, an OpenAI-API endpoint and judges, `instil serve` stopped with Ctrl-C, the proxy (aiohttp)
 # with its traces, a SIGKILLed spool replayed, traces imported as a dataset, and constrained decoding (llguidance) in
-# generation and in response_format.
+# generation and in response_format, and continuous batching (requests joining a running batch).
 FLOORS_TESTS := \
 	tests/test_spec.py \
 	tests/test_validate.py \
@@ -51,7 +51,8 @@ FLOORS_TESTS := \
 	tests/test_capture.py::test_a_server_killed_with_sigkill_leaves_a_spool_the_next_one_replays_exactly_once \
 	tests/test_traces.py::test_import_traces_validates_curates_keeps_the_holdout_out_and_names_the_traces \
 	tests/test_constrain.py::test_every_constrained_answer_fits_and_free_rows_are_untouched \
-	tests/test_serve.py::test_response_format_is_enforced_streamed_or_not_and_refused_when_it_cannot_be
+	tests/test_serve.py::test_response_format_is_enforced_streamed_or_not_and_refused_when_it_cannot_be \
+	tests/test_continuous.py::test_requests_joining_mid_way_and_leaving_early_answer_as_alone
 # With the optional extras at their floors too: SentencePiece-only checkpoints (../shared, skipped without it), QLoRA
 # on CPU, the embedding grader.
 FLOORS_EXTRA_TESTS := \

@@ -12,6 +12,9 @@ client from threads of this one, streaming, so time to first token is measured a
 - ``naive``: one ``model.generate`` per request under a lock (no batching), the plain way to put a model behind
   FastAPI.
 
+Each server process gets the torch threads ``instil serve`` sets (:func:`instil.serve.engine.serving_threads`: on a
+CPU every core but one, so the HTTP side has a core of its own), the naive one too.
+
 The proxy's overhead and the traces kept through a SIGKILL are measured by ``benchmarks/capture_load.py``.
 
 The model is the ``tiny`` preset (``build_tiny`` on the triage example's golden and traffic sets), its weights drawn
@@ -61,6 +64,10 @@ def serve(kind: str, model_dir: Path | None, spec_path: Path | None, port: int, 
         model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
         renderer = ChatRenderer(tokenizer)
     torch.set_grad_enabled(False)
+    # Every server gets the torch threads `instil serve` sets (on a CPU, every core but one): the same for all.
+    from instil.serve.engine import serving_threads
+
+    serving_threads(model)
     if kind in ("instil", "instil+traces"):
         from instil.serve import create_app
 

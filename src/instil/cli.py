@@ -425,6 +425,10 @@ def serve(
             "--capture/--no-capture", help="Keep every request as a trace (default: the spec's serve.capture)."
         ),
     ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(min=1, help="torch threads for generation (default on a CPU: every core but one, for HTTP)."),
+    ] = None,
 ) -> None:
     """Serve the job's models behind an OpenAI-compatible API: /v1/chat/completions, /v1/models.
 
@@ -466,6 +470,7 @@ def serve(
             max_body_bytes=max_body_kb * 1024,
             max_queue=max_queue,
             capture=capture,
+            threads=threads,
         )
     if stats is not None:
         left = f", {stats.spool_bytes:,} bytes still spooled for the next start" if stats.spool_bytes else ""

@@ -32,6 +32,7 @@ __all__ = [
     "ConstraintError",
     "Constrainer",
     "GrammarMask",
+    "apply_masks",
     "json_object_grammar",
     "label_grammar",
     "output_grammar",
@@ -172,17 +173,12 @@ class GrammarMask:
     padded row never gets an empty mask (all ``-inf``, which sampling cannot draw from)."""
 
     def __init__(self, matchers: list[Any], stop_ids: list[int] | set[int]) -> None:
-        import torch
-
         self.matchers = matchers
         self.stops = set(stop_ids)
         self.ended = [m is None for m in matchers]
         self.started = False
-        self._bits = torch.arange(32, dtype=torch.int32)
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
-        import torch
-
         if self.started:
             last = input_ids[:, -1].tolist()
             for k, m in enumerate(self.matchers):
@@ -190,16 +186,30 @@ class GrammarMask:
                     m.consume_token(last[k])
                     self.ended[k] = last[k] in self.stops or m.is_error()
         self.started = True
-        live = [k for k, done in enumerate(self.ended) if not done]
-        if not live:
-            return scores
-        vocab = scores.shape[-1]
-        words = (vocab + 31) // 32
-        mask = torch.zeros((len(live), words), dtype=torch.int32)
-        for row, k in enumerate(live):
-            target = mask[row]
-            self.matchers[k].unsafe_compute_mask_ptr(target.data_ptr(), target.numel() * 4)
-        allowed = ((mask.unsqueeze(-1) >> self._bits) & 1).bool().reshape(len(live), words * 32)[:, :vocab]
-        index = torch.tensor(live, device=scores.device)
-        scores[index] = scores[index].masked_fill(~allowed.to(scores.device), float("-inf"))
+        return apply_masks([None if done else m for m, done in zip(self.matchers, self.ended, strict=True)], scores)
+
+
+_BITS: Any = None
+
+
+def apply_masks(matchers: list[Any], scores: Any) -> Any:
+    """``scores`` (rows x vocabulary) with each row that has a matcher limited to the tokens its grammar allows
+    next (in place); rows whose matcher is None are left as they are."""
+    import torch
+
+    global _BITS
+    live = [k for k, m in enumerate(matchers) if m is not None]
+    if not live:
         return scores
+    if _BITS is None:
+        _BITS = torch.arange(32, dtype=torch.int32)
+    vocab = scores.shape[-1]
+    words = (vocab + 31) // 32
+    mask = torch.zeros((len(live), words), dtype=torch.int32)
+    for row, k in enumerate(live):
+        target = mask[row]
+        matchers[k].unsafe_compute_mask_ptr(target.data_ptr(), target.numel() * 4)
+    allowed = ((mask.unsqueeze(-1) >> _BITS) & 1).bool().reshape(len(live), words * 32)[:, :vocab]
+    index = torch.tensor(live, device=scores.device)
+    scores[index] = scores[index].masked_fill(~allowed.to(scores.device), float("-inf"))
+    return scores

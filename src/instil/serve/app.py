@@ -50,7 +50,9 @@ never reaches into the worker or generation.
 # No `from __future__ import annotations`: FastAPI reads the handlers' annotations, and `Request` is imported inside
 # create_app (fastapi is an optional dependency), where postponed annotations could not find it.
 import asyncio
+import collections
 import concurrent.futures
+import dataclasses
 import hmac
 import json
 import logging
@@ -277,16 +279,8 @@ class _Engines:
     def stats(self) -> EngineStats:
         total = EngineStats()
         for b in list(self.backends.values()):
-            for name in (
-                "generated",
-                "cancelled",
-                "failed",
-                "batches",
-                "batch_seconds",
-                "prefix_hits",
-                "prefix_misses",
-            ):
-                setattr(total, name, getattr(total, name) + getattr(b.engine.stats, name))
+            for f in dataclasses.fields(EngineStats):
+                setattr(total, f.name, getattr(total, f.name) + getattr(b.engine.stats, f.name))
         return total
 
 
@@ -442,10 +436,9 @@ def create_catalog_app(
         engine, tokenizer, renderer = served.engine, served.tokenizer, served.renderer
         if body.stream:
             include_usage = bool((body.stream_options or {}).get("include_usage"))
-            tokens: asyncio.Queue[int | None] = asyncio.Queue()
-            loop = asyncio.get_running_loop()
-            job.on_token = lambda t: loop.call_soon_threadsafe(tokens.put_nowait, t)
-            job.future.add_done_callback(lambda f: loop.call_soon_threadsafe(tokens.put_nowait, None))
+            tokens = _Tokens(asyncio.get_running_loop())
+            job.on_token = tokens.put
+            job.future.add_done_callback(lambda f: tokens.put(None))
             _submit(engine, job)  # a full queue is a 429 before the stream starts
 
             async def events() -> AsyncIterator[str]:
@@ -454,8 +447,14 @@ def create_catalog_app(
                 text = _TextSoFar(tokenizer, served.stop_ids, stops, asked.want_tools)
                 try:
                     yield stream.chunk({"role": "assistant", "content": ""})
-                    while (token := await tokens.get()) is not None:
-                        if delta := text.push(token):
+                    ended = False
+                    while not ended:
+                        # What has come since the last chunk goes out as one: a busy server sends fewer, fuller
+                        # chunks (each costs the loop and the client far more than a token), an idle one every token.
+                        got = await tokens.get()
+                        if ended := got[-1] is None:
+                            got.pop()
+                        if got and (delta := text.push(got)):
                             yield stream.chunk({"content": delta})
                     try:
                         gen = job.future.result()
@@ -514,7 +513,7 @@ def _resolve(catalog: Catalog, name: str) -> Target | None:
 
 def _submit(engine: Engine, job: Job) -> None:
     try:
-        engine.submit(job)
+        engine.submit(job, expected=True)  # announced by expect(1) before it was tokenized
     except QueueFull as e:
         raise _ApiError(
             429,
@@ -523,8 +522,6 @@ def _submit(engine: Engine, job: Job) -> None:
             code="server_busy",
             headers={"Retry-After": str(math.ceil(e.retry_after_s))},
         ) from None
-    finally:
-        engine.expect(-1)  # queued, or refused: no longer on its way
 
 
 async def _unless_gone(job: Job, request: Any) -> Generation | None:
@@ -1042,6 +1039,41 @@ class _Stream:
         return f"data: {json.dumps(body)}\n\ndata: [DONE]\n\n"
 
 
+class _Tokens:
+    """Tokens handed from the engine's thread to a stream on the event loop, which takes all that have come at once.
+    The loop is woken once for as many tokens as arrive before it runs, not once per token (a wake-up costs the
+    loop a turn, and under load it is the loop's time that limits a streaming server)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.items: collections.deque[int | None] = collections.deque()
+        self.ready = asyncio.Event()
+        self.waking = False
+
+    def put(self, token: int | None) -> None:
+        """From any thread; None ends the stream."""
+        self.items.append(token)  # before the check: a wake-up already on its way will find it
+        if not self.waking:
+            self.waking = True
+            self.loop.call_soon_threadsafe(self._wake)
+
+    def _wake(self) -> None:
+        self.waking = False
+        self.ready.set()
+
+    async def get(self) -> list[int | None]:
+        """Every token that has come (at least one), in order."""
+        while not self.items:
+            self.ready.clear()
+            if self.items:
+                break
+            await self.ready.wait()
+        got = []
+        while self.items:
+            got.append(self.items.popleft())
+        return got
+
+
 class _TextSoFar:
     """The answer's text as its tokens arrive, and how much of it can be sent without ever taking it back: not a
     trailing piece of a character, of a stop string or of a tool-call tag, nor trailing whitespace (the answer is
@@ -1058,14 +1090,15 @@ class _TextSoFar:
         self.sent = ""
         self.ended = False
 
-    def push(self, token: int) -> str:
-        """The new text that can be sent now ("" when nothing can)."""
+    def push(self, tokens: list[int]) -> str:
+        """The new text that can be sent now, after ``tokens`` ("" when nothing can)."""
         if self.ended:
             return ""
-        if token in self.stop_ids:
-            self.ended = True
-            return ""
-        self.ids.append(token)
+        for token in tokens:
+            if token in self.stop_ids:
+                self.ended = True
+                break
+            self.ids.append(token)
         text = self.tokenizer.decode(self.ids, skip_special_tokens=False).lstrip()
         cut = min((at for s in self.held if (at := text.find(s)) >= 0), default=None)
         if cut is not None:

@@ -6,12 +6,17 @@
     generation = job.future.result()                         # or job.cancel() when the client has gone
 
 Everything that can be done without the model (rendering, tokenizing, the context check) is done by the caller, on its
-own thread, so one long prompt never holds up the requests queued behind it. Requests waiting when a batch starts are
-generated together by :func:`~instil.eval.generate.generate_rows`, each to its own ``max_tokens``, with the padding and
-stop tokens evaluation uses: greedy answers are the evaluated ones. A batch whose requests share their rendered
-system turn (``Job.prefix_len``) takes its KV from the engine's :class:`~instil.eval.prefix.PrefixCache`, computed
-once. A cancelled request is dropped before its batch starts, or stopped at its next token when it is already
-generating; its batch-mates go on.
+own thread, so one long prompt never holds up the requests queued behind it.
+
+Continuous batching (:mod:`instil.eval.continuous`): requests queued while others generate are prefilled and join the
+running batch at its next step, and each leaves it at its own end (stop token, ``max_tokens``, client gone), so a short
+answer never waits for a long one and the batch stays full under load. A model whose cache cannot be merged (sliding
+windows, state-space layers, prompt tuning) is served in whole batches instead: the requests waiting when a batch
+starts, generated together by :func:`~instil.eval.generate.generate_rows`. Either way each request keeps its own
+``max_tokens``, sampling, adapter and grammar, with the padding and stop tokens evaluation uses: greedy answers are
+the evaluated ones. Requests sharing their rendered system turn (``Job.prefix_len``) take its KV from the engine's
+:class:`~instil.eval.prefix.PrefixCache`, computed once. A cancelled request is dropped while queued, or stopped at
+its next token when it is already generating; its batch-mates go on.
 """
 
 from __future__ import annotations
@@ -29,13 +34,36 @@ from instil.eval.generate import Row, generate_rows
 from instil.eval.prefix import PrefixCache
 from instil.serve.catalog import BASE_ADAPTER
 
-__all__ = ["Engine", "EngineStats", "Job", "QueueFull"]
+__all__ = ["Engine", "EngineStats", "Job", "QueueFull", "serving_threads"]
 
 log = logging.getLogger("instil.serve")
 
 MAX_BATCH_TOKENS = 32_768
 """The largest batch :class:`Engine` generates by default, in padded tokens: rows x (longest prompt + most new
 tokens). A long prompt then runs with few batch-mates instead of padding many short ones to its length."""
+
+
+def serving_threads(model: Any, threads: int | None = None) -> int | None:
+    """Give torch ``threads`` intra-op threads (None: on a CPU, every core this process may use but one) and return
+    how many it has now; None, changing nothing, for a model on a GPU with no ``threads`` asked for.
+
+    For the process that serves (``instil serve``), not for a library call: the HTTP side (the event loop, parsing,
+    streaming) needs a core of its own, and torch's threads on every core then wait on each other whenever it runs;
+    on 2 cores generation beside 8 clients went from 46 to 67 requests/s with one thread (``benchmarks/serve_load.py``).
+    """
+    import os
+
+    import torch
+
+    if threads is None:
+        if str(getattr(model, "device", "cpu")).split(":")[0] != "cpu":
+            return None
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        threads = max(1, cores - 1)
+    if threads < 1:
+        raise ValueError(f"threads must be at least 1, not {threads}")
+    torch.set_num_threads(threads)
+    return threads
 
 
 class QueueFull(Exception):
@@ -98,7 +126,9 @@ class EngineStats:
     failed: int = 0
     """Requests whose batch raised."""
     batches: int = 0
-    """Batches run (a batch of one counts)."""
+    """Batches run (a batch of one counts); with continuous batching, groups of requests that joined together."""
+    steps: int = 0
+    """Decoding steps run by continuous batching (each gives every running request a token)."""
     batch_seconds: float = 0.0
     """Seconds spent generating."""
     prefix_hits: int = 0
@@ -121,6 +151,7 @@ class Engine:
         max_batch_tokens: int = MAX_BATCH_TOKENS,
         prefix_caching: bool = True,
         gather_s: float = 0.008,
+        continuous: bool = True,
     ) -> None:
         if batch_size < 1 or max_queue < 1 or max_batch_tokens < 1:
             raise ValueError(
@@ -135,6 +166,16 @@ class Engine:
         # How long a batch may wait for requests it has reason to expect: ones being tokenized now, or, after a
         # batch of n, until it holds n again (clients of a busy server send again as their answers arrive).
         self.gather_s = gather_s
+        # Requests join and leave a running batch between its steps, where the model's cache allows it
+        # (instil.eval.continuous); otherwise, and with False, whole batches run to their longest answer.
+        self.continuous = continuous
+        self._batch: Any = None
+        if continuous:  # found out now (one token through the model), not when the first request is waiting
+            from instil.eval.continuous import RunningBatch
+
+            self._batch = RunningBatch.for_model(model, tokenizer, renderer, prefix_cache=self.prefix_cache)
+            if self._batch is None:
+                log.info("continuous batching is off for this model (its cache cannot be merged): whole batches")
         self._coming = 0
         self._last_batch = 0
         self._queue: queue.Queue[Job | _Call | None] = queue.Queue()
@@ -147,14 +188,18 @@ class Engine:
         """Requests queued and not yet generating."""
         return self._waiting
 
-    def submit(self, job: Job) -> None:
-        """Queue ``job``; raises :class:`QueueFull` when ``max_queue`` requests are waiting already."""
+    def submit(self, job: Job, *, expected: bool = False) -> None:
+        """Queue ``job``; raises :class:`QueueFull` when ``max_queue`` requests are waiting already. ``expected``:
+        it was announced by ``expect(1)``, which this takes back (queued or refused, it is no longer on its way)."""
         with self._lock:
+            # In one step with the queueing: a batch never waits for a job that is already in the queue.
+            if expected:
+                self._coming -= 1
             if self._waiting >= self.max_queue:
                 raise QueueFull(self._waiting, self._retry_after())
             self._waiting += 1
             self._ensure_thread()
-        self._queue.put(job)
+            self._queue.put(job)
 
     def expect(self, n: int) -> None:
         """``n`` more (or, negative, fewer) requests are being prepared for :meth:`submit` (rendered, tokenized): a
@@ -185,29 +230,51 @@ class Engine:
             thread.join(timeout=30)
 
     def _retry_after(self) -> float:
-        """Seconds until the waiting requests have been generated, at the recent pace (1 s before any batch ran)."""
-        per_batch = self.stats.batch_seconds / self.stats.batches if self.stats.batches else 1.0
-        return max(1.0, per_batch * (self._waiting / self.batch_size + 1))
+        """Seconds until the waiting requests have been generated, at the pace so far (busy seconds per answered
+        request, batching included; 1 s before any was answered)."""
+        answered = self.stats.generated + self.stats.failed
+        per_request = self.stats.batch_seconds / answered if answered else 1.0
+        return max(1.0, per_request * (self._waiting + 1))
 
-    def _take(self) -> tuple[list[Job], bool]:
-        """The next batch: the first queued job (waiting for one) and what else is queued now, as long as the batch's
-        padded size (rows x (longest prompt + most new tokens)) stays within ``max_batch_tokens``; True when
-        stopping."""
-        first, self._held = (self._held, None) if self._held is not None else (self._queue.get(), None)
+    def _take(self, *, running: int = 0, width: int = 0, new: int = 0) -> tuple[list[Job], bool]:
+        """The jobs to start now, and True when stopping. With nothing ``running``, it waits for the first queued
+        job, then takes what else is queued (waiting up to ``gather_s`` for requests on their way); beside
+        ``running`` requests (padded to ``width`` prompt tokens, ``new`` new ones at most) it takes only what is
+        queued now. Either way the batch's padded size, rows x (longest prompt + most new tokens), stays within
+        ``max_batch_tokens``. A call queued ahead of them is run first."""
+        wait = running == 0
+        if running >= self.batch_size:
+            return [], False
+        if self._held is not None:
+            first, self._held = self._held, None
+        elif wait:
+            first = self._queue.get()
+        else:
+            try:
+                first = self._queue.get_nowait()
+            except queue.Empty:
+                return [], False
         if first is None:
             return [], True
         if isinstance(first, _Call):
             _run_call(first)
             return [], False
-        jobs, stopping = [first], False
-        width, new = len(first.ids), first.max_tokens
+        jobs: list[Job] = []
+        stopping = False
+        if (running + 1) * (
+            max(width, len(first.ids)) + max(new, first.max_tokens)
+        ) > self.max_batch_tokens and running:
+            self._held = first  # it joins when some of the running requests have finished
+            return [], False
+        jobs.append(first)
+        width, new = max(width, len(first.ids)), max(new, first.max_tokens)
         until = time.perf_counter() + self.gather_s
-        while len(jobs) < self.batch_size:
+        while running + len(jobs) < self.batch_size:
             try:
                 more = self._queue.get_nowait()
             except queue.Empty:
                 left = until - time.perf_counter()
-                if left <= 0 or (self._coming <= 0 and len(jobs) >= self._last_batch):
+                if not wait or left <= 0 or (self._coming <= 0 and len(jobs) >= self._last_batch):
                     break
                 try:
                     more = self._queue.get(timeout=left)
@@ -220,12 +287,13 @@ class Engine:
                 self._held = more  # after this batch, before the jobs queued behind it
                 break
             w, n = max(width, len(more.ids)), max(new, more.max_tokens)
-            if (len(jobs) + 1) * (w + n) > self.max_batch_tokens:
+            if (running + len(jobs) + 1) * (w + n) > self.max_batch_tokens:
                 self._held = more  # first in the next batch: the queue's order is kept
                 break
             jobs.append(more)
             width, new = w, n
-        self._last_batch = len(jobs)
+        if wait:
+            self._last_batch = len(jobs)
         with self._lock:
             self._waiting -= len(jobs)  # a held job still waits
         live = []
@@ -238,11 +306,70 @@ class Engine:
         return live, stopping
 
     def _loop(self) -> None:
+        if self._batch is not None:
+            self._continuous(self._batch)
+            return
         while True:
             jobs, stopping = self._take()
             if jobs:
                 self._run(jobs)
             if stopping:
+                self._drain()
+                return
+
+    def _continuous(self, batch: Any) -> None:
+        """Requests join the running batch between its steps and leave it when they end."""
+        from instil.eval.continuous import Seq
+
+        owners: dict[int, Job] = {}
+        stopping = False
+        while True:
+            if not stopping:
+                widest = max((len(s.row.ids) for s in batch.seqs), default=0)
+                most = max((s.row.max_new_tokens for s in batch.seqs), default=0)
+                jobs, stopping = self._take(running=len(batch), width=widest, new=most)
+            else:
+                jobs = []
+            began = time.perf_counter()
+            try:
+                ended = []
+                if jobs:
+                    seqs = []
+                    for j in jobs:
+                        row = Row(
+                            j.ids, j.max_tokens, on_token=_streamed(j), cancelled=j.gone.is_set, matcher=j.matcher
+                        )
+                        seq = Seq(row, j.temperature, j.top_p, j.seed, j.adapter, j.prefix_len)
+                        owners[id(seq)] = j
+                        seqs.append(seq)
+                    self.stats.batches += 1
+                    ended += batch.add(seqs)
+                if batch:
+                    ended += batch.step()
+                    self.stats.steps += 1
+            except BaseException as e:  # answered as a 500 to each running request; the engine lives on
+                log.exception("generation failed for a batch of %d request(s)", len(owners))
+                self.stats.failed += len(owners)
+                for j in owners.values():
+                    j.future.set_exception(e)
+                owners.clear()
+                batch.close()
+                ended = []
+            finally:
+                self.stats.batch_seconds += time.perf_counter() - began
+                if self.prefix_cache is not None:
+                    self.stats.prefix_hits, self.stats.prefix_misses = self.prefix_cache.hits, self.prefix_cache.misses
+            for seq, generation in ended:
+                j = owners.pop(id(seq))
+                j.batch_size = seq.batch_size
+                if j.first_token_at is None and seq.first_at is not None:
+                    j.first_token_at = seq.first_at
+                if j.gone.is_set():
+                    self.stats.cancelled += 1
+                else:
+                    self.stats.generated += 1
+                j.future.set_result(generation)
+            if stopping and not batch:
                 self._drain()
                 return
 

@@ -29,6 +29,7 @@ from instil.registry import resolve
 from instil.serve.app import MAX_BODY_BYTES, MAX_QUEUE, ServedRequest, create_catalog_app
 from instil.serve.capture import CaptureStats, TraceLog, capture_graders, served_trace
 from instil.serve.catalog import Catalog, Target
+from instil.serve.engine import serving_threads
 from instil.serve.proxy import create_proxy_app
 from instil.serve.versions import MAX_ADAPTERS, JobCatalog
 from instil.spec import JobSpec
@@ -248,6 +249,7 @@ def serve_job(
     max_body_bytes: int = MAX_BODY_BYTES,
     max_queue: int = MAX_QUEUE,
     capture: bool | None = None,
+    threads: int | None = None,
 ) -> CaptureStats | None:
     """Serve the job's models (or, with ``proxy``, forward to its upstreams) on ``host:port`` until interrupted
     (Ctrl-C stops it cleanly); returns what trace capture did (None without capture).
@@ -260,7 +262,8 @@ def serve_job(
     ``ready(name, base_url)`` is called once the model is loaded, before the server starts listening (``name`` is
     the model's, or ``proxy`` with the upstreams' names). ``max_body_bytes`` bounds each request's body (413 past it);
     ``max_queue`` the requests waiting for the model (429 with ``Retry-After`` past it). ``capture`` overrides the
-    spec's ``serve.capture``.
+    spec's ``serve.capture``. ``threads``: torch's threads for generation (default, on a CPU: every core but one,
+    :func:`~instil.serve.engine.serving_threads`).
     """
     try:
         import uvicorn
@@ -288,6 +291,7 @@ def serve_job(
     else:
         refs = [version] if version is not None else versions
         catalog = job_catalog(spec, store, versions=refs, base=base, max_adapters=max_adapters)
+        serving_threads(catalog.targets()[0].model, threads)
         app = job_app(
             spec,
             store,

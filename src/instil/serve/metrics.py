@@ -60,6 +60,12 @@ class ServeMetrics:
                 lambda: engine.waiting
             )
             Gauge("instil_batches", "Batches generated", registry=r).set_function(lambda: engine.stats.batches)
+            Gauge(
+                "instil_engine_steps", "Decoding steps run (a token for each running request)", registry=r
+            ).set_function(lambda: engine.stats.steps)
+            Gauge("instil_engine_busy_seconds", "Seconds the model spent generating", registry=r).set_function(
+                lambda: engine.stats.batch_seconds
+            )
             Gauge("instil_cancelled", "Requests dropped because their client went away", registry=r).set_function(
                 lambda: engine.stats.cancelled
             )
