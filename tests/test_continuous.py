@@ -192,3 +192,53 @@ def test_the_engine_answers_a_short_request_while_a_long_one_runs(tiny):
         assert engine.stats.generated == 2
     finally:
         engine.stop()
+
+
+def test_the_models_repetition_penalty_and_top_k_apply_as_generate_applies_them(tiny, tmp_path):
+    """Settings from the model's generation_config that generate applies: a repetition penalty answers as generate
+    does; one this cannot apply (no_repeat_ngram_size) makes the model batched whole."""
+    model, tokenizer, renderer = tiny
+    ids = _prompts(tokenizer, renderer)
+    before = _alone(tiny, ids[0], 24).text
+    model.generation_config.repetition_penalty = 1.8
+    try:
+        batch = RunningBatch.for_model(model, tokenizer, renderer)
+        assert batch is not None and batch.repetition_penalty == 1.8 and batch.top_k == 50
+        seqs = [Seq(Row(ids[k], 24)) for k in (0, 1, 3)]
+        out = _run(batch, {0: seqs[:2], 3: seqs[2:]})
+        for s in seqs:
+            assert out[id(s)].text == _alone(tiny, s.row.ids, 24).text
+        assert out[id(seqs[0])].text != before  # the penalty changed the answer: it was applied, here and there
+        model.generation_config.no_repeat_ngram_size = 3
+        assert RunningBatch.for_model(model, tokenizer, renderer) is None
+    finally:
+        model.generation_config.repetition_penalty = None
+        model.generation_config.no_repeat_ngram_size = None
+
+
+def test_a_request_whose_prefill_fails_fails_alone(tiny):
+    """A prompt the model cannot read (a token id past its vocabulary) fails its own request; the requests already
+    generating, and the next ones, go on."""
+    from instil.serve.engine import Engine, Job
+
+    model, tokenizer, renderer = tiny
+    ids = _prompts(tokenizer, renderer)
+    k = next(k for k in (4, 2, 6, 0) if _alone(tiny, ids[k], 300).finish_reason == "length")
+    expected = _alone(tiny, ids[k], 300).text
+    engine = Engine(model, tokenizer, renderer, batch_size=4)
+    try:
+        running = Job(ids[k], max_tokens=300)
+        engine.submit(running)
+        time.sleep(0.02)
+        bad = Job([*ids[1], model.config.vocab_size + 7], max_tokens=4)
+        engine.submit(bad)
+        with pytest.raises(IndexError):
+            bad.future.result(timeout=60)
+        assert not running.future.done()  # it was generating when the bad one failed beside it
+        after = Job(ids[2], max_tokens=6)
+        engine.submit(after)
+        assert running.future.result(timeout=60).text == expected
+        assert after.future.result(timeout=60).text == _alone(tiny, ids[2], 6).text
+        assert engine.stats.failed == 1 and engine.stats.generated == 2
+    finally:
+        engine.stop()

@@ -14,13 +14,17 @@ under load. Each request keeps its own sampling (temperature, top-p, a seeded ge
 ``adapter_names``), grammar (:mod:`instil.eval.constrain`) and limit, so nothing is grouped.
 
 Greedy answers are the ones ``generate`` gives: the same left padding, position ids counted from the mask, float32
-logits, the same stop tokens. Only models whose cache is transformers' plain ``DynamicCache`` of ``DynamicLayer`` s
-(full attention: Llama, Qwen2, Mistral without a window, Phi, GPT-2 style, ...) can be batched this way; for the rest
-:meth:`RunningBatch.for_model` says None and the caller batches whole requests with ``generate_rows``.
+logits, the same stop tokens, and what ``generate`` takes from the model's ``generation_config`` (a repetition
+penalty; top-k when sampling). Equal up to the numerics of batch shapes: exactly on CPU in float32 (the tests), to
+the last bit not always in bf16 on a GPU. Only models whose cache is transformers' plain ``DynamicCache`` of
+``DynamicLayer`` s (full attention: Llama, Qwen2, Mistral without a window, Phi, ...) with static RoPE and no other
+generation settings can be batched this way; for the rest :meth:`RunningBatch.for_model` says None (and logs why)
+and the caller batches whole requests with ``generate_rows``.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,6 +33,8 @@ from typing import Any
 from instil.eval.generate import Generation, Row, _device, _finish, parse_tool_calls, stop_token_ids
 
 __all__ = ["RunningBatch", "Seq"]
+
+log = logging.getLogger("instil.generate")
 
 
 @dataclass(eq=False)
@@ -72,6 +78,10 @@ class RunningBatch:
         self.device = _device(model)
         self.cache_kw = cache_keyword(model)
         self._logits_to_keep = _takes(model, "logits_to_keep")
+        # What `generate` takes from the model's generation_config when a caller leaves it unset (as generate_rows
+        # does): a repetition penalty for every row, top-k for sampled ones.
+        self.repetition_penalty = float(_generation_field(model, "repetition_penalty", 1.0))
+        self.top_k = int(_generation_field(model, "top_k", 50))
         self.seqs: list[Seq] = []
         self.cache: Any = None
         self.mask: Any = None  # (rows, cached length): 1 where a row has a real token
@@ -86,8 +96,9 @@ class RunningBatch:
         from transformers import DynamicCache
         from transformers.cache_utils import DynamicLayer
 
-        config = getattr(model, "peft_config", None)
-        if config and any(getattr(c, "is_prompt_learning", False) for c in config.values()):
+        why = _cannot_batch(model)
+        if why is not None:
+            log.info("continuous batching is off for this model: %s", why)
             return None
         batch = cls(model, tokenizer, renderer, prefix_cache=prefix_cache)
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -96,10 +107,13 @@ class RunningBatch:
             ids = torch.tensor([[batch.pad_id]], dtype=torch.long, device=batch.device)
             with torch.inference_mode():
                 model(input_ids=ids, **{batch.cache_kw: cache, "use_cache": True})
-        except Exception:
+        except Exception as e:
+            log.warning("continuous batching is off for this model: a first token failed: %s: %s", type(e).__name__, e)
             return None
         layers = getattr(cache, "layers", None)
-        if not layers or any(type(layer) is not DynamicLayer for layer in layers):
+        # Plain full-attention layers only, each holding its own KV (a layer sharing another's holds none).
+        if not layers or any(type(layer) is not DynamicLayer or layer.keys is None for layer in layers):
+            log.info("continuous batching is off for this model: its cache is not one of plain full-attention layers")
             return None
         return batch
 
@@ -172,6 +186,11 @@ class RunningBatch:
         self.last, self.positions = chosen, self.positions + 1
         return self._advance(self.seqs, chosen, time.perf_counter())
 
+    def discard(self, seqs: Sequence[Seq]) -> None:
+        """Take ``seqs`` out of the batch if they are in it (their prefill failed part way); the rest go on."""
+        if self.seqs:
+            self._drop({id(s) for s in seqs})
+
     def close(self) -> None:
         """Drop every request and the cache (the caller has answered them)."""
         self.seqs, self.cache, self.mask, self.last, self.positions = [], None, None, None, None
@@ -199,11 +218,20 @@ class RunningBatch:
         if self._logits_to_keep:
             kwargs["logits_to_keep"] = 1  # a prefill needs only its last position's logits
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, **kwargs)
-        return out.logits[:, -1, :].to(dtype=torch.float32)
+        # On the model's first device (the last layer may sit on another one), in float32, as generate takes them.
+        return out.logits[:, -1, :].to(self.device, dtype=torch.float32)
 
     def _choose(self, seqs: list[Seq], logits: Any) -> Any:
         """Each row's next token: its grammar's mask, then greedy or its own temperature and top-p."""
 
+        import torch
+
+        if self.repetition_penalty != 1.0:  # over the row's own tokens (generate's would also count its padding)
+            p = self.repetition_penalty
+            for k, s in enumerate(seqs):
+                ids = torch.tensor([*s.row.ids, *s.tokens], dtype=torch.long, device=logits.device)
+                score = logits[k].gather(0, ids)
+                logits[k] = logits[k].scatter(0, ids, torch.where(score < 0, score * p, score / p))
         matchers = [s.row.matcher if s.row.matcher is not None and not s._ended else None for s in seqs]
         if any(m is not None for m in matchers):
             from instil.eval.constrain import apply_masks
@@ -212,7 +240,7 @@ class RunningBatch:
         chosen = logits.argmax(dim=-1)
         for k, s in enumerate(seqs):
             if s.temperature > 0:
-                chosen[k] = _sample(logits[k], s.temperature, s.top_p, s._generator)
+                chosen[k] = _sample(logits[k], s.temperature, self.top_k, s.top_p, s._generator)
         return chosen
 
     def _join(self, seqs: list[Seq], cache: Any, mask: Any, first: Any, positions: Any) -> None:
@@ -264,7 +292,8 @@ class RunningBatch:
             self.close()
             return
         index = torch.tensor(keep, dtype=torch.long, device=self.device)
-        self.cache.batch_select_indices(index)
+        for layer in self.cache.layers:  # each on its own device (a model split over GPUs)
+            layer.batch_select_indices(index.to(layer.keys.device))
         self.mask, self.last, self.positions = self.mask[index], self.last[index], self.positions[index]
         self.seqs = [self.seqs[k] for k in keep]
         # Columns that are padding in every row left (the longest request went): cut them from the cache.
@@ -288,12 +317,14 @@ class RunningBatch:
         )
 
 
-def _sample(logits: Any, temperature: float, top_p: float, generator: Any) -> Any:
-    """One token drawn from ``logits`` (one row) as ``generate``'s temperature and top-p warpers then multinomial
-    sampling draw it."""
+def _sample(logits: Any, temperature: float, top_k: int, top_p: float, generator: Any) -> Any:
+    """One token drawn from ``logits`` (one row) as ``generate``'s temperature, top-k and top-p warpers then
+    multinomial sampling draw it."""
     import torch
 
     scores = logits / temperature
+    if 0 < top_k < scores.shape[-1]:
+        scores = scores.masked_fill(scores < torch.topk(scores, top_k)[0][-1], float("-inf"))
     if top_p < 1.0:
         ordered, order = torch.sort(scores, descending=False)
         cumulative = ordered.softmax(dim=-1).cumsum(dim=-1)
@@ -302,6 +333,53 @@ def _sample(logits: Any, temperature: float, top_p: float, generator: Any) -> An
         scores = scores.masked_fill(remove.scatter(0, order, remove), float("-inf"))
     probs = scores.softmax(dim=-1)
     return torch.multinomial(probs, 1, generator=generator)[0]
+
+
+_NEUTRAL: dict[str, Any] = {
+    "no_repeat_ngram_size": 0,
+    "encoder_no_repeat_ngram_size": 0,
+    "bad_words_ids": None,
+    "min_length": 0,
+    "min_new_tokens": None,
+    "forced_bos_token_id": None,
+    "forced_eos_token_id": None,
+    "suppress_tokens": None,
+    "begin_suppress_tokens": None,
+    "sequence_bias": None,
+    "min_p": None,
+    "typical_p": 1.0,
+    "epsilon_cutoff": 0.0,
+    "eta_cutoff": 0.0,
+    "exponential_decay_length_penalty": None,
+    "encoder_repetition_penalty": 1.0,
+    "guidance_scale": None,
+}
+"""Generation settings a model's generation_config may carry that ``generate`` would apply and this does not: a model
+setting any of them is batched whole, so its answers stay the evaluated ones."""
+
+
+def _generation_field(model: Any, name: str, default: Any) -> Any:
+    value = getattr(getattr(model, "generation_config", None), name, None)
+    return default if value is None else value
+
+
+def _cannot_batch(model: Any) -> str | None:
+    """Why ``model`` cannot be batched continuously (None: it can, as far as its settings tell)."""
+    peft = getattr(model, "peft_config", None)
+    if peft and any(getattr(c, "is_prompt_learning", False) for c in peft.values()):
+        return "prompt tuning prepends virtual tokens"
+    for name, neutral in _NEUTRAL.items():
+        value = _generation_field(model, name, neutral)
+        if value != neutral and value not in ([], (), {}):
+            return f"its generation_config sets {name}={value!r}"
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base, "config", None)
+    for key in ("rope_scaling", "rope_parameters"):
+        rope = getattr(config, key, None)
+        if isinstance(rope, dict) and (rope.get("rope_type") or rope.get("type")) in ("dynamic", "longrope"):
+            # Their frequencies follow the longest position in the forward pass: batch-mates would change a row.
+            return f"its {key} is {rope.get('rope_type') or rope.get('type')}"
+    return None
 
 
 def _takes(model: Any, name: str) -> bool:
