@@ -173,9 +173,8 @@ class Engine:
         if continuous:  # found out now (one token through the model), not when the first request is waiting
             from instil.eval.continuous import RunningBatch
 
+            # None (and logged why) for a model it cannot batch this way: whole batches then.
             self._batch = RunningBatch.for_model(model, tokenizer, renderer, prefix_cache=self.prefix_cache)
-            if self._batch is None:
-                log.info("continuous batching is off for this model (its cache cannot be merged): whole batches")
         self._coming = 0
         self._last_batch = 0
         self._queue: queue.Queue[Job | _Call | None] = queue.Queue()
@@ -272,9 +271,8 @@ class Engine:
                 self._waiting -= 1
             self.stats.cancelled += 1
             return [], False
-        if (running + 1) * (
-            max(width, len(first.ids)) + max(new, first.max_tokens)
-        ) > self.max_batch_tokens and running:
+        padded = (running + 1) * (max(width, len(first.ids)) + max(new, first.max_tokens))
+        if running and padded > self.max_batch_tokens:
             self._held = first  # it joins when some of the running requests have finished
             return [], False
         jobs.append(first)
