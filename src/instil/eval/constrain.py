@@ -189,27 +189,22 @@ class GrammarMask:
         return apply_masks([None if done else m for m, done in zip(self.matchers, self.ended, strict=True)], scores)
 
 
-_BITS: Any = None
-
-
 def apply_masks(matchers: list[Any], scores: Any) -> Any:
     """``scores`` (rows x vocabulary) with each row that has a matcher limited to the tokens its grammar allows
     next (in place); rows whose matcher is None are left as they are."""
     import torch
 
-    global _BITS
     live = [k for k, m in enumerate(matchers) if m is not None]
     if not live:
         return scores
-    if _BITS is None:
-        _BITS = torch.arange(32, dtype=torch.int32)
+    bits = torch.arange(32, dtype=torch.int32)
     vocab = scores.shape[-1]
     words = (vocab + 31) // 32
     mask = torch.zeros((len(live), words), dtype=torch.int32)
     for row, k in enumerate(live):
         target = mask[row]
         matchers[k].unsafe_compute_mask_ptr(target.data_ptr(), target.numel() * 4)
-    allowed = ((mask.unsqueeze(-1) >> _BITS) & 1).bool().reshape(len(live), words * 32)[:, :vocab]
+    allowed = ((mask.unsqueeze(-1) >> bits) & 1).bool().reshape(len(live), words * 32)[:, :vocab]
     index = torch.tensor(live, device=scores.device)
     scores[index] = scores[index].masked_fill(~allowed.to(scores.device), float("-inf"))
     return scores

@@ -204,8 +204,7 @@ class RunningBatch:
         if self.prefix_cache is None or any(s.prefix_len != p for s in seqs):
             return None, 0
         rows = [s.row for s in seqs]
-        adapters = [s.adapter or "__base__" for s in seqs] if any(s.adapter for s in seqs) else None
-        got = _shared_prefix(self.model, rows, adapters, self.prefix_cache, p, self.device)
+        got = _shared_prefix(self.model, rows, _adapters(seqs), self.prefix_cache, p, self.device)
         return (None, 0) if got is None else (got[1], p)
 
     def _forward(self, ids: Any, mask: Any, positions: Any, cache: Any, seqs: list[Seq]) -> Any:
@@ -213,8 +212,8 @@ class RunningBatch:
 
         # In the caller's inference mode.
         kwargs: dict[str, Any] = {self.cache_kw: cache, "use_cache": True}
-        if any(s.adapter for s in seqs):
-            kwargs["adapter_names"] = [s.adapter or "__base__" for s in seqs]
+        if (adapters := _adapters(seqs)) is not None:
+            kwargs["adapter_names"] = adapters
         if self._logits_to_keep:
             kwargs["logits_to_keep"] = 1  # a prefill needs only its last position's logits
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, **kwargs)
@@ -380,6 +379,11 @@ def _cannot_batch(model: Any) -> str | None:
             # Their frequencies follow the longest position in the forward pass: batch-mates would change a row.
             return f"its {key} is {rope.get('rope_type') or rope.get('type')}"
     return None
+
+
+def _adapters(seqs: Sequence[Seq]) -> list[str] | None:
+    """Each row's adapter for PEFT's ``adapter_names`` (``__base__``: none), or None when no row names one."""
+    return [s.adapter or "__base__" for s in seqs] if any(s.adapter for s in seqs) else None
 
 
 def _takes(model: Any, name: str) -> bool:
