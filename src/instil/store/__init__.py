@@ -22,6 +22,7 @@ from instil.store.types import (
     EvaluationInfo,
     ModelVersion,
     PinInfo,
+    RolloutInfo,
     RunInfo,
     Trace,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "FINAL_STATUSES",
     "ModelVersion",
     "PinInfo",
+    "RolloutInfo",
     "RunInfo",
     "Store",
     "Trace",

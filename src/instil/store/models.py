@@ -27,6 +27,7 @@ __all__ = [
     "Evaluation",
     "Model",
     "Pin",
+    "Rollout",
     "Run",
     "RunDataset",
     "Trace",
@@ -233,6 +234,35 @@ class Pin(Base):
     created_at: Mapped[datetime] = mapped_column(_TS)
 
 
+class Rollout(Base):
+    """A candidate version of a job put in front of traffic: a canary (a share of requests) or a shadow (it also
+    answers, unseen). At most one runs per job; the row keeps how it ended and why."""
+
+    __tablename__ = "rollouts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job: Mapped[str] = mapped_column(String(128), index=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
+    """The candidate."""
+    production_model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id", ondelete="SET NULL"))
+    """The production version when it started (None: there was none)."""
+    mode: Mapped[str] = mapped_column(String(16))
+    """``canary`` or ``shadow``."""
+    percent: Mapped[float] = mapped_column(Float)
+    """The share of the job's requests routed to the candidate (canary) or also sent to it (shadow)."""
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON)
+    """The guard's settings (``alpha``, ``margin``) and anything else the rollout was started with."""
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    """``running``, then ``promoted``, ``aborted``, ``stopped`` (by the guard), ``refused`` (by the gate) or
+    ``replaced`` (by another rollout of the same candidate)."""
+    reason: Mapped[str | None] = mapped_column(Text)
+    """Why it ended, in words."""
+    summary: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    """The figures it ended on (each arm's counts, the guard's evidence)."""
+    started_at: Mapped[datetime] = mapped_column(_TS)
+    ended_at: Mapped[datetime | None] = mapped_column(_TS)
+
+
 class Trace(Base):
     """One request answered by ``instil serve`` (a local model, or an upstream behind the proxy), as captured.
 
@@ -283,6 +313,12 @@ class Trace(Base):
     """Whether every grader passed (None: not graded)."""
     redacted: Mapped[bool] = mapped_column(Boolean)
     """Whether PII was masked at capture."""
+    rollout_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    """The rollout that routed the request (no foreign key: a spooled trace replays whatever the store holds)."""
+    arm: Mapped[str | None] = mapped_column(String(16))
+    """Its side of that rollout: ``production``, ``candidate`` (a canary's) or ``shadow``."""
+    pair_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    """Shared by a shadowed request's production trace and its shadow's, so the two answers can be compared."""
 
 
 class TraceTag(Base):

@@ -34,12 +34,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from instil.data.records import Example
 from instil.env import home_dir
-from instil.errors import NotFoundError, StoreError
+from instil.errors import InstilError, NotFoundError, StoreError
 from instil.store import models as m
 from instil.store.blobs import BlobInfo, BlobStore
 from instil.store.checks import as_id, check_json, check_name, check_word
 from instil.store.db import WRITE, create_store_engine, migrate, resolve_url, safe_url
 from instil.store.queries import ancestors, dataset_version, run_info, version_listing
+from instil.store.rollouts import end_rollout, list_rollouts, start_rollout
 from instil.store.traces import TraceFilter, add_traces, count_traces, delete_traces, query_traces, trace_value
 from instil.store.types import (
     ArtifactInfo,
@@ -48,6 +49,7 @@ from instil.store.types import (
     EvaluationInfo,
     ModelVersion,
     PinInfo,
+    RolloutInfo,
     RunInfo,
     Trace,
     artifact_info,
@@ -694,6 +696,7 @@ class Store:
                 row.status = "production"
             else:
                 row.status = "refused"
+            self._end_rollout_on(s, job, row, promoted, kind)
             decision = m.Decision(
                 job=job,
                 kind=kind,
@@ -733,6 +736,22 @@ class Store:
             return self._decision(s, row)
 
         return self._query(read)
+
+    @staticmethod
+    def _end_rollout_on(s: Session, job: str, model: m.Model, promoted: bool, kind: str) -> None:
+        """A decision ends the job's running rollout: its candidate promoted or refused, or production moved under it
+        (which makes its comparison meaningless)."""
+        running = s.scalars(select(m.Rollout).where(m.Rollout.job == job, m.Rollout.status == "running")).all()
+        for r in running:
+            if r.model_id == model.id:
+                r.status = "promoted" if promoted else "refused"
+                r.reason = f"the {kind} " + ("promoted it" if promoted else "refused it")
+            elif promoted:
+                r.status = "aborted"
+                r.reason = f"production changed under it: a {kind} made {job}@{model.version} production"
+            else:
+                continue
+            r.ended_at = _now()
 
     def production_model(self, job: str) -> ModelVersion | None:
         """The model the last promotion or rollback of ``job`` made production; None before the first promotion."""
@@ -894,6 +913,65 @@ class Store:
                 for r in s.scalars(select(m.Artifact).where(m.Artifact.run_id == run_id).order_by(m.Artifact.id))
             ]
         )
+
+    # ---- rollouts ----------------------------------------------------------------------------------------------------
+    def start_rollout(
+        self,
+        job: str,
+        model: ModelVersion | int,
+        *,
+        mode: str,
+        percent: float,
+        settings: dict[str, Any] | None = None,
+    ) -> RolloutInfo:
+        """Start rolling ``model`` out as a ``canary`` or ``shadow`` on ``percent`` of the job's requests; a running
+        rollout of the same model is replaced, one of another model refused (one runs per job)."""
+        check_name(job, "job name")
+        model_id = as_id(model, "model")
+        check_json(settings or {}, "rollout settings")
+
+        def write(s: Session) -> RolloutInfo:
+            self._serialize(s, f"registry:{job}")
+            row = self._job_model(s, job, model_id)
+            production = s.scalars(
+                select(m.Model).where(m.Model.job == job, m.Model.status == "production").limit(1)
+            ).first()
+            if production is not None and production.id == row.id:
+                raise InstilError(
+                    f"{job}@{row.version} is the production version already: there is nothing to roll out",
+                    hint="roll out a newer version (`instil models` lists them)",
+                )
+            return start_rollout(s, job, row, production, mode, percent, settings or {})
+
+        return self._tx(write)
+
+    def end_rollout(
+        self,
+        job: str,
+        status: str,
+        reason: str,
+        *,
+        summary: dict[str, Any] | None = None,
+        rollout_id: int | None = None,
+    ) -> RolloutInfo:
+        """End the job's running rollout as ``status`` (``promoted``, ``aborted``, ``stopped``, ``refused``) saying
+        why; with ``rollout_id``, only if that one is still the running one."""
+        check_json(summary or {}, "rollout summary")
+
+        def write(s: Session) -> RolloutInfo:
+            self._serialize(s, f"registry:{job}")
+            return end_rollout(s, job, status, reason, summary, rollout_id)
+
+        return self._tx(write)
+
+    def running_rollout(self, job: str) -> RolloutInfo | None:
+        """The job's running rollout, if any."""
+        found = self._query(lambda s: list_rollouts(s, job, running=True))
+        return found[-1] if found else None
+
+    def list_rollouts(self, job: str) -> list[RolloutInfo]:
+        """Every rollout of the job, oldest first."""
+        return self._query(lambda s: list_rollouts(s, job))
 
     # ---- traces ------------------------------------------------------------------------------------------------------
     def add_traces(self, traces: Sequence[Trace]) -> int:

@@ -40,6 +40,10 @@ class TraceFilter:
     tag: str | None = None
     user: str | None = None
     status: int | None = None
+    rollout_id: int | None = None
+    arm: str | None = None
+    """``production``, ``candidate`` or ``shadow`` (within a rollout)."""
+    pair_id: str | None = None
 
 
 def add_traces(s: Session, traces: Sequence[Trace]) -> int:
@@ -78,6 +82,9 @@ def _where(q: Any, f: TraceFilter) -> Any:
         (t.passed, f.passed),
         (t.user, f.user),
         (t.status, f.status),
+        (t.rollout_id, f.rollout_id),
+        (t.arm, f.arm),
+        (t.pair_id, f.pair_id),
     ):
         if value is not None:
             q = q.where(column == value)

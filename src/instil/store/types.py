@@ -21,6 +21,7 @@ __all__ = [
     "EvaluationInfo",
     "ModelVersion",
     "PinInfo",
+    "RolloutInfo",
     "RunInfo",
     "Trace",
     "artifact_info",
@@ -29,6 +30,7 @@ __all__ = [
     "model_version",
     "pin_info",
     "resolve_path",
+    "rollout_info",
     "store_meta",
     "store_path",
     "utc",
@@ -225,6 +227,40 @@ class PinInfo:
 
 
 @dataclass(frozen=True)
+class RolloutInfo:
+    """A candidate version put in front of a job's traffic (see :mod:`instil.rollout`)."""
+
+    id: int
+    job: str
+    model_id: int
+    version: int
+    """The candidate's version number."""
+    mode: str
+    """``canary`` (``percent`` of requests answered by the candidate) or ``shadow`` (the candidate also answers
+    ``percent`` of them, in the background; callers get production's answer)."""
+    percent: float
+    status: str
+    """``running``, ``promoted``, ``aborted``, ``stopped`` (by the guard), ``refused`` (by the gate), ``replaced``."""
+    started_at: datetime
+    production_version: int | None = None
+    """The production version when it started."""
+    settings: dict[str, Any] = field(default_factory=dict)
+    """The guard's settings: ``alpha``, ``margin``."""
+    reason: str | None = None
+    summary: dict[str, Any] | None = None
+    ended_at: datetime | None = None
+
+    @property
+    def ref(self) -> str:
+        """The candidate as ``job@version``."""
+        return f"{self.job}@{self.version}"
+
+    @property
+    def running(self) -> bool:
+        return self.status == "running"
+
+
+@dataclass(frozen=True)
 class Trace:
     """One answered request, as captured by ``instil serve`` (see :mod:`instil.serve.capture`) and kept in the store.
 
@@ -276,6 +312,12 @@ class Trace:
     """Whether every grader passed (None: not graded)."""
     redacted: bool = False
     """Whether PII was masked at capture."""
+    rollout_id: int | None = None
+    """The rollout that routed the request (None: none was running, or the request named a version itself)."""
+    arm: str | None = None
+    """Its side of that rollout: ``production``, ``candidate`` (a canary's) or ``shadow``."""
+    pair_id: str | None = None
+    """Shared by a shadowed request's production trace and its shadow's."""
 
     def to_dict(self) -> dict[str, Any]:
         d = {f: getattr(self, f) for f in self.__dataclass_fields__}
@@ -402,4 +444,22 @@ def pin_info(row: m.Pin, version: int | None) -> PinInfo:
         created_at=utc(row.created_at),
         model_id=row.model_id,
         version=version,
+    )
+
+
+def rollout_info(row: m.Rollout, version: int, production_version: int | None) -> RolloutInfo:
+    return RolloutInfo(
+        id=row.id,
+        job=row.job,
+        model_id=row.model_id,
+        version=version,
+        mode=row.mode,
+        percent=float(row.percent),
+        status=row.status,
+        started_at=utc(row.started_at),
+        production_version=production_version,
+        settings=dict(row.settings or {}),
+        reason=row.reason,
+        summary=dict(row.summary) if row.summary is not None else None,
+        ended_at=utc(row.ended_at) if row.ended_at is not None else None,
     )
