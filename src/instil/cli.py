@@ -47,6 +47,11 @@ app.add_typer(spec_app, name="spec")
 traces_app = typer.Typer(help="List, show and export the traces instil serve captured.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(traces_app, name="traces")
+rollout_app = typer.Typer(
+    help="Roll a new version out: a canary or a shadow on live traffic, guarded, then promoted or aborted.",
+    no_args_is_help=True,
+)
+app.add_typer(rollout_app, name="rollout")
 
 console = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -665,6 +670,160 @@ def pin(
         else:
             now = set_pin(store, job.name, args[0], args[1])
             console.print(f"pin [bold]{now.name}[/] -> {now.ref}")
+
+
+# ---- rollout ---------------------------------------------------------------------------------------------------------
+@rollout_app.command("start")
+def rollout_start(
+    spec: SpecArg = Path("instil.yaml"),
+    version: Annotated[str, typer.Option(help="The version to roll out: 3, <job>@3, latest, a pin.")] = "latest",
+    canary: Annotated[
+        float | None,
+        typer.Option(help="A canary: this percent of requests answered by the version (default: the spec's)."),
+    ] = None,
+    shadow: Annotated[
+        bool, typer.Option("--shadow", help="A shadow instead: the version also answers, unseen by callers.")
+    ] = False,
+    percent: Annotated[
+        float | None, typer.Option(help="With --shadow: the percent of requests also sent to it (default: the spec's).")
+    ] = None,
+    alpha: Annotated[float | None, typer.Option(help="The guard's error bound (default: rollout.alpha).")] = None,
+    margin: Annotated[
+        float | None, typer.Option(help="How much worse than production a canary may fail (default: rollout.margin).")
+    ] = None,
+) -> None:
+    """Start a canary (or a shadow) of a version; a running server routes by it within a second."""
+    from instil import rollout
+
+    if shadow and canary is not None:
+        raise typer.BadParameter("give --canary PCT or --shadow, not both", param_hint="--canary/--shadow")
+    if not shadow and percent is not None:
+        raise typer.BadParameter("--percent is for --shadow; a canary's share is --canary PCT", param_hint="--percent")
+    job = _load(spec)
+    with _open_store(job) as store:
+        r = rollout.start(
+            job, store, version, mode="shadow" if shadow else "canary", percent=percent if shadow else canary,
+            alpha=alpha, margin=margin,
+        )  # fmt: skip
+    what = (
+        f"a canary: {r.percent:g}% of requests for {job.name!r} go to {r.ref}"
+        if r.mode == "canary"
+        else f"a shadow: {r.ref} also answers {r.percent:g}% of the requests for {job.name!r}, unseen"
+    )
+    console.print(f"rollout {r.id} started, {what} (production: {job.name}@{r.production_version})")
+    if r.mode == "canary":
+        console.print(
+            f"[dim]the guard stops it if it fails more often than production (alpha {r.settings['alpha']:g}); "
+            "`instil rollout status` shows the figures, `instil rollout promote` gates and promotes it[/]"
+        )
+
+
+@rollout_app.command("status")
+def rollout_status(
+    spec: SpecArg = Path("instil.yaml"),
+    rollout_id: Annotated[
+        int | None, typer.Option("--id", help="A past rollout (default: the running one, else the latest).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+) -> None:
+    """A rollout's figures per arm: online pass rates with intervals, agreement, latency, cost; the guard."""
+    from instil import rollout
+
+    job = _load(spec)
+    with _open_store(job) as store:
+        s = rollout.status(job, store, rollout_id)
+    if as_json:
+        console.print_json(json.dumps(s.to_dict()))
+        return
+    _print_rollout(s)
+
+
+def _print_rollout(s) -> None:
+    r = s.rollout
+    state = {"running": "[green]running[/]", "stopped": "[red]stopped by the guard[/]"}.get(r.status, r.status)
+    console.print(
+        f"rollout {r.id}: {r.ref} as a {r.mode} on {r.percent:g}% against production {r.job}@{r.production_version}, "
+        f"{state}, since {r.started_at:%Y-%m-%d %H:%M} UTC"
+    )
+    if r.reason:
+        console.print("  " + _escape(r.reason), soft_wrap=True)
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    columns = ("arm", "versions", "requests", "errors", "pass rate (95%)", "p50", "p95", "first token", "per 1k",
+               "per success")  # fmt: skip
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("arm", "versions") else "right")
+
+    def rate(i) -> str:
+        return "-" if i is None else f"{i.estimate:.1%} [{i.low:.1%}, {i.high:.1%}]"
+
+    def ms(x) -> str:
+        return "-" if x is None else f"{x * 1000:.0f} ms"
+
+    def cost(x) -> str:
+        return "-" if x is None else f"{x:.4g}"
+
+    for a in s.arms:
+        table.add_row(
+            a.arm, ",".join(str(v) for v in a.versions) or "-", str(a.requests), str(a.errors),
+            rate(a.pass_rate) + (f" of {a.graded}" if a.graded else ""), ms(a.latency_p50_s), ms(a.latency_p95_s),
+            ms(a.first_token_p50_s), cost(a.cost_per_1k), cost(a.cost_per_success),
+        )  # fmt: skip
+    console.print(table)
+    if not s.graded:
+        console.print("[yellow]no trace was graded: the job has no reference-free graders, so the guard sees only "
+                      "server errors[/]")  # fmt: skip
+    if r.mode == "shadow":
+        console.print(f"agreement with production: {rate(s.agreement)} of {s.pairs} pairs")
+        for prod, shadow in s.disagreements[:5]:
+            console.print(f"  [dim]differs: instil traces show {prod}  /  {shadow}[/]")
+    else:
+        console.print("guard: " + _escape(s.guard.reason()), soft_wrap=True)
+
+
+@rollout_app.command("promote")
+def rollout_promote(
+    spec: SpecArg = Path("instil.yaml"),
+    min_requests: Annotated[
+        int | None, typer.Option(help="Answers the candidate must have given first (default: rollout.min_requests).")
+    ] = None,
+) -> None:
+    """Promote the running rollout's version: enough online evidence, the guard not stopped, and the gate passed.
+
+    Exit code: 0 promoted, 1 refused or not ready, 2 error.
+    """
+    from transformers.utils import logging as hf_logging
+
+    from instil import rollout
+
+    hf_logging.disable_progress_bar()
+    job = _load(spec)
+    try:
+        with _open_store(job) as store:
+            done = rollout.promote(job, store, min_requests=min_requests)
+    except InstilError as e:
+        _print_error(e)
+        raise typer.Exit(1) from None
+    p = done.promotion
+    colour = "green" if p.decision.promoted else "red"
+    lines = _escape(p.summary()).split("\n")
+    lines[0] = f"[bold {colour}]{lines[0]}[/]"
+    console.print("\n".join(lines), soft_wrap=True)
+    console.print(f"rollout {done.rollout.id}: {done.rollout.status}")
+    raise typer.Exit(0 if p.decision.promoted else 1)
+
+
+@rollout_app.command("abort")
+def rollout_abort(
+    spec: SpecArg = Path("instil.yaml"),
+    reason: Annotated[str, typer.Option(help="Why, for the record.")] = "aborted by hand",
+) -> None:
+    """End the running rollout: production answers every request again (a running server, within a second)."""
+    from instil import rollout
+
+    job = _load(spec)
+    with _open_store(job) as store:
+        r = rollout.abort(store, job.name, reason)
+    console.print(f"rollout {r.id} of {r.ref} aborted; production answers every request")
 
 
 # ---- spec ------------------------------------------------------------------------------------------------------------

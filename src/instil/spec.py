@@ -41,6 +41,7 @@ __all__ = [
     "LoraSpec",
     "ModelSpec",
     "OutputSpec",
+    "RolloutSpec",
     "ServeSpec",
     "SplitSpec",
     "TrainingSpec",
@@ -745,6 +746,24 @@ class ServeSpec(_Strict):
         return self.upstream if isinstance(self.upstream, list) else [self.upstream]
 
 
+class RolloutSpec(_Strict):
+    """How a new version meets traffic before it is promoted (``instil rollout``): a canary, a shadow, the guard."""
+
+    canary_percent: float = Field(10.0, gt=0, le=100)
+    """The share of the job's requests a canary answers (sticky per ``user``: one person stays on one version)."""
+    shadow_percent: float = Field(100.0, gt=0, le=100)
+    """The share of the job's requests a shadow also answers, in the background (callers get production's answer)."""
+    alpha: float = Field(0.05, gt=0, lt=1)
+    """The guard's error bound: the chance, at most, that it ever stops a canary no worse than production."""
+    margin: float = Field(0.0, ge=0, lt=1)
+    """How much higher a canary's online failure rate may be than production's before the guard counts it worse."""
+    min_requests: int = Field(200, ge=0)
+    """The canary answers at least this many requests before ``instil rollout promote`` (or ``run --watch``)
+    promotes it."""
+    max_shadow_inflight: int = Field(32, ge=1)
+    """The most shadow requests generating at once; past it a request is not shadowed (and counted so)."""
+
+
 class JobSpec(_Strict):
     """A job: what the model must do, how it is scored, the data, the model, training and the promotion gate."""
 
@@ -774,6 +793,8 @@ class JobSpec(_Strict):
     """How candidates are evaluated and priced (``instil eval``)."""
     serve: ServeSpec = ServeSpec()
     """How ``instil serve`` answers (a local model, or an upstream behind the proxy) and captures traces."""
+    rollout: RolloutSpec = RolloutSpec()
+    """How a new version is rolled out (canary, shadow) and guarded before promotion."""
 
     _root: Path = PrivateAttr(default_factory=Path.cwd)
     _file: Path | None = PrivateAttr(default=None)

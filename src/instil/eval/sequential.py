@@ -41,7 +41,7 @@ BETS = (0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.7)
 
 @dataclass
 class CanaryGuard:
-    """The running test: feed ``update`` each outcome in arrival order; ``stopped`` once the candidate is shown worse."""
+    """The running test: feed ``update`` each outcome in arrival order; ``stopped`` once the candidate shows worse."""
 
     alpha: float = 0.05
     """The chance, at most, that a candidate no worse than production (plus ``margin``) is ever stopped."""
@@ -115,4 +115,5 @@ class CanaryGuard:
                 f"the candidate is {worse} with {1 - self.alpha:.0%} confidence (anytime-valid test: evidence "
                 f"{self.wealth:.1f} reached {self.threshold:.0f}): {rates}"
             )
-        return f"no evidence yet that the candidate is {worse} (evidence {self.wealth:.2f} of {self.threshold:.0f}): {rates}"
+        evidence = f"evidence {self.wealth:.2f} of {self.threshold:.0f}"
+        return f"no evidence yet that the candidate is {worse} ({evidence}): {rates}"

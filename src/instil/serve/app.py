@@ -77,7 +77,16 @@ from instil.serve.catalog import Catalog, NotServed, Target
 from instil.serve.engine import Engine, EngineStats, Job, QueueFull
 from instil.serve.metrics import AccessLog, ServeMetrics
 
-__all__ = ["TAGS_HEADER", "ServedRequest", "create_app", "create_catalog_app", "request_tags"]
+__all__ = [
+    "ROUTE_KEY",
+    "TAGS_HEADER",
+    "Route",
+    "ServedRequest",
+    "create_app",
+    "create_catalog_app",
+    "request_route",
+    "request_tags",
+]
 
 log = logging.getLogger("instil.serve")
 
@@ -93,7 +102,26 @@ TAGS_HEADER = "x-instil-tags"
 """The request header whose comma-separated tags are kept with the trace (``X-Instil-Tags: beta, mobile``)."""
 MAX_TAGS = 16
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:/-]{0,63}")
+ROUTE_KEY = "instil.route"
+"""The ASGI scope key where a rollout's router (:mod:`instil.serve.router`) leaves a request's :class:`Route`: in the
+scope, never a header, so no client can claim an arm."""
 _NOT_PARAMS = {"model", "messages", "tools", "stream", "stream_options", "user", "metadata", "store"}
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a rollout sent a request: its rollout, its arm, and (shadowed requests) the pair both answers share."""
+
+    rollout_id: int
+    arm: str
+    """``production``, ``candidate`` or ``shadow``."""
+    pair_id: str | None = None
+
+
+def request_route(scope: dict[str, Any]) -> Route | None:
+    """The request's :class:`Route`, when a rollout's router set one."""
+    route = scope.get(ROUTE_KEY)
+    return route if isinstance(route, Route) else None
 
 
 @dataclass(frozen=True)
@@ -142,6 +170,8 @@ class ServedRequest:
     """The job's model version that answered (None: a base, or a model outside a job)."""
     asked_model: str | None = None
     """The ``model`` the request named (an alias such as ``<job>`` or ``<job>@stable``); ``model`` is what answered."""
+    route: Route | None = None
+    """Where a running rollout sent it (None: no rollout routed it)."""
 
 
 # ---- the request body ------------------------------------------------------------------------------------------------
@@ -294,6 +324,7 @@ def create_catalog_app(
     max_body_bytes: int = MAX_BODY_BYTES,
     max_queue: int = MAX_QUEUE,
     trace_log: Any = None,
+    router: Any = None,
 ) -> Any:
     """A FastAPI app serving every target of ``catalog`` (:mod:`instil.serve.catalog`) by the name a request's
     ``model`` gives; targets sharing a model object share one engine, so versions on one base batch together.
@@ -305,6 +336,8 @@ def create_catalog_app(
     ``max_body_bytes`` bounds a request's body: a larger one is answered 413 before it is read whole.
     ``max_queue``: the most requests waiting for each model; past it, 429 with ``Retry-After``.
     ``trace_log``: the :class:`~instil.serve.capture.TraceLog` the hook captures to, whose spool ``/metrics`` shows.
+    ``router``: a :class:`~instil.serve.router.RolloutRouter` routing requests by the job's running rollout (its
+    middleware sits inside the key check and the body limit; ``/metrics`` shows its counts).
     """
     try:
         from fastapi import FastAPI, Request
@@ -353,9 +386,11 @@ def create_catalog_app(
     app.state.engines = engines
 
     _handle_errors(app)
+    if router is not None:  # innermost: it reads the body the limit has bounded, of requests the key let in
+        app.add_middleware(router.wrap)
     app.add_middleware(_BodyLimit, max_bytes=max_body_bytes)  # inside the key check, which runs first
     _require_key(app, api_key)
-    metrics = ServeMetrics(engine=engines, traces=trace_log)
+    metrics = ServeMetrics(engine=engines, traces=trace_log, router=router)
     app.state.metrics = metrics
     app.add_middleware(AccessLog, metrics=metrics)  # outermost: every request is counted, refused ones too
 
@@ -384,6 +419,7 @@ def create_catalog_app(
         arrived: datetime,
         tags: tuple[str, ...],
         target: Target,
+        route: Route | None,
     ) -> ServedRequest:
         text, finish, message, usage, calls = answer
         return ServedRequest(
@@ -408,6 +444,7 @@ def create_catalog_app(
             tags=tags,
             version=target.version,
             asked_model=body.model,
+            route=route,
         )
 
     def count(target: Target, job: Job, usage: dict[str, int], began: float) -> None:
@@ -424,6 +461,7 @@ def create_catalog_app(
             raise _unknown_model(body.model, catalog.names())
         served = backend(target)
         tags = request_tags(request.headers.get(TAGS_HEADER))
+        route = request_route(request.scope)
         asked = _check(body, target.system_prompt, target.tools, max_new_tokens_cap, served.max_chars)
         served.engine.expect(1)  # a batch about to start may wait a moment for this one
         try:
@@ -466,7 +504,7 @@ def create_catalog_app(
                     _, finish, message, usage, _ = answer
                     count(target, job, usage, began)
                     if on_request is not None:  # before [DONE]: a client that saw the end has its trace kept
-                        hook_record = record(body, asked, job, answer, rid, began, arrived, tags, target)
+                        hook_record = record(body, asked, job, answer, rid, began, arrived, tags, target, route)
                         await run_in_threadpool(_call_hook, on_request, hook_record)
                     for chunk in stream.rest(message, text.sent, finish, usage):
                         yield chunk
@@ -484,7 +522,7 @@ def create_catalog_app(
         _, finish, message, usage, _ = answer
         count(target, job, usage, began)
         if on_request is not None:  # before the answer goes out: a client that has it has its trace kept
-            hook_record = record(body, asked, job, answer, rid, began, arrived, tags, target)
+            hook_record = record(body, asked, job, answer, rid, began, arrived, tags, target, route)
             await run_in_threadpool(_call_hook, on_request, hook_record)
         return {
             "id": rid,

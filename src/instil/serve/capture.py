@@ -462,4 +462,7 @@ def served_trace(job: str, r: ServedRequest, *, version: int | None = None, pric
         user=r.user,
         meta=r.metadata,
         tags=r.tags,
+        rollout_id=r.route.rollout_id if r.route is not None else None,
+        arm=r.route.arm if r.route is not None else None,
+        pair_id=r.route.pair_id if r.route is not None else None,
     )

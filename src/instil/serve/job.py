@@ -31,7 +31,8 @@ from instil.serve.capture import CaptureStats, TraceLog, capture_graders, served
 from instil.serve.catalog import Catalog, Target
 from instil.serve.engine import serving_threads
 from instil.serve.proxy import create_proxy_app
-from instil.serve.versions import MAX_ADAPTERS, JobCatalog
+from instil.serve.router import RolloutRouter
+from instil.serve.versions import MAX_ADAPTERS, JobCatalog, default_versions
 from instil.spec import JobSpec
 from instil.store import ModelVersion, Store
 
@@ -128,11 +129,14 @@ def job_app(
     max_body_bytes: int = MAX_BODY_BYTES,
     max_queue: int = MAX_QUEUE,
     traces: TraceLog | None = None,
+    router: RolloutRouter | None = None,
 ) -> Any:
     """The FastAPI app serving the job's models by name: ``catalog`` as given, else ``served`` alone (already
     loaded), else :func:`job_catalog` of ``versions`` (or the one ``version``) and ``base``.
 
-    ``traces``: a started :class:`TraceLog` that every answer is captured to (the caller starts and closes it)."""
+    ``traces``: a started :class:`TraceLog` that every answer is captured to (the caller starts and closes it).
+    ``router``: a :class:`~instil.serve.router.RolloutRouter` for the job's rollouts (the caller starts and closes
+    it)."""
     if catalog is None:
         if served is not None:
             number = served.version.version if served.version is not None else None
@@ -168,6 +172,7 @@ def job_app(
         max_body_bytes=max_body_bytes,
         max_queue=max_queue,
         trace_log=traces,
+        router=router,
     )
 
 
@@ -282,14 +287,19 @@ def serve_job(
             hint="drop --proxy/--base",
         )
     traces = trace_log(spec, store) if (spec.serve.capture if capture is None else capture) else None
+    # Rollouts route what clients of production send (`model: <job>`); the proxy in front of an upstream has no
+    # versions of ours to route to.
+    router = None if proxy else RolloutRouter(store, spec.name, max_shadow_inflight=spec.rollout.max_shadow_inflight)
     if engine == "vllm":
-        return _serve_vllm(spec, store, [version] if version is not None else versions, host, port, api_key, traces,
-                           max_body_bytes, ready, engine_args)  # fmt: skip
+        refs = _with_candidate(store, spec.name, [version] if version is not None else versions)
+        return _serve_vllm(spec, store, refs, host, port, api_key, traces, max_body_bytes, ready, engine_args, router)
     if proxy:
         app = proxy_app(spec, api_key=api_key, traces=traces, max_body_bytes=max_body_bytes)
         name = "proxy to " + ", ".join(f"{u.name} ({u.base_url})" for u in spec.serve.upstreams)
     else:
         refs = [version] if version is not None else versions
+        if not (base and not refs):  # the base alone answers no `<job>`: nothing to route
+            refs = _with_candidate(store, spec.name, refs)
         catalog = job_catalog(spec, store, versions=refs, base=base, max_adapters=max_adapters)
         serving_threads(catalog.targets()[0].model, threads)
         app = job_app(
@@ -302,6 +312,7 @@ def serve_job(
             max_body_bytes=max_body_bytes,
             max_queue=max_queue,
             traces=traces,
+            router=router,
         )
         name = ", ".join(catalog.names())
         aliases = catalog.aliases()
@@ -309,14 +320,28 @@ def serve_job(
             name += " (" + ", ".join(f"{a} = {n}" for a, n in aliases.items()) + ")"
     if traces is not None:
         traces.start()  # after loading, so a failed load leaves no spool behind; before listening
+    if router is not None:
+        router.start()
     try:
         if ready is not None:
             shown = f"[{host}]" if ":" in host else host
             ready(name, f"http://{shown}:{port}/v1")
         uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:
+        if router is not None:
+            router.close()
         stats = traces.close() if traces is not None else None
     return stats
+
+
+def _with_candidate(store: Store, job: str, refs: Sequence[int | str] | None) -> Sequence[int | str] | None:
+    """The versions to load, with a running rollout's candidate among them (a whole model loads only at start)."""
+    running = store.running_rollout(job)
+    if running is None:
+        return refs
+    if refs is None:
+        return [m.version for m in default_versions(store, job)] + [running.version]
+    return [*refs, running.version]
 
 
 def _serve_vllm(
@@ -330,6 +355,7 @@ def _serve_vllm(
     max_body_bytes: int,
     ready: Callable[[str, str], None] | None,
     engine_args: Sequence[str],
+    router: RolloutRouter | None,
 ) -> CaptureStats | None:
     """vLLM on a loopback port of its own, the proxy in front of it on ``host:port``, until interrupted."""
     import socket
@@ -379,15 +405,20 @@ def _serve_vllm(
             trace_log=traces,
             rename=Aliases(store, spec.name),
             source="local",
+            router=router,
         )
         if traces is not None:
             traces.start()
+        if router is not None:
+            router.start()
         try:
             if ready is not None:
                 shown = f"[{host}]" if ":" in host else host
                 ready(", ".join(plan.names) + " (vLLM)", f"http://{shown}:{port}/v1")
             uvicorn.run(app, host=host, port=port, log_level="warning")
         finally:
+            if router is not None:
+                router.close()
             stats = traces.close() if traces is not None else None
         return stats
     finally:

@@ -31,7 +31,7 @@ class ServeMetrics:
     depth and batch counts, ``traces`` (a :class:`~instil.serve.capture.TraceLog`) the spool; both are read when
     scraped."""
 
-    def __init__(self, *, engine: Any = None, traces: Any = None) -> None:
+    def __init__(self, *, engine: Any = None, traces: Any = None, router: Any = None) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = r = CollectorRegistry()
@@ -72,6 +72,19 @@ class ServeMetrics:
             Gauge(
                 "instil_prefix_cache_hits", "Batches whose shared system prompt came from the KV cache", registry=r
             ).set_function(lambda: engine.stats.prefix_hits)
+        if router is not None:
+            routed = Gauge(
+                "instil_rollout_requests", "Requests a rollout routed, by arm (production, candidate, shadow)", ["arm"],
+                registry=r,
+            )  # fmt: skip
+            for arm in ("production", "candidate", "shadow"):
+                routed.labels(arm).set_function(lambda arm=arm: router.counts[arm])
+            Gauge(
+                "instil_rollout_shadow_skipped", "Requests not shadowed: too many shadows were running", registry=r
+            ).set_function(lambda: router.counts["shadow_skipped"])
+            Gauge("instil_rollout_running", "1 while a rollout routes the job's requests", registry=r).set_function(
+                lambda: 1.0 if router.current is not None else 0.0
+            )
         if traces is not None:
             Gauge("instil_trace_spool_bytes", "Bytes of traces spooled, not yet in the store", registry=r).set_function(
                 lambda: traces.stats().spool_bytes

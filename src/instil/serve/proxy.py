@@ -34,10 +34,12 @@ from instil.serve.app import (
     _NOT_PARAMS,
     MAX_BODY_BYTES,
     TAGS_HEADER,
+    Route,
     _ApiError,
     _BodyLimit,
     _handle_errors,
     _require_key,
+    request_route,
     request_tags,
 )
 from instil.serve.metrics import AccessLog, ServeMetrics
@@ -88,6 +90,7 @@ def create_proxy_app(
     trace_log: Any = None,
     rename: Callable[[str], str | None] | None = None,
     source: str = "proxy",
+    router: Any = None,
 ) -> Any:
     """A FastAPI app forwarding OpenAI chat completions to ``upstreams`` (see the module doc).
 
@@ -99,6 +102,8 @@ def create_proxy_app(
     (read from its ``api_key_env`` by the caller; an upstream without one forwards the client's ``Authorization``).
     ``on_trace`` is called on the event loop with each :class:`Trace`; it must be quick (a spool append is).
     ``trace_log``: the :class:`~instil.serve.capture.TraceLog` behind ``on_trace``, whose spool ``/metrics`` shows.
+    ``router``: a :class:`~instil.serve.router.RolloutRouter` (for our own versions behind vLLM), as in
+    :func:`~instil.serve.app.create_catalog_app`.
     """
     try:
         import aiohttp
@@ -132,9 +137,11 @@ def create_proxy_app(
 
     app = FastAPI(title=f"instil proxy: {job}", lifespan=lifespan, docs_url=None, redoc_url=None)
     _handle_errors(app)
+    if router is not None:
+        app.add_middleware(router.wrap)
     app.add_middleware(_BodyLimit, max_bytes=max_body_bytes)
     _require_key(app, api_key)
-    metrics = ServeMetrics(traces=trace_log)
+    metrics = ServeMetrics(traces=trace_log, router=router)
     app.state.metrics = metrics
     app.add_middleware(AccessLog, metrics=metrics)  # outermost: every request is counted, refused ones too
 
@@ -204,6 +211,7 @@ def create_proxy_app(
         began, arrived = time.perf_counter(), datetime.now(UTC)
         raw = await request.body()  # already read whole (and bounded) by _BodyLimit
         tags = request_tags(request.headers.get(TAGS_HEADER))
+        routed = request_route(request.scope)
         try:
             asked = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
@@ -228,7 +236,8 @@ def create_proxy_app(
         streamed = response.headers.get("content-type", "").startswith("text/event-stream")
 
         def trace(status: int, answer: dict[str, Any], error: dict[str, Any] | None, first: float | None) -> Trace:
-            return _trace(job, u, asked, answer, status, error, began, arrived, first, bool(streamed), tags, source)
+            return _trace(job, u, asked, answer, status, error, began, arrived, first, bool(streamed), tags, source,
+                          routed)  # fmt: skip
 
         status = response.status
         if not streamed:
@@ -369,6 +378,7 @@ def _trace(
     stream: bool,
     tags: tuple[str, ...],
     source: str = "proxy",
+    route: Route | None = None,
 ) -> Trace:
     usage = answer.get("usage") or {}
     prompt, completion = _int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens"))
@@ -406,6 +416,9 @@ def _trace(
         user=user[:256] if isinstance(user, str) else None,
         meta={str(k): v for k, v in metadata.items()} if isinstance(metadata, dict) else {},
         tags=tags,
+        rollout_id=route.rollout_id if route is not None else None,
+        arm=route.arm if route is not None else None,
+        pair_id=route.pair_id if route is not None else None,
     )
 
 

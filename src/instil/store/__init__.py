@@ -14,7 +14,7 @@ from __future__ import annotations
 from instil.store.blobs import BlobInfo, BlobStore
 from instil.store.db import DB_URL_ENV
 from instil.store.store import DECISION_KINDS, FINAL_STATUSES, Store
-from instil.store.traces import TraceFilter
+from instil.store.traces import Outcome, TraceFilter
 from instil.store.types import (
     ArtifactInfo,
     DatasetVersion,
@@ -38,6 +38,7 @@ __all__ = [
     "EvaluationInfo",
     "FINAL_STATUSES",
     "ModelVersion",
+    "Outcome",
     "PinInfo",
     "RolloutInfo",
     "RunInfo",

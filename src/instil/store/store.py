@@ -41,7 +41,16 @@ from instil.store.checks import as_id, check_json, check_name, check_word
 from instil.store.db import WRITE, create_store_engine, migrate, resolve_url, safe_url
 from instil.store.queries import ancestors, dataset_version, run_info, version_listing
 from instil.store.rollouts import end_rollout, list_rollouts, start_rollout
-from instil.store.traces import TraceFilter, add_traces, count_traces, delete_traces, query_traces, trace_value
+from instil.store.traces import (
+    Outcome,
+    TraceFilter,
+    add_traces,
+    count_traces,
+    delete_traces,
+    query_traces,
+    trace_outcomes,
+    trace_value,
+)
 from instil.store.types import (
     ArtifactInfo,
     DatasetVersion,
@@ -988,6 +997,17 @@ class Store:
         return self._query(
             lambda s: query_traces(s, where or TraceFilter(), limit=limit, offset=offset, oldest_first=oldest_first)
         )
+
+    def trace_outcomes(
+        self,
+        where: TraceFilter,
+        *,
+        after: tuple[datetime, str] | None = None,
+        before: datetime | None = None,
+    ) -> list[Outcome]:
+        """The traces matching ``where`` in arrival order, as the few fields a rollout's figures need; only those
+        after ``(created_at, id)``, and arrived before ``before``, when given."""
+        return self._query(lambda s: trace_outcomes(s, where, after, before))
 
     def count_traces(self, where: TraceFilter | None = None) -> int:
         return self._query(lambda s: count_traces(s, where or TraceFilter()))

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,7 +19,16 @@ from sqlalchemy.orm import Session
 from instil.store import models as m
 from instil.store.types import Trace, utc
 
-__all__ = ["TraceFilter", "add_traces", "count_traces", "delete_traces", "query_traces", "trace_value"]
+__all__ = [
+    "Outcome",
+    "TraceFilter",
+    "add_traces",
+    "count_traces",
+    "delete_traces",
+    "query_traces",
+    "trace_outcomes",
+    "trace_value",
+]
 
 _COLUMNS = [c.name for c in m.Trace.__table__.columns]
 
@@ -44,6 +54,54 @@ class TraceFilter:
     arm: str | None = None
     """``production``, ``candidate`` or ``shadow`` (within a rollout)."""
     pair_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a rollout's figures need of one trace, without its messages."""
+
+    id: str
+    created_at: datetime
+    arm: str | None
+    version: int | None
+    status: int
+    passed: bool | None
+    latency_s: float
+    first_token_s: float | None
+    cost: float | None
+    pair_id: str | None
+    output: str | None
+    """Only for traces with a ``pair_id`` (a shadow's comparison); None otherwise."""
+
+
+def trace_outcomes(
+    s: Session, f: TraceFilter, after: tuple[datetime, str] | None, before: datetime | None
+) -> list[Outcome]:
+    """The outcomes of the traces matching ``f`` in arrival order, those after ``(created_at, id)`` and (with
+    ``before``) arrived before it."""
+    t = m.Trace
+    columns = (
+        t.id,
+        t.created_at,
+        t.arm,
+        t.version,
+        t.status,
+        t.passed,
+        t.latency_s,
+        t.first_token_s,
+        t.cost,
+        t.pair_id,
+    )
+    q = _where(select(*columns, t.output), f).order_by(t.created_at.asc(), t.id.asc())
+    if after is not None:
+        q = q.where((t.created_at > after[0]) | ((t.created_at == after[0]) & (t.id > after[1])))
+    if before is not None:
+        q = q.where(t.created_at < before)
+    out = []
+    for row in s.execute(q):
+        *head, output = row
+        out.append(Outcome(*head, output if head[-1] is not None else None))
+    return [dataclasses.replace(o, created_at=utc(o.created_at)) for o in out]
 
 
 def add_traces(s: Session, traces: Sequence[Trace]) -> int:
