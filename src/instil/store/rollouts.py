@@ -23,7 +23,7 @@ ROLLOUT_ENDINGS = ("promoted", "aborted", "stopped", "refused", "replaced")
 
 def rollout_value(s: Session, row: m.Rollout) -> RolloutInfo:
     ids = [i for i in (row.model_id, row.production_model_id) if i is not None]
-    versions = dict(s.execute(select(m.Model.id, m.Model.version).where(m.Model.id.in_(ids))).tuples().all())
+    versions = {i: v for i, v in s.execute(select(m.Model.id, m.Model.version).where(m.Model.id.in_(ids)))}
     production = versions.get(row.production_model_id) if row.production_model_id is not None else None
     return rollout_info(row, versions[row.model_id], production)
 
