@@ -91,7 +91,7 @@ def test_canary_buckets_are_sticky_per_user_and_split_by_share():
 
     assert canary_bucket("j", 3, "ana") == canary_bucket("j", 3, "ana")
     buckets = [canary_bucket("j", 3, f"user-{i}") for i in range(4000)]
-    assert 0 <= min(buckets) and max(buckets) < 100
+    assert min(buckets) >= 0 and max(buckets) < 100
     assert 0.08 < sum(b < 10 for b in buckets) / 4000 < 0.12
     # raising the share keeps everyone already in the canary in it
     assert {i for i, b in enumerate(buckets) if b < 10} <= {i for i, b in enumerate(buckets) if b < 30}
@@ -120,7 +120,11 @@ def test_one_rollout_runs_per_job_and_a_decision_ends_it(backend, request, insti
         assert store.running_rollout("j") == canary
         with pytest.raises(NotFoundError):
             store.end_rollout("j", "stopped", "a guard of an older rollout", rollout_id=r.id)
-        for bad in ({"mode": "blue", "percent": 10}, {"mode": "canary", "percent": 0}, {"mode": "canary", "percent": 101}):
+        for bad in (
+            {"mode": "blue", "percent": 10},
+            {"mode": "canary", "percent": 0},
+            {"mode": "canary", "percent": 101},
+        ):  # noqa: E501
             with pytest.raises(InstilError):
                 store.start_rollout("j", v2, **bad)
 
@@ -162,11 +166,10 @@ def versions(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
             curate_job(spec, store)
             split_job(spec, store)
             train = store.get_dataset(dataset_name(spec, "train"))
-            blue = store.put_dataset(
-                "colors:blue",
-                [Example([*e.messages[:-1], Message("assistant", "blue")], id=e.id) for e in store.iter_examples(train)],
-                parents=[train],
-            )
+            wrong = [
+                Example([*e.messages[:-1], Message("assistant", "blue")], id=e.id) for e in store.iter_examples(train)
+            ]
+            blue = store.put_dataset("colors:blue", wrong, parents=[train])
             v1 = train_sft(spec, store, max_steps=8, progress=False, dataset=blue).model
             train_sft(spec, store, max_steps=8, progress=False, dataset=train)
             train_sft(spec, store, max_steps=1, progress=False, dataset=train)
