@@ -311,3 +311,42 @@ def test_promotion_refuses_a_stopped_or_unready_rollout_and_abort_ends_routing(s
     _until(lambda: router.current is None)
     assert ask("x")[0] == "colors@1"
     assert store.list_rollouts(spec.name)[-1].reason == "changed my mind"
+
+
+def test_cli_rollout_start_status_promote_abort(versions, instil_home: Path, capsys, monkeypatch):
+    import json
+    import shutil
+
+    from instil.cli import main
+
+    spec_file, home = versions
+    shutil.copytree(home, instil_home)
+    monkeypatch.chdir(spec_file.parent)
+    assert main(["rollout", "status", str(spec_file)]) == 1
+    assert "never been rolled out" in capsys.readouterr().err
+    assert main(["rollout", "start", str(spec_file), "--version", "2", "--canary", "5", "--shadow"]) == 2
+    assert main(["rollout", "start", str(spec_file), "--version", "9"]) == 1
+    assert "has no model version 9" in capsys.readouterr().err
+    assert main(["rollout", "start", str(spec_file), "--version", "2", "--canary", "5"]) == 0
+    assert "5% of requests for 'colors' go to colors@2" in capsys.readouterr().out
+    assert main(["rollout", "status", str(spec_file), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["candidate"], shown["mode"], shown["status"], shown["guard"]["stopped"]) == (
+        "colors@2",
+        "canary",
+        "running",
+        False,
+    )
+    assert [a["arm"] for a in shown["arms"]] == ["production", "candidate"]
+    assert main(["rollout", "status", str(spec_file)]) == 0
+    out = capsys.readouterr().out
+    assert "rollout 1: colors@2 as a canary on 5%" in out and "no evidence yet" in out
+    assert main(["rollout", "promote", str(spec_file)]) == 1  # no traffic yet: not enough evidence
+    assert "needs before promotion" in capsys.readouterr().err
+    assert main(["rollout", "promote", str(spec_file), "--min-requests", "0"]) == 0  # then the gate passes it
+    assert "rollout 1: promoted" in capsys.readouterr().out
+    assert main(["rollout", "start", str(spec_file), "--version", "3", "--shadow", "--percent", "20"]) == 0
+    assert main(["rollout", "abort", str(spec_file), "--reason", "enough"]) == 0
+    assert "aborted" in capsys.readouterr().out
+    assert main(["rollout", "abort", str(spec_file)]) == 1
+    assert "no running rollout" in capsys.readouterr().err
