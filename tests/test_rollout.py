@@ -350,3 +350,32 @@ def test_cli_rollout_start_status_promote_abort(versions, instil_home: Path, cap
     assert "aborted" in capsys.readouterr().out
     assert main(["rollout", "abort", str(spec_file)]) == 1
     assert "no running rollout" in capsys.readouterr().err
+
+
+def test_feedback_over_http_joins_the_review_queue(served, monkeypatch):
+    import httpx
+    import openai
+
+    import instil.serve.feedback
+
+    spec, store, url, _ = served
+    c = openai.OpenAI(base_url=url, api_key="none", max_retries=0)
+    r = c.chat.completions.create(model="colors", messages=[{"role": "user", "content": "colour?"}], max_tokens=4)
+    sent = httpx.post(f"{url}/feedback", json={"id": r.id, "rating": 0, "correction": "red", "user": "ana"})
+    assert sent.status_code == 200, sent.text  # straight after the answer: the route waits for the trace
+    body = sent.json()
+    assert (body["object"], body["trace_id"], body["status"]) == ("feedback", r.id, "queued")
+    (item,) = store.list_review_items(spec.name, kind="feedback")
+    assert (item.id, item.output, item.suggestion, item.rating, item.meta["by"]) == (
+        body["id"],
+        "blue",
+        "red",
+        0,
+        "ana",
+    )
+    bad = httpx.post(f"{url}/feedback", json={"id": r.id, "rating": 7})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] is not None
+    assert httpx.post(f"{url}/feedback", json={"id": r.id}).status_code == 400  # nothing said
+    monkeypatch.setattr(instil.serve.feedback, "WAIT_S", 0.1)
+    gone = httpx.post(f"{url}/feedback", json={"id": "chatcmpl-nosuchanswer", "rating": 1})
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "trace_not_found"

@@ -109,7 +109,7 @@ def test_migrations_produce_exactly_the_models(backend: str, request: pytest.Fix
     with Store.open(url_for(backend, request)) as s, s.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
         assert diff == []
-        assert MigrationContext.configure(conn).get_current_heads() == ("0005_rollouts",)
+        assert MigrationContext.configure(conn).get_current_heads() == ("0006_review",)
 
 
 # ---- blobs -----------------------------------------------------------------------------------------------------------

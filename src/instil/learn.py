@@ -5,20 +5,24 @@ and each failure's correction joins the training data (and is kept as a preferen
     outcome = learn_from_failures(spec, store, production_model)
     outcome.failed, outcome.added, outcome.corrections.ref       # '<job>:corrections@<n>', cumulative
 
-The pool's reference answers stand in for a reviewer's corrections (a review queue is where they come from in real
-life). The holdout is never touched: a failure matching it, exactly or nearly, is left out. :func:`fold_corrections`
-makes the next training version: the split's training examples plus every correction not already among them.
+Each failure goes into the review queue (:mod:`instil.review`) as a production failure would, and the
+:class:`~instil.review.ReferenceReviewer` decides it there, through the same calls a person makes: the pool's
+reference answer is its correction. The corrections then come from the queue, so whatever people decided (reviewed
+traces, user feedback) joins them. The holdout is never touched: an example matching it, exactly or nearly, is left
+out. :func:`fold_corrections` makes the next training version: the split's training examples plus every correction
+not already among them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from instil.data.records import Example, Message
+from instil.data.records import Example
 from instil.errors import DataError, NotFoundError
 from instil.eval.candidates import model_candidate, run_candidate
 from instil.eval.graders import Output, build_graders
 from instil.jobdata import dataset_name, frozen_holdout, holdout_index
+from instil.review import ReferenceReviewer, corrections, queue_failures
 from instil.spec import JobSpec
 from instil.store import DatasetVersion, ModelVersion, Store
 
@@ -79,49 +83,34 @@ def learn_from_failures(
     pool = list(store.iter_examples(pool_version))
     graders = build_graders(spec)
     gens = run_candidate(model_candidate(spec, model), spec, store, pool)
-    failed: list[tuple[Example, str]] = []
+    failed: list[tuple[Example, str, str]] = []
     by_grader: dict[str, int] = {g.name: 0 for g in graders}
     for e, g in zip(pool, gens, strict=True):
-        out = Output(g.text, g.tool_calls)
-        lost = [gr.name for gr in graders if not gr.grade(e, out).passed]
-        for name in lost:
+        answer = Output(g.text, g.tool_calls)
+        scores = [(gr.name, gr.grade(e, answer)) for gr in graders]
+        lost = [(name, score) for name, score in scores if not score.passed]
+        for name, _ in lost:
             by_grader[name] += 1
         if lost:
-            failed.append((e, g.text))
+            failed.append((e, g.text, "; ".join(f"{name}: {score.reason or 'failed'}" for name, score in lost)))
 
-    holdout = frozen_holdout(spec, store)
-    leaking: set[str] = set()
-    if holdout is not None:
-        leaking = {m.example_key for m in holdout_index(spec, store, holdout).check([e for e, _ in failed])}
+    # The failures go through the review queue as any other answer would, decided by the reference reviewer; what
+    # anyone decided there (reviewed traces, feedback) comes into the corrections with them.
     prev = _resolve(store, dataset_name(spec, "corrections"), previous)
     trained = _resolve(store, dataset_name(spec, "train"), train)
-    prev_examples = list(store.iter_examples(prev)) if prev is not None else []
-    known = {e.key() for e in prev_examples} | ({e.key() for e in store.iter_examples(trained)} if trained else set())
-    new = [(e, text) for e, text in failed if e.key() not in leaking and e.key() not in known]
-    if max_corrections is not None:
-        new = new[:max_corrections]
-    corrections, preferences = prev, None
-    meta = {"model": model.ref, "model_id": model.id}
-    if new:
-        parents = [pool_version, *([prev] if prev is not None else [])]
-        corrections = store.put_dataset(
-            dataset_name(spec, "corrections"),
-            [*prev_examples, *(e for e, _ in new)],
-            kind="corrections",
-            parents=parents,
-            meta=meta,
-        )
-        pairs = [_preference(e, text) for e, text in new]
-        preferences = store.put_dataset(
-            dataset_name(spec, "preferences"), pairs, kind="preferences", parents=[corrections], meta=meta
-        )
+    known = {e.key() for e in store.iter_examples(trained)} if trained is not None else set()
+    items = queue_failures(spec, store, model.ref, [(e, text, reason) for e, text, reason in failed])
+    budget = items if max_corrections is None else items[:max_corrections]
+    ReferenceReviewer().review(spec, store, budget)
+    out = corrections(spec, store, previous=prev, exclude=known)
+    corrections_version, preferences = out.corrections, out.preferences
     return LearnOutcome(
         model.ref,
         len(pool),
         len(failed),
-        len(new),
-        len(leaking),
-        corrections,
+        out.added,
+        out.left_out_for_holdout,
+        corrections_version,
         preferences,
         {k: v for k, v in by_grader.items() if v},
     )
@@ -131,18 +120,6 @@ def _resolve(store: Store, name: str, version: DatasetVersion | str | None) -> D
     if version is None or isinstance(version, DatasetVersion):
         return version
     return version_with_hash(store, name, version)
-
-
-def _preference(e: Example, answer: str) -> Example:
-    return Example(
-        messages=list(e.messages),
-        tools=e.tools,
-        rejected=[Message(role="assistant", content=answer)],
-        id=e.id,
-        tags=list(e.tags),
-        group=e.group,
-        meta=dict(e.meta),
-    )
 
 
 def fold_corrections(

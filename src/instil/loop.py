@@ -63,6 +63,7 @@ from instil.jobdata import (
 )
 from instil.learn import LearnOutcome, fold_corrections, latest_version, learn_from_failures, version_with_hash
 from instil.registry import Promotion, find_decision, production, promote
+from instil.review import decisions_fingerprint
 from instil.spec import JobSpec, load_spec
 from instil.store import DatasetVersion, ModelVersion, Store
 from instil.train.sft import TrainResult, train_sft
@@ -384,6 +385,7 @@ class _Loop:
             self._holdout_sha(),
             before.corrections,
             before.train.sha256,
+            decisions_fingerprint(self.spec, self.store),  # people's reviews since: learn again
         )
 
         def work() -> tuple[str | None, str, StageDetail, dict[str, Any]]:

@@ -30,6 +30,7 @@ from instil.serve.app import MAX_BODY_BYTES, MAX_QUEUE, ServedRequest, create_ca
 from instil.serve.capture import CaptureStats, TraceLog, capture_graders, served_trace
 from instil.serve.catalog import Catalog, Target
 from instil.serve.engine import serving_threads
+from instil.serve.feedback import add_feedback_route
 from instil.serve.proxy import create_proxy_app
 from instil.serve.router import RolloutRouter
 from instil.serve.versions import MAX_ADAPTERS, JobCatalog, default_versions
@@ -163,7 +164,7 @@ def job_app(
             if on_request is not None:
                 on_request(r)
 
-    return create_catalog_app(
+    app = create_catalog_app(
         catalog,
         api_key=api_key,
         max_new_tokens_cap=max_new_tokens_cap,
@@ -174,6 +175,8 @@ def job_app(
         trace_log=traces,
         router=router,
     )
+    add_feedback_route(app, spec, store)
+    return app
 
 
 def trace_log(spec: JobSpec, store: Store) -> TraceLog:
@@ -210,7 +213,7 @@ def proxy_app(
                 "own keys",
             )
         keys[u.name] = os.environ[u.api_key_env].strip() if u.api_key_env else None
-    return create_proxy_app(
+    app = create_proxy_app(
         upstreams,
         job=spec.name,
         api_key=api_key,
@@ -219,6 +222,9 @@ def proxy_app(
         keys=keys,
         trace_log=traces,
     )
+    if traces is not None:
+        add_feedback_route(app, spec, traces.store)
+    return app
 
 
 def api_key_from_env(api_key_env: str | None) -> str | None:
@@ -407,6 +413,7 @@ def _serve_vllm(
             source="local",
             router=router,
         )
+        add_feedback_route(app, spec, store)
         if traces is not None:
             traces.start()
         if router is not None:

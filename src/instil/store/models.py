@@ -27,6 +27,7 @@ __all__ = [
     "Evaluation",
     "Model",
     "Pin",
+    "ReviewItem",
     "Rollout",
     "Run",
     "RunDataset",
@@ -261,6 +262,47 @@ class Rollout(Base):
     """The figures it ended on (each arm's counts, the guard's evidence)."""
     started_at: Mapped[datetime] = mapped_column(_TS)
     ended_at: Mapped[datetime | None] = mapped_column(_TS)
+
+
+class ReviewItem(Base):
+    """An answer a person (or a scripted reviewer) should look at: a failed grader, a shadow that disagreed, user
+    feedback, an answer the graders could not score. Deciding it (accept, correct, discard) turns it into training
+    data."""
+
+    __tablename__ = "review_items"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job: Mapped[str] = mapped_column(String(128), index=True)
+    kind: Mapped[str] = mapped_column(String(16), index=True)
+    """``failed`` (a grader failed), ``disagreement`` (a shadow answered otherwise), ``feedback``, ``unscored``."""
+    key: Mapped[str] = mapped_column(String(256), unique=True)
+    """What makes it one item (``failed:<trace id>``): collecting twice adds nothing."""
+    trace_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    """The trace it came from (None: an answer from elsewhere, such as the pool)."""
+    other_trace_id: Mapped[str | None] = mapped_column(String(128))
+    """The other side of a disagreement (the shadow's trace)."""
+    version: Mapped[int | None] = mapped_column(Integer)
+    """The model version whose answer it is."""
+    messages: Mapped[list[Any]] = mapped_column(JSON)
+    """The conversation up to the answer, as the model saw it (kept here: traces may be pruned)."""
+    tools: Mapped[list[Any] | None] = mapped_column(JSON)
+    output: Mapped[str | None] = mapped_column(Text)
+    """The answer under review."""
+    tool_calls: Mapped[list[Any] | None] = mapped_column(JSON)
+    suggestion: Mapped[str | None] = mapped_column(Text)
+    """Another answer on offer: the shadow's, the user's correction, a reference answer."""
+    reason: Mapped[str | None] = mapped_column(Text)
+    """Why it is here: the graders' reasons, the user's comment."""
+    rating: Mapped[float | None] = mapped_column(Float)
+    """The user's rating, for feedback (0 bad .. 1 good)."""
+    meta: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    """``open``, then ``accepted`` (the answer was right), ``corrected`` or ``discarded``."""
+    correction: Mapped[str | None] = mapped_column(Text)
+    """The answer decided on (the output when accepted, the edit when corrected)."""
+    decided_by: Mapped[str | None] = mapped_column(String(128))
+    decided_at: Mapped[datetime | None] = mapped_column(_TS)
+    created_at: Mapped[datetime] = mapped_column(_TS, index=True)
 
 
 class Trace(Base):

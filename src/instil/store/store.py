@@ -40,6 +40,7 @@ from instil.store.blobs import BlobInfo, BlobStore
 from instil.store.checks import as_id, check_json, check_name, check_word
 from instil.store.db import WRITE, create_store_engine, migrate, resolve_url, safe_url
 from instil.store.queries import ancestors, dataset_version, run_info, version_listing
+from instil.store.review import add_review_items, count_review_items, decide_review_items, list_review_items
 from instil.store.rollouts import end_rollout, list_rollouts, start_rollout
 from instil.store.traces import (
     Outcome,
@@ -58,6 +59,7 @@ from instil.store.types import (
     EvaluationInfo,
     ModelVersion,
     PinInfo,
+    ReviewItem,
     RolloutInfo,
     RunInfo,
     Trace,
@@ -981,6 +983,36 @@ class Store:
     def list_rollouts(self, job: str) -> list[RolloutInfo]:
         """Every rollout of the job, oldest first."""
         return self._query(lambda s: list_rollouts(s, job))
+
+    # ---- the review queue --------------------------------------------------------------------------------------------
+    def add_review_items(self, items: Sequence[ReviewItem]) -> list[ReviewItem]:
+        """Queue items for review; one whose ``key`` is queued already is skipped. Returns the items added."""
+        for it in items:
+            check_name(it.job, "job name")
+            check_json({"messages": it.messages, "tools": it.tools, "meta": it.meta}, f"review item {it.key!r}")
+        return self._tx(lambda s: add_review_items(s, items))
+
+    def list_review_items(
+        self,
+        job: str,
+        *,
+        status: str | None = None,
+        kind: str | None = None,
+        ids: Sequence[int] | None = None,
+        limit: int | None = None,
+    ) -> list[ReviewItem]:
+        """The job's review items, oldest first (``status``/``kind``/``ids`` narrow them)."""
+        return self._query(lambda s: list_review_items(s, job, status=status, kind=kind, ids=ids, limit=limit))
+
+    def count_review_items(self, job: str) -> dict[str, int]:
+        """How many of the job's review items are in each status."""
+        return self._query(lambda s: count_review_items(s, job))
+
+    def decide_review_items(
+        self, job: str, decisions: dict[int, tuple[str, str | None]], *, by: str
+    ) -> list[ReviewItem]:
+        """Record decisions ``{item id: (status, correction)}`` on the job's items, by ``by`` (a name), now."""
+        return self._tx(lambda s: decide_review_items(s, job, decisions, by))
 
     # ---- traces ------------------------------------------------------------------------------------------------------
     def add_traces(self, traces: Sequence[Trace]) -> int:

@@ -54,6 +54,8 @@ class TraceFilter:
     arm: str | None = None
     """``production``, ``candidate`` or ``shadow`` (within a rollout)."""
     pair_id: str | None = None
+    no_verdict: bool = False
+    """True: only traces without a verdict (ungraded, or every grader failed to judge)."""
 
 
 @dataclass(frozen=True)
@@ -146,6 +148,8 @@ def _where(q: Any, f: TraceFilter) -> Any:
     ):
         if value is not None:
             q = q.where(column == value)
+    if f.no_verdict:
+        q = q.where(t.passed.is_(None))
     if f.since is not None:
         q = q.where(t.created_at >= f.since)
     if f.until is not None:

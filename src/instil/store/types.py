@@ -21,6 +21,7 @@ __all__ = [
     "EvaluationInfo",
     "ModelVersion",
     "PinInfo",
+    "ReviewItem",
     "RolloutInfo",
     "RunInfo",
     "Trace",
@@ -30,6 +31,7 @@ __all__ = [
     "model_version",
     "pin_info",
     "resolve_path",
+    "review_item",
     "rollout_info",
     "store_meta",
     "store_path",
@@ -224,6 +226,39 @@ class PinInfo:
     def ref(self) -> str | None:
         """``job@version`` of the pinned model; None for a removal."""
         return f"{self.job}@{self.version}" if self.version is not None else None
+
+
+@dataclass(frozen=True)
+class ReviewItem:
+    """An answer in the review queue (see :mod:`instil.review`); ``id`` is None until the store holds it."""
+
+    job: str
+    kind: str
+    """``failed``, ``disagreement``, ``feedback`` or ``unscored``."""
+    key: str
+    """What makes it one item: the same key collected twice is one item."""
+    messages: list[dict[str, Any]]
+    """The conversation up to the answer, as the model saw it."""
+    output: str | None = None
+    """The answer under review."""
+    tool_calls: list[dict[str, Any]] | None = None
+    tools: list[dict[str, Any]] | None = None
+    suggestion: str | None = None
+    """Another answer on offer: the shadow's, the user's correction, a reference answer."""
+    reason: str | None = None
+    rating: float | None = None
+    trace_id: str | None = None
+    other_trace_id: str | None = None
+    version: int | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    status: str = "open"
+    """``open``, ``accepted``, ``corrected`` or ``discarded``."""
+    correction: str | None = None
+    """The answer decided on."""
+    decided_by: str | None = None
+    decided_at: datetime | None = None
+    created_at: datetime | None = None
+    id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -462,4 +497,29 @@ def rollout_info(row: m.Rollout, version: int, production_version: int | None) -
         reason=row.reason,
         summary=dict(row.summary) if row.summary is not None else None,
         ended_at=utc(row.ended_at) if row.ended_at is not None else None,
+    )
+
+
+def review_item(row: m.ReviewItem) -> ReviewItem:
+    return ReviewItem(
+        job=row.job,
+        kind=row.kind,
+        key=row.key,
+        messages=list(row.messages or []),
+        output=row.output,
+        tool_calls=row.tool_calls,
+        tools=row.tools,
+        suggestion=row.suggestion,
+        reason=row.reason,
+        rating=row.rating,
+        trace_id=row.trace_id,
+        other_trace_id=row.other_trace_id,
+        version=row.version,
+        meta=dict(row.meta or {}),
+        status=row.status,
+        correction=row.correction,
+        decided_by=row.decided_by,
+        decided_at=utc(row.decided_at) if row.decided_at is not None else None,
+        created_at=utc(row.created_at),
+        id=row.id,
     )

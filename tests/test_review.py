@@ -1,0 +1,183 @@
+"""The review queue (instil.review): items collected once from failed, unscored and shadowed traces and from
+feedback; decisions with who and when; groups by grader and similarity; corrections and preference pairs in the
+job's datasets, the holdout kept out."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from colour_jobs import PROMPT, SPEC_HEAD, ticket
+from instil import review
+from instil.data.records import Example, Message
+from instil.errors import InstilError, NotFoundError
+from instil.jobdata import curate_job, dataset_name, split_job
+from instil.spec import JobSpec, load_spec
+from instil.store import Store, Trace
+
+T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def job(tmp_path: Path, store: Store) -> JobSpec:
+    """The colour job with a frozen holdout (items 100..107), no model."""
+    root = tmp_path / "job"
+    root.mkdir()
+
+    def rows(start: int, n: int) -> str:
+        return "".join(
+            json.dumps(
+                Example(
+                    [Message("system", PROMPT), Message("user", ticket(i)), Message("assistant", "red")], id=f"c{i}"
+                ).to_dict()  # fmt: skip
+            )
+            + "\n"
+            for i in range(start, start + n)
+        )
+
+    (root / "train.jsonl").write_text(rows(0, 16), encoding="utf-8")
+    (root / "holdout.jsonl").write_text(rows(100, 8), encoding="utf-8")
+    (root / "instil.yaml").write_text(SPEC_HEAD + "training: {adapter: full}\n", encoding="utf-8")
+    spec = load_spec(root / "instil.yaml")
+    curate_job(spec, store)
+    split_job(spec, store)
+    return spec
+
+
+def _trace(i: int, output: str, *, passed: bool | None = True, **kw) -> Trace:
+    grades = kw.pop("grades", None)
+    if grades is None and passed is not None:
+        grades = {"short": {"value": float(passed), "passed": passed, "reason": None if passed else "too long"}}
+    fields = {
+        "id": f"chatcmpl-{i:04d}",
+        "job": "colors",
+        "created_at": T0 + timedelta(seconds=i),
+        "source": "local",
+        "model": "colors@1",
+        "version": 1,
+        "messages": [{"role": "system", "content": "Name the colour."}, {"role": "user", "content": ticket(200 + i)}],
+        "output": output,
+        "grades": grades,
+        "passed": passed,
+    }
+    return Trace(**{**fields, **kw})
+
+
+def test_collect_queues_failures_unscored_and_disagreements_once(job: JobSpec, store: Store):
+    store.add_traces(
+        [
+            _trace(1, "red"),
+            _trace(2, "a very long answer", passed=False),
+            _trace(3, "red", passed=None, grades={"short": {"error": "the grader broke"}}),
+            _trace(4, "red", passed=None, grades=None),  # never graded: nothing to review
+            _trace(5, "red", rollout_id=1, arm="production", pair_id="p1"),
+            _trace(6, "blue", rollout_id=1, arm="shadow", pair_id="p1", version=2),
+            _trace(7, "red", rollout_id=1, arm="production", pair_id="p2"),
+            _trace(8, " red ", rollout_id=1, arm="shadow", pair_id="p2", version=2),  # agrees, spacing aside
+            _trace(9, "x" * 40, passed=False, status=500),  # a server error is not an answer to review
+        ]
+    )
+    first = review.collect(job, store)
+    assert first.added == {"failed": 1, "unscored": 1, "disagreement": 1}
+    assert review.collect(job, store).total == 0  # collected again: nothing new
+    items = {i.kind: i for i in store.list_review_items("colors")}
+    failed, unscored, disagreement = items["failed"], items["unscored"], items["disagreement"]
+    assert (
+        failed.trace_id == "chatcmpl-0002" and failed.reason == "short: too long" and failed.meta["failed"] == ["short"]
+    )
+    assert unscored.reason == "short: the grader broke"
+    assert (disagreement.trace_id, disagreement.other_trace_id) == ("chatcmpl-0005", "chatcmpl-0006")
+    assert (disagreement.output, disagreement.suggestion) == ("red", "blue")
+    assert failed.messages[-1]["content"] == ticket(202) and failed.status == "open"
+    assert store.count_review_items("colors") == {"open": 3, "accepted": 0, "corrected": 0, "discarded": 0}
+
+
+def test_feedback_is_checked_and_kept_once(job: JobSpec, store: Store):
+    store.add_traces([_trace(1, "red")])
+    with pytest.raises(NotFoundError):
+        review.feedback(job, store, "chatcmpl-nope", rating=0)
+    with pytest.raises(InstilError, match="between 0"):
+        review.feedback(job, store, "chatcmpl-0001", rating=5)
+    with pytest.raises(InstilError, match="needs a rating"):
+        review.feedback(job, store, "chatcmpl-0001")
+    a = review.feedback(job, store, "chatcmpl-0001", rating=0, correction="blue", comment="it is blue", by="ana")
+    b = review.feedback(job, store, "chatcmpl-0001", rating=0, correction="blue", comment="it is blue", by="ana")
+    assert a.id == b.id and (a.kind, a.suggestion, a.rating, a.reason) == ("feedback", "blue", 0.0, "it is blue")
+    c = review.feedback(job, store, "chatcmpl-0001", rating=1, by="bo")  # another verdict: another item
+    assert c.id != a.id and len(store.list_review_items("colors", kind="feedback")) == 2
+
+
+def test_decisions_record_who_and_when_and_refuse_what_makes_no_sense(job: JobSpec, store: Store):
+    store.add_traces([_trace(i, "a very long answer", passed=False) for i in range(1, 4)])
+    review.collect(job, store)
+    ids = [i.id for i in store.list_review_items("colors")]
+    with pytest.raises(InstilError, match="needs the right answer"):
+        review.decide(job, store, ids[:1], "correct", by="ana")
+    with pytest.raises(InstilError, match="unknown review action"):
+        review.decide(job, store, ids[:1], "approve", by="ana")
+    with pytest.raises(InstilError, match="reviewer's name"):
+        review.decide(job, store, ids[:1], "discard", by=" ")
+    with pytest.raises(NotFoundError):
+        review.decide(job, store, [9999], "discard", by="ana")
+    before = datetime.now(UTC)
+    fixed = review.decide(job, store, ids[:2], "correct", correction="red", by="ana")
+    assert [(i.status, i.correction, i.decided_by) for i in fixed] == [("corrected", "red", "ana")] * 2
+    assert all(i.decided_at >= before for i in fixed)
+    kept = review.decide(job, store, ids[2:], "accept", by="bo")[0]
+    assert (kept.status, kept.correction) == ("accepted", "a very long answer")
+    again = review.decide(job, store, ids[2:], "reopen", by="bo")[0]
+    assert (again.status, again.decided_by, again.decided_at) == ("open", None, None)
+
+
+def test_groups_follow_the_failing_graders_then_the_words(job: JobSpec, store: Store):
+    billing = ["refund my invoice payment", "the invoice payment failed twice", "charged twice on my invoice payment"]
+    login = ["cannot reset my password login", "password login locked out", "login password expired"]
+    traces = []
+    for k, text in enumerate(billing + login):
+        t = _trace(k + 1, "a long wrong answer", passed=False)
+        traces.append(Trace(**{**t.__dict__, "messages": [{"role": "user", "content": text}]}))
+    other = _trace(50, "x", passed=False, grades={"em": {"value": 0.0, "passed": False, "reason": "wrong"}})
+    store.add_traces([*traces, other])
+    review.collect(job, store)
+    found = review.groups(job, store)
+    sizes = sorted(len(g.items) for g in found)
+    assert sizes == [1, 3, 3]
+    by_words = {frozenset(i.messages[0]["content"] for i in g.items) for g in found if len(g.items) == 3}
+    assert by_words == {frozenset(billing), frozenset(login)}
+    assert any("invoice" in g.label or "payment" in g.label for g in found)
+    assert next(g for g in found if len(g.items) == 1).label.startswith("failed (em)")
+
+
+def test_corrections_become_sft_examples_and_pairs_and_never_the_holdout(job: JobSpec, store: Store):
+    leak = Trace(
+        **{
+            **_trace(9, "a long wrong answer", passed=False).__dict__,
+            "messages": [{"role": "system", "content": PROMPT}, {"role": "user", "content": ticket(101)}],
+        }
+    )
+    store.add_traces([_trace(1, "a long wrong answer", passed=False), _trace(2, "blue", passed=False), leak])
+    review.collect(job, store)
+    items = {i.trace_id: i.id for i in store.list_review_items("colors")}
+    review.decide(job, store, [items["chatcmpl-0001"], items["chatcmpl-0009"]], "correct", correction="red", by="ana")
+    review.decide(job, store, [items["chatcmpl-0002"]], "accept", by="ana")
+    out = review.corrections(job, store)
+    assert (out.decided, out.added, out.pairs, out.left_out_for_holdout) == (3, 2, 1, 1)
+    sft = {e.key(): e for e in store.iter_examples(out.corrections)}
+    assert set(sft) == {"chatcmpl-0001", "chatcmpl-0002"}
+    assert sft["chatcmpl-0001"].messages[-1].content == "red" and "review" in sft["chatcmpl-0001"].tags
+    assert sft["chatcmpl-0002"].messages[-1].content == "blue"
+    (pair,) = list(store.iter_examples(out.preferences))
+    assert pair.messages[-1].content == "red" and pair.rejected[0].content == "a long wrong answer"
+    assert out.corrections.ref == dataset_name(job, "corrections") + "@1"
+
+    # Nothing new: the same version. A changed mind replaces the example; a discard drops it.
+    assert review.corrections(job, store).corrections == out.corrections
+    review.decide(job, store, [items["chatcmpl-0001"]], "correct", correction="green", by="bo")
+    review.decide(job, store, [items["chatcmpl-0002"]], "discard", by="bo")
+    later = review.corrections(job, store)
+    (only,) = list(store.iter_examples(later.corrections))
+    assert only.key() == "chatcmpl-0001" and only.messages[-1].content == "green"
+    assert review.corrections(job, store, exclude={"chatcmpl-0001"}).corrections.n_examples == 0
