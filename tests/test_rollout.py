@@ -352,8 +352,20 @@ def test_cli_rollout_start_status_promote_abort(versions, instil_home: Path, cap
     assert "no running rollout" in capsys.readouterr().err
 
 
+def _post(url: str, body: dict) -> tuple[int, dict]:
+    import json
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
 def test_feedback_over_http_joins_the_review_queue(served, monkeypatch):
-    import httpx
     import openai
 
     import instil.serve.feedback
@@ -361,9 +373,8 @@ def test_feedback_over_http_joins_the_review_queue(served, monkeypatch):
     spec, store, url, _ = served
     c = openai.OpenAI(base_url=url, api_key="none", max_retries=0)
     r = c.chat.completions.create(model="colors", messages=[{"role": "user", "content": "colour?"}], max_tokens=4)
-    sent = httpx.post(f"{url}/feedback", json={"id": r.id, "rating": 0, "correction": "red", "user": "ana"})
-    assert sent.status_code == 200, sent.text  # straight after the answer: the route waits for the trace
-    body = sent.json()
+    status, body = _post(f"{url}/feedback", {"id": r.id, "rating": 0, "correction": "red", "user": "ana"})
+    assert status == 200, body  # straight after the answer: the route waits for the trace
     assert (body["object"], body["trace_id"], body["status"]) == ("feedback", r.id, "queued")
     (item,) = store.list_review_items(spec.name, kind="feedback")
     assert (item.id, item.output, item.suggestion, item.rating, item.meta["by"]) == (
@@ -373,9 +384,9 @@ def test_feedback_over_http_joins_the_review_queue(served, monkeypatch):
         0,
         "ana",
     )
-    bad = httpx.post(f"{url}/feedback", json={"id": r.id, "rating": 7})
-    assert bad.status_code == 400 and bad.json()["error"]["param"] is not None
-    assert httpx.post(f"{url}/feedback", json={"id": r.id}).status_code == 400  # nothing said
+    status, bad = _post(f"{url}/feedback", {"id": r.id, "rating": 7})
+    assert status == 400 and bad["error"]["param"] is not None
+    assert _post(f"{url}/feedback", {"id": r.id})[0] == 400  # nothing said
     monkeypatch.setattr(instil.serve.feedback, "WAIT_S", 0.1)
-    gone = httpx.post(f"{url}/feedback", json={"id": "chatcmpl-nosuchanswer", "rating": 1})
-    assert gone.status_code == 404 and gone.json()["error"]["code"] == "trace_not_found"
+    status, gone = _post(f"{url}/feedback", {"id": "chatcmpl-nosuchanswer", "rating": 1})
+    assert status == 404 and gone["error"]["code"] == "trace_not_found"
