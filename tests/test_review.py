@@ -181,3 +181,71 @@ def test_corrections_become_sft_examples_and_pairs_and_never_the_holdout(job: Jo
     (only,) = list(store.iter_examples(later.corrections))
     assert only.key() == "chatcmpl-0001" and only.messages[-1].content == "green"
     assert review.corrections(job, store, exclude={"chatcmpl-0001"}).corrections.n_examples == 0
+
+
+def test_the_terminal_ui_decides_items_and_whole_groups(job: JobSpec, store: Store):
+    import asyncio
+
+    pytest.importorskip("textual")
+    from instil.tui import ReviewSession, review_app
+
+    billing = ["refund my invoice payment", "the invoice payment failed twice", "charged twice on my invoice payment"]
+    traces = [_trace(1, "blue", passed=False), _trace(2, "a long wrong answer", passed=False)]
+    for k, text in enumerate(billing):
+        t = _trace(10 + k, "wrong", passed=False)
+        traces.append(Trace(**{**t.__dict__, "messages": [{"role": "user", "content": text}]}))
+    store.add_traces(traces)
+    session = ReviewSession.open(job, store, "ana")
+    assert sum(len(g.items) for g in session.groups) == 5
+    billing_group = next(k for k, g in enumerate(session.groups) if len(g.items) == 3)
+
+    async def walk() -> None:
+        app = review_app(session)
+        async with app.run_test(size=(140, 40)) as pilot:
+            session.select(billing_group)
+            app.refresh_view(groups=True)
+            await pilot.press("n", "p")  # look around the group first
+            await pilot.press("g", "d")  # then discard the whole group at once
+            await pilot.pause()
+            assert all(len(g.items) != 3 for g in session.groups)
+            await pilot.press("a")  # accept the item now in view
+            await pilot.press("c")  # correct the last one in the editor
+            await pilot.pause()
+            edit = app.query_one("#edit")
+            edit.load_text("red")
+            await pilot.press("ctrl+s")
+            await pilot.pause()
+            assert session.describe().startswith("Nothing to review")
+            await pilot.press("q")
+
+    asyncio.run(walk())
+    decided = {i.status: 0 for i in store.list_review_items("colors")}
+    for i in store.list_review_items("colors"):
+        decided[i.status] += 1
+        assert i.decided_by == "ana" and i.decided_at is not None
+    assert decided == {"discarded": 3, "accepted": 1, "corrected": 1}
+    assert [i.correction for i in store.list_review_items("colors", status="corrected")] == ["red"]
+
+
+def test_cli_review_list_decide_export(job: JobSpec, store: Store, capsys):
+    from instil.cli import main
+
+    store.add_traces([_trace(1, "a long wrong answer", passed=False), _trace(2, "blue", passed=False)])
+    spec = str(job.file)
+    assert main(["review", "list", spec]) == 0
+    out = capsys.readouterr().out
+    assert "collected 2 new: 2 failed" in out and "failed" in out and "open" in out
+    assert main(["review", "list", spec, "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    ids = [i["id"] for i in listed["items"]]
+    assert len(ids) == 2 and listed["added"] == {"failed": 0, "unscored": 0, "disagreement": 0}
+    assert {i["reason"] for i in listed["items"]} == {"short: too long"}
+    assert main(["review", "decide", str(ids[0]), "--spec", spec, "--accept", "--discard"]) == 2
+    assert main(["review", "decide", str(ids[0]), "--spec", spec, "--correct", "red", "--by", "ana"]) == 0
+    assert "1 item(s) corrected by ana" in capsys.readouterr().out
+    assert main(["review", "decide", "999", "--spec", spec, "--discard"]) == 1
+    assert main(["review", "list", spec, "--group"]) == 0
+    assert "failed (short)" in capsys.readouterr().out
+    assert main(["review", "export", spec]) == 0
+    out = capsys.readouterr().out
+    assert "1 new corrections" in out and "colors:corrections@1" in out and "colors:preferences@1" in out

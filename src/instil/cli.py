@@ -52,6 +52,8 @@ rollout_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(rollout_app, name="rollout")
+review_app = typer.Typer(help="The review queue: failures, disagreements and feedback become training data.")
+app.add_typer(review_app, name="review")
 
 console = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -824,6 +826,118 @@ def rollout_abort(
     with _open_store(job) as store:
         r = rollout.abort(store, job.name, reason)
     console.print(f"rollout {r.id} of {r.ref} aborted; production answers every request")
+
+
+# ---- review ----------------------------------------------------------------------------------------------------------
+def _reviewer(by: str | None) -> str:
+    import getpass
+
+    return by or getpass.getuser()
+
+
+@review_app.callback(invoke_without_command=True)
+def review_cmd(
+    ctx: typer.Context,
+    spec: Annotated[Path, typer.Option(help="The job spec file.")] = Path("instil.yaml"),
+    by: Annotated[str | None, typer.Option(help="Who decides (kept with each decision; default: your login).")] = None,
+) -> None:
+    """Review what went wrong in production: failed graders, shadow disagreements, feedback (a terminal UI).
+
+    Without a subcommand: collect new items, then open the queue, grouped, in the terminal.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from instil.tui import run_review
+
+    job = _load(spec)
+    with _open_store(job) as store:
+        decided = run_review(job, store, _reviewer(by))
+        counts = store.count_review_items(job.name)
+    console.print(
+        f"{decided} decided; queue: {counts['open']} open, {counts['accepted']} accepted, {counts['corrected']} "
+        f"corrected, {counts['discarded']} discarded. `instil review export` makes them training data"
+    )
+
+
+@review_app.command("list")
+def review_list(
+    spec: SpecArg = Path("instil.yaml"),
+    status: Annotated[str, typer.Option(help="open, accepted, corrected, discarded, or all.")] = "open",
+    group: Annotated[bool, typer.Option("--group", help="Show the open items grouped, as the UI does.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the items as JSON.")] = False,
+) -> None:
+    """Collect new items from the traces, then list the queue."""
+    from instil import review
+
+    job = _load(spec)
+    with _open_store(job) as store:
+        found = review.collect(job, store)
+        if group:
+            groups = review.groups(job, store)
+            items = [i for g in groups for i in g.items]
+        else:
+            items = store.list_review_items(job.name, status=None if status == "all" else status)
+    if as_json:
+        console.print_json(json.dumps({"added": found.added, "items": [asdict(i) for i in items]}, default=str))
+        return
+    if found.total:
+        console.print(f"collected {found.total} new: " + ", ".join(f"{n} {k}" for k, n in found.added.items() if n))
+    if group:
+        for g in groups:
+            console.print(f"[bold]{len(g.items):>4}[/]  {_escape(g.label)}  [dim]ids {_ids(g.ids)}[/]")
+        return
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("id", "kind", "status", "version", "asked", "answer", "why", "on offer"):
+        table.add_column(
+            col, overflow="ellipsis", max_width=40 if col in ("asked", "answer", "why", "on offer") else None
+        )
+    for i in items:
+        asked = next((str(m.get("content")) for m in reversed(i.messages) if m.get("role") == "user"), "")
+        table.add_row(
+            str(i.id), i.kind, i.status, str(i.version or "-"), _escape(" ".join(asked.split())[:80]),
+            _escape(" ".join((i.output or "").split())[:80]), _escape(i.reason or "-"), _escape(i.suggestion or "-"),
+        )  # fmt: skip
+    console.print(table)
+
+
+def _ids(ids: list[int]) -> str:
+    return ",".join(map(str, ids[:12])) + (f",... ({len(ids)})" if len(ids) > 12 else "")
+
+
+@review_app.command("decide")
+def review_decide(
+    ids: Annotated[list[int], typer.Argument(help="The items' ids (`instil review list`).")],
+    spec: Annotated[Path, typer.Option(help="The job spec file.")] = Path("instil.yaml"),
+    accept: Annotated[bool, typer.Option("--accept", help="The answer was right.")] = False,
+    correct: Annotated[str | None, typer.Option(help="The right answer.")] = None,
+    discard: Annotated[bool, typer.Option("--discard", help="Not worth learning from.")] = False,
+    by: Annotated[str | None, typer.Option(help="Who decides (default: your login).")] = None,
+) -> None:
+    """Decide items from the command line (a script's review): --accept, --correct TEXT or --discard."""
+    from instil import review
+
+    chosen = [a for a, on in (("accept", accept), ("correct", correct is not None), ("discard", discard)) if on]
+    if len(chosen) != 1:
+        raise typer.BadParameter("give exactly one of --accept, --correct TEXT, --discard", param_hint="decision")
+    job = _load(spec)
+    with _open_store(job) as store:
+        done = review.decide(job, store, ids, chosen[0], by=_reviewer(by), correction=correct)
+    console.print(f"{len(done)} item(s) {done[0].status if done else 'decided'} by {_reviewer(by)}")
+
+
+@review_app.command("export")
+def review_export(spec: SpecArg = Path("instil.yaml")) -> None:
+    """Accepted and corrected items into the job's corrections (SFT) and preferences (pairs), the holdout kept out."""
+    from instil import review
+
+    job = _load(spec)
+    with _open_store(job) as store:
+        out = review.corrections(job, store)
+    console.print(out.summary())
+    if out.corrections is not None:
+        console.print(
+            f"corrections: {out.corrections.ref}" + (f", preferences: {out.preferences.ref}" if out.preferences else "")
+        )
 
 
 # ---- spec ------------------------------------------------------------------------------------------------------------

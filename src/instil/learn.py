@@ -55,8 +55,9 @@ class LearnOutcome:
         by = ", ".join(f"{k} {v}" for k, v in self.failed_by_grader.items())
         total = self.corrections.n_examples if self.corrections is not None else 0
         return (
-            f"{self.model} answered {self.scored} pool examples: {self.failed} failed ({by}); {self.added} corrections "
-            f"added ({total} in all), {self.left_out_for_holdout} left out for matching the holdout"
+            f"{self.model} answered {self.scored} pool examples: {self.failed} failed ({by}), queued for review and "
+            f"corrected by the reference reviewer (the pool's reference answers); {self.added} corrections added "
+            f"({total} in all), {self.left_out_for_holdout} left out for matching the holdout"
         )
 
 
