@@ -179,7 +179,7 @@ def versions(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 @pytest.fixture
 def served(versions, instil_home: Path) -> Iterator[tuple]:
-    """The job served on loopback with capture and the rollout router (fast refresh, no settling wait)."""
+    """The job served on loopback with capture and the rollout router (re-reading the store every 0.1 s)."""
     import shutil
 
     pytest.importorskip("openai")
@@ -195,7 +195,7 @@ def served(versions, instil_home: Path) -> Iterator[tuple]:
         catalog = job_catalog(spec, store, versions=[1, 2, 3])
         catalog.refresh_s = 0.1
         traces = trace_log(spec, store).start()
-        router = RolloutRouter(store, spec.name, refresh_s=0.1, settle_s=0.0).start()
+        router = RolloutRouter(store, spec.name, refresh_s=0.1, traces=traces).start()
         app = job_app(spec, store, catalog=catalog, traces=traces, router=router, max_new_tokens_cap=8)
         try:
             with serve_app(app) as url:
@@ -390,3 +390,41 @@ def test_feedback_over_http_joins_the_review_queue(served, monkeypatch):
     monkeypatch.setattr(instil.serve.feedback, "WAIT_S", 0.1)
     status, gone = _post(f"{url}/feedback", {"id": "chatcmpl-nosuchanswer", "rating": 1})
     assert status == 404 and gone["error"]["code"] == "trace_not_found"
+
+
+def test_the_servers_guard_takes_outcomes_in_arrival_order_whenever_they_come():
+    from datetime import UTC, datetime
+
+    from instil.serve.router import _Watch
+    from instil.store import RolloutInfo, Trace
+
+    r = RolloutInfo(1, "j", 2, 2, "canary", 50.0, "running", datetime.now(UTC), 1, {"alpha": 0.05, "margin": 0.0})
+    w = _Watch(r)
+
+    def trace(rid: str, arm: str, passed: bool) -> Trace:
+        return Trace(rid, "j", datetime.now(UTC), "local", "j@2", [], rollout_id=1, arm=arm, passed=passed)
+
+    first, second, third, fourth = (
+        w.arrive("candidate"),
+        w.arrive("production"),
+        w.arrive("candidate"),
+        w.arrive("production"),
+    )
+    w.end(second, "production", 200, "b", traced=True)
+    w.graded([trace("b", "production", True)])
+    assert w.guard.n == {"candidate": 0, "production": 0}  # the first in line is still out: nothing taken yet
+    w.graded([trace("a", "candidate", False)])  # its grades come before its request ends
+    w.end(first, "candidate", 200, "a", traced=True)
+    assert w.guard.n == {"candidate": 1, "production": 1} and w.guard.failures["candidate"] == 1
+    w.end(third, "candidate", 404, None, traced=True)  # the candidate could not be served: a failure
+    w.end(fourth, "production", 400, None, traced=True)  # the client's mistake: no verdict
+    assert w.guard.n == {"candidate": 2, "production": 1} and w.guard.failures["candidate"] == 2
+    fifth = w.arrive("production")
+    w.end(fifth, "production", 503, None, traced=True)  # a server error fails production just the same
+    w.graded([trace("zz", "production", False), Trace("x", "j", datetime.now(UTC), "local", "j@1", [], passed=False)])
+    assert w.guard.failures["production"] == 1 and w.guard.n["production"] == 2
+    sixth = w.arrive("candidate")
+    w.end(sixth, "candidate", 200, "c", traced=False)  # not kept (store: false): no verdict, the line moves on
+    seventh = w.arrive("production")
+    w.end(seventh, "production", None, None, traced=True)  # gone before any answer
+    assert w.guard.n == {"candidate": 2, "production": 2}

@@ -47,7 +47,7 @@ from instil.errors import InstilError, NotFoundError
 from instil.eval.sequential import CanaryGuard
 from instil.eval.stats import Interval, wilson_interval
 from instil.spec import JobSpec
-from instil.store import Outcome, RolloutInfo, Store, TraceFilter
+from instil.store import Outcome, RolloutInfo, Store, Trace, TraceFilter
 
 __all__ = [
     "ArmFigures",
@@ -103,7 +103,7 @@ def abort(store: Store, job: str, reason: str = "aborted") -> RolloutInfo:
     return store.end_rollout(job, "aborted", reason)
 
 
-def failed(o: Outcome) -> bool | None:
+def failed(o: Outcome | Trace) -> bool | None:
     """A routed request's outcome for the guard: True (a grader failed, or the server erred), False, or None (the
     request itself was wrong or refused, 4xx: it says nothing of the model)."""
     if o.status >= 500:

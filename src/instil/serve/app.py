@@ -78,6 +78,7 @@ from instil.serve.engine import Engine, EngineStats, Job, QueueFull
 from instil.serve.metrics import AccessLog, ServeMetrics
 
 __all__ = [
+    "ANSWERED_KEY",
     "ROUTE_KEY",
     "TAGS_HEADER",
     "Route",
@@ -105,6 +106,8 @@ _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:/-]{0,63}")
 ROUTE_KEY = "instil.route"
 """The ASGI scope key where a rollout's router (:mod:`instil.serve.router`) leaves a request's :class:`Route`: in the
 scope, never a header, so no client can claim an arm."""
+ANSWERED_KEY = "instil.answered"
+"""The ASGI scope key where the app leaves the id of the answer it handed to ``on_request`` (its trace's id)."""
 _NOT_PARAMS = {"model", "messages", "tools", "stream", "stream_options", "user", "metadata", "store"}
 
 
@@ -388,6 +391,7 @@ def create_catalog_app(
     _handle_errors(app)
     if router is not None:  # innermost: it reads the body the limit has bounded, of requests the key let in
         app.add_middleware(router.wrap)
+        router.load = lambda: engines.waiting  # shadows wait their turn behind production's callers
     app.add_middleware(_BodyLimit, max_bytes=max_body_bytes)  # inside the key check, which runs first
     _require_key(app, api_key)
     metrics = ServeMetrics(engine=engines, traces=trace_log, router=router)
@@ -506,6 +510,7 @@ def create_catalog_app(
                     if on_request is not None:  # before [DONE]: a client that saw the end has its trace kept
                         hook_record = record(body, asked, job, answer, rid, began, arrived, tags, target, route)
                         await run_in_threadpool(_call_hook, on_request, hook_record)
+                        request.scope[ANSWERED_KEY] = rid
                     for chunk in stream.rest(message, text.sent, finish, usage):
                         yield chunk
                 finally:
@@ -524,6 +529,7 @@ def create_catalog_app(
         if on_request is not None:  # before the answer goes out: a client that has it has its trace kept
             hook_record = record(body, asked, job, answer, rid, began, arrived, tags, target, route)
             await run_in_threadpool(_call_hook, on_request, hook_record)
+            request.scope[ANSWERED_KEY] = rid
         return {
             "id": rid,
             "object": "chat.completion",

@@ -34,7 +34,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import suppress
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -185,6 +185,7 @@ class TraceLog:
         self._ok, self._error = True, None
         self._next_retention = 0.0
         self._close_timeout_s = 10.0
+        self._listeners: list[Callable[[list[Trace]], None]] = []
 
     # ---- life ----------------------------------------------------------------------------------------------------
     def start(self) -> TraceLog:
@@ -393,6 +394,15 @@ class TraceLog:
         new = self.store.add_traces(fresh) if fresh else 0
         self._stored += new
         self._skipped += len(traces) - new
+        for listener in list(self._listeners):
+            try:
+                listener(fresh)
+            except Exception:  # a listener's bug must not stop capture
+                log.exception("a trace listener failed")
+
+    def listen(self, listener: Callable[[list[Trace]], None]) -> None:
+        """Call ``listener`` (in the writer thread) with each batch of traces just stored, graded; it must be quick."""
+        self._listeners.append(listener)
 
     def _retention(self) -> None:
         if self.retention_days is None or time.monotonic() < self._next_retention:

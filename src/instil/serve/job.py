@@ -295,7 +295,9 @@ def serve_job(
     traces = trace_log(spec, store) if (spec.serve.capture if capture is None else capture) else None
     # Rollouts route what clients of production send (`model: <job>`); the proxy in front of an upstream has no
     # versions of ours to route to.
-    router = None if proxy else RolloutRouter(store, spec.name, max_shadow_inflight=spec.rollout.max_shadow_inflight)
+    router = None
+    if not proxy:
+        router = RolloutRouter(store, spec.name, max_shadow_inflight=spec.rollout.max_shadow_inflight, traces=traces)
     if engine == "vllm":
         refs = _with_candidate(store, spec.name, [version] if version is not None else versions)
         return _serve_vllm(spec, store, refs, host, port, api_key, traces, max_body_bytes, ready, engine_args, router)

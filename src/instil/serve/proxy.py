@@ -32,6 +32,7 @@ from typing import Any
 from instil.errors import DependencyError
 from instil.serve.app import (
     _NOT_PARAMS,
+    ANSWERED_KEY,
     MAX_BODY_BYTES,
     TAGS_HEADER,
     Route,
@@ -158,13 +159,14 @@ def create_proxy_app(
     def headers_down(response: Any) -> dict[str, str]:
         return {k: v for k, v in response.headers.items() if k.lower() not in _HOP}
 
-    def emit(trace: Trace, capture: bool) -> None:
+    def emit(trace: Trace, capture: bool, scope: dict[str, Any]) -> None:
         if trace.status == 200:
             metrics.answered(trace.model, trace.prompt_tokens, trace.completion_tokens, trace.first_token_s)
         if on_trace is None or not capture:
             return
         try:
             on_trace(trace)
+            scope[ANSWERED_KEY] = trace.id  # a rollout's router waits for this trace's grades
         except Exception:  # a broken log must not take the answer from a client that has it
             log.exception("capturing the trace of %s failed", trace.id)
 
@@ -243,7 +245,7 @@ def create_proxy_app(
         if not streamed:
             body = await read_whole(u, response)
             answer, error = _read_answer(body, status)
-            emit(trace(status, answer, error, None), keep)
+            emit(trace(status, answer, error, None), keep, request.scope)
             return Response(body, status_code=status, headers=headers_down(response))
 
         async def relay() -> AsyncIterator[bytes]:
@@ -253,7 +255,7 @@ def create_proxy_app(
                 async for chunk in response.content.iter_any():  # each piece as it arrives, never gathered
                     if not kept and events.feed(chunk, time.perf_counter() - began):
                         kept = True  # the end is in this chunk: trace first, then let the client see it
-                        emit(trace(status, events.answer(), None, events.first_token_s), keep)
+                        emit(trace(status, events.answer(), None, events.first_token_s), keep, request.scope)
                     yield chunk
             except (aiohttp.ClientError, TimeoutError):  # the client sees the stream end without [DONE]
                 log.warning("the upstream %r broke off a stream", u.name)
@@ -261,7 +263,7 @@ def create_proxy_app(
                 response.release()
                 if not kept:  # the stream ended without [DONE]: the upstream broke off or the client went away
                     broken = {"message": "the stream ended before [DONE]"}
-                    emit(trace(499, events.answer(), broken, events.first_token_s), keep)
+                    emit(trace(499, events.answer(), broken, events.first_token_s), keep, request.scope)
 
         return StreamingResponse(relay(), status_code=status, headers=headers_down(response))
 

@@ -1,6 +1,6 @@
 """A job's requests routed by its running rollout (canary, shadow), applied live, and the canary's guard run.
 
-    router = RolloutRouter(store, "triage")               # reads the store's rollout every second, in a thread
+    router = RolloutRouter(store, "triage", traces=traces)   # reads the store's rollout every second, in a thread
     app = job_app(spec, store, traces=traces, router=router)
     router.start(); ...; router.close()                  # serve_job does both
 
@@ -13,15 +13,19 @@ candidate's, in the background, its answer traced and thrown away. At most ``max
 once; past it a request is not shadowed (``/metrics``: ``instil_rollout_shadow_skipped``).
 
 The router's thread reads the running rollout at most every ``refresh_s`` (a ``rollout start``, ``abort`` or
-``promote`` reaches a running server within that), and while a canary runs it feeds the guard the routed traces
-that arrived more than ``settle_s`` ago (by then their answers are out and traced), in arrival order, and ends the
-canary in the store when the guard stops it. A trace that reaches the store later than that is left out of this
-server's guard (``instil rollout status`` counts it).
+``promote`` reaches a running server within that). While a canary runs, its guard is fed from this server's own
+traffic: each routed request takes a place in line as it arrives, and its outcome (a grader's verdict from its trace,
+handed over by the trace log once stored; or a server error, or a candidate that could not be served) is taken in
+that order, so the test's validity does not depend on which answers are slow. When the guard stops the canary the
+router stops routing to it at once and ends it in the store, saying why. Several servers each guard their own
+traffic (the chance that one of N stops an equal canary is then at most N times ``alpha``); ``instil rollout status``
+recomputes the same test from all the traces in the store.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import json
 import logging
@@ -29,14 +33,13 @@ import random
 import threading
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from instil import rollout as rollouts
 from instil.errors import InstilError
-from instil.eval.sequential import CanaryGuard
-from instil.serve.app import ROUTE_KEY, Route
-from instil.store import RolloutInfo, Store, TraceFilter
+from instil.serve.app import ANSWERED_KEY, ROUTE_KEY, Route
+from instil.serve.capture import TraceLog
+from instil.store import RolloutInfo, Store, Trace
 
 __all__ = ["RolloutRouter", "canary_bucket"]
 
@@ -54,6 +57,69 @@ def canary_bucket(job: str, version: int, user: str | None) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64 * 100
 
 
+class _Watch:
+    """One canary's guard, fed what this server routed, in the order the requests arrived.
+
+    Each routed request takes a place in line when it arrives; its outcome comes when it ends (a server error, a
+    candidate that could not be served) or when its trace has been graded and stored (the trace log's listener). The
+    guard takes outcomes strictly in line order, so a slow answer holds the line rather than moving groups, and the
+    order never depends on the outcomes."""
+
+    def __init__(self, rollout: RolloutInfo) -> None:
+        self.rollout = rollout
+        self.guard = rollouts.guard_for(rollout)
+        self._line: collections.deque[tuple[int, str]] = collections.deque()
+        self._known: dict[int, bool | None] = {}
+        self._waiting: dict[str, int] = {}  # an answer's id -> its place, until its grades come
+        self._early: collections.OrderedDict[str, bool | None] = collections.OrderedDict()  # grades before the end
+        self._next = 0
+        self._lock = threading.Lock()
+
+    def arrive(self, arm: str) -> int:
+        with self._lock:
+            seq, self._next = self._next, self._next + 1
+            self._line.append((seq, arm))
+            return seq
+
+    def end(self, seq: int, arm: str, status: int | None, answer_id: str | None, traced: bool) -> None:
+        """The request in place ``seq`` ended with ``status`` (None: before a response started)."""
+        with self._lock:
+            if status is None:
+                self._known[seq] = None  # the client went away before anything was answered
+            elif status >= 500 or status == 429 or (arm == "candidate" and status == 404):
+                self._known[seq] = True  # the server failed it (or could not serve the candidate it routed to)
+            elif status == 200 and answer_id is not None and traced:
+                if answer_id in self._early:
+                    self._known[seq] = self._early.pop(answer_id)
+                else:
+                    self._waiting[answer_id] = seq
+            else:  # a request the client got wrong, one not kept (store: false), or no capture: no verdict
+                self._known[seq] = None
+            self._advance()
+
+    def graded(self, traces: list[Trace]) -> None:
+        with self._lock:
+            for t in traces:
+                if t.rollout_id != self.rollout.id or t.arm not in ("candidate", "production"):
+                    continue
+                verdict = rollouts.failed(t)
+                seq = self._waiting.pop(t.id, None)
+                if seq is not None:
+                    self._known[seq] = verdict
+                else:
+                    self._early[t.id] = verdict
+                    while len(self._early) > 100_000:  # bounded: a trace whose request never ends here
+                        self._early.popitem(last=False)
+            self._advance()
+
+    def _advance(self) -> None:
+        while self._line and self._line[0][0] in self._known:
+            seq, arm = self._line.popleft()
+            verdict = self._known.pop(seq)
+            if verdict is not None:
+                self.guard.update(arm, verdict)
+
+
 class RolloutRouter:
     """The job's rollout as the store says now, the middleware that applies it, and the canary's guard."""
 
@@ -63,28 +129,34 @@ class RolloutRouter:
         job: str,
         *,
         refresh_s: float = 1.0,
-        settle_s: float = 30.0,
         max_shadow_inflight: int = 32,
+        shadow_below_waiting: int = 4,
         guard: bool = True,
+        traces: TraceLog | None = None,
     ) -> None:
         self.store, self.job = store, job
-        self.refresh_s, self.settle_s, self.guard_on = refresh_s, settle_s, guard
-        self.max_shadow_inflight = max_shadow_inflight
+        self.refresh_s, self.guard_on = refresh_s, guard
+        self.max_shadow_inflight, self.shadow_below_waiting = max_shadow_inflight, shadow_below_waiting
+        self.traced = traces is not None
         self.current: RolloutInfo | None = None
         """The running rollout, as last read."""
+        self.load: Callable[[], int] | None = None
+        """How many requests wait for the model now (set by the app): shadows are skipped while it is high."""
         self.counts: dict[str, int] = {"production": 0, "candidate": 0, "shadow": 0, "shadow_skipped": 0}
-        self._guard: CanaryGuard | None = None
-        self._guard_for: int | None = None
-        self._seen: tuple[datetime, str] | None = None
+        self._watch: _Watch | None = None
         self._shadows = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        if traces is not None:
+            traces.listen(self._stored)
 
     # -- the thread ----------------------------------------------------------------------------------------------------
     def start(self) -> RolloutRouter:
-        """Read the rollout now, then keep it fresh (and the guard fed) in a thread until :meth:`close`."""
+        """Read the rollout now, then keep it fresh (and a stopped canary ended in the store) until :meth:`close`."""
+        if self.guard_on and not self.traced:
+            log.warning("traces are not captured: a canary's guard sees only server errors, no grader's verdict")
         self.refresh()
         if self._thread is None:
             self._stop.clear()
@@ -112,33 +184,38 @@ class RolloutRouter:
                 log.exception("reading the rollout of %r failed; retrying", self.job)
 
     def refresh(self) -> None:
-        """Read the running rollout; feed and, if it says so, stop a canary's guard."""
+        """Read the running rollout; a canary the guard stopped is ended in the store (and no longer routed)."""
         with self._lock:
             current = self.store.running_rollout(self.job)
-            if current is not None and current.mode == "canary" and self.guard_on:
-                current = self._check(current)
+            watch = self._watch
+            if current is not None and watch is not None and watch.rollout.id == current.id and watch.guard.stopped:
+                self._end(watch)
+                current = None
             self.current = current
 
-    def _check(self, r: RolloutInfo) -> RolloutInfo | None:
-        if self._guard_for != r.id:
-            self._guard, self._guard_for, self._seen = rollouts.guard_for(r), r.id, None
-        guard = self._guard
-        assert guard is not None
-        before = datetime.now(UTC) - timedelta(seconds=self.settle_s)
-        outcomes = self.store.trace_outcomes(
-            TraceFilter(job=self.job, rollout_id=r.id), after=self._seen, before=before
-        )
-        if outcomes:
-            self._seen = (outcomes[-1].created_at, outcomes[-1].id)
-        if not rollouts.feed(guard, outcomes):
-            return r
+    def _end(self, watch: _Watch) -> None:
+        guard, r = watch.guard, watch.rollout
         reason = "stopped by the guard: " + guard.reason()
         try:
             self.store.end_rollout(self.job, "stopped", reason, summary=rollouts.guard_summary(guard), rollout_id=r.id)
             log.warning("the canary of %s is stopped: %s", r.ref, reason)
-        except InstilError:  # ended meanwhile (another server's guard, a promotion): nothing more to do
+        except InstilError:  # ended meanwhile (by hand, by a promotion): nothing more to do
             pass
-        return None
+
+    def _watch_for(self, r: RolloutInfo) -> _Watch | None:
+        if not self.guard_on:
+            return None
+        watch = self._watch
+        if watch is None or watch.rollout.id != r.id:
+            watch = self._watch = _Watch(r)
+        return watch
+
+    def _stored(self, traces: list[Trace]) -> None:
+        watch = self._watch
+        if watch is not None:
+            watch.graded(traces)
+            if watch.guard.stopped and self.current is not None and self.current.id == watch.rollout.id:
+                self.current = None  # stop routing at once; the thread ends it in the store
 
     # -- the middleware ------------------------------------------------------------------------------------------------
     def wrap(self, app: Any) -> Callable[..., Any]:
@@ -155,14 +232,7 @@ class RolloutRouter:
                 await app(scope, _replaying(first, receive), send)
                 return
             if r.mode == "canary":
-                user = body.get("user") if isinstance(body.get("user"), str) else None
-                arm = "candidate" if canary_bucket(self.job, r.version, user) < r.percent else "production"
-                self.counts[arm] += 1
-                inner = {**scope, ROUTE_KEY: Route(r.id, arm)}
-                if arm == "candidate":
-                    first = {**first, "body": _encode({**body, "model": r.ref})}
-                    inner["headers"] = _with_length(scope, len(first["body"]))
-                await app(inner, _replaying(first, receive), send)
+                await self._canary(app, r, scope, first, body, receive, send)
                 return
             if random.random() * 100 >= r.percent:  # a shadow on a share of requests: the rest go as they came
                 await app(scope, _replaying(first, receive), send)
@@ -170,8 +240,9 @@ class RolloutRouter:
             pair = uuid.uuid4().hex
             self.counts["production"] += 1
             await app({**scope, ROUTE_KEY: Route(r.id, "production", pair)}, _replaying(first, receive), send)
-            if self._shadows >= self.max_shadow_inflight:
-                self.counts["shadow_skipped"] += 1
+            busy = self.load is not None and self.load() >= self.shadow_below_waiting
+            if busy or self._shadows >= self.max_shadow_inflight:
+                self.counts["shadow_skipped"] += 1  # production's callers come first
                 return
             shadow = {**body, "model": r.ref, "stream": False}
             shadow.pop("stream_options", None)
@@ -184,6 +255,36 @@ class RolloutRouter:
             task.add_done_callback(self._tasks.discard)
 
         return routed
+
+    async def _canary(
+        self, app: Any, r: RolloutInfo, scope: dict[str, Any], first: dict[str, Any], body: dict[str, Any],
+        receive: Callable, send: Callable,
+    ) -> None:  # fmt: skip
+        user = body.get("user") if isinstance(body.get("user"), str) else None
+        arm = "candidate" if canary_bucket(self.job, r.version, user) < r.percent else "production"
+        self.counts[arm] += 1
+        inner = {**scope, ROUTE_KEY: Route(r.id, arm)}
+        if arm == "candidate":
+            first = {**first, "body": _encode({**body, "model": r.ref})}
+            inner["headers"] = _with_length(scope, len(first["body"]))
+        watch = self._watch_for(r)
+        seq = watch.arrive(arm) if watch is not None else -1
+        status: int | None = None
+
+        async def sending(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await app(inner, _replaying(first, receive), sending)
+        finally:
+            if watch is not None:
+                traced = self.traced and body.get("store") is not False
+                watch.end(seq, arm, status, inner.get(ANSWERED_KEY), traced)
+                if watch.guard.stopped and self.current is not None and self.current.id == r.id:
+                    self.current = None
 
     async def _shadow(self, app: Any, scope: dict[str, Any], body: bytes) -> None:
         """The candidate answers the same request unseen; its trace is the point, its bytes go nowhere."""
