@@ -106,8 +106,15 @@ def test_feedback_is_checked_and_kept_once(job: JobSpec, store: Store):
     a = review.feedback(job, store, "chatcmpl-0001", rating=0, correction="blue", comment="it is blue", by="ana")
     b = review.feedback(job, store, "chatcmpl-0001", rating=0, correction="blue", comment="it is blue", by="ana")
     assert a.id == b.id and (a.kind, a.suggestion, a.rating, a.reason) == ("feedback", "blue", 0.0, "it is blue")
-    c = review.feedback(job, store, "chatcmpl-0001", rating=1, by="bo")  # another verdict: another item
+    c = review.feedback(job, store, "chatcmpl-0001", rating=1, by="bo")  # another user: another item
     assert c.id != a.id and len(store.list_review_items("colors", kind="feedback")) == 2
+    with pytest.raises(NotFoundError):  # ids from requests are taken whole, never as a prefix
+        review.feedback(job, store, "chatcmpl-000", rating=0)
+    review.decide(job, store, [a.id], "discard", by="reviewer")
+    assert review.feedback(job, store, "chatcmpl-0001", rating=0, correction="blue", comment="it is blue",
+                           by="ana").status == "discarded"  # a retry: the decision stands  # fmt: skip
+    changed = review.feedback(job, store, "chatcmpl-0001", rating=0, correction="green", by="ana")
+    assert (changed.id, changed.status, changed.suggestion) == (a.id, "open", "green")  # changed mind: open again
 
 
 def test_decisions_record_who_and_when_and_refuse_what_makes_no_sense(job: JobSpec, store: Store):

@@ -96,7 +96,7 @@ def _from_trace(job: str, kind: str, t: Trace, **extra: Any) -> ReviewItem:
     fields: dict[str, Any] = {
         "job": job,
         "kind": kind,
-        "key": f"{kind}:{t.id}",
+        "key": _key(kind, t.id),
         "messages": list(t.messages),
         "output": t.output,
         "tool_calls": t.tool_calls,
@@ -162,24 +162,27 @@ def feedback(
     comment: str | None = None,
     by: str | None = None,
 ) -> ReviewItem:
-    """Queue a user's feedback on one answer: a ``rating`` (0 bad .. 1 good) and/or a ``correction`` (the answer it
-    should have been) and a ``comment``. Sending the same feedback twice queues it once."""
+    """Queue a user's feedback on one answer (``trace_id``, exactly: the response's id): a ``rating`` (0 bad .. 1
+    good) and/or a ``correction`` (the answer it should have been) and a ``comment``. One item per answer and user
+    (``by``): feedback sent again replaces the earlier one and opens it for review again."""
     if rating is None and correction is None and not comment:
         raise InstilError("feedback needs a rating, a correction or a comment", hint="send at least one of them")
     if rating is not None and not 0 <= rating <= 1:
         raise InstilError(f"a rating is between 0 (bad) and 1 (good), not {rating}", hint="thumbs up 1, down 0")
-    trace = store.get_trace(trace_id)
-    if trace.job != spec.name:
-        raise NotFoundError(f"no trace {trace_id!r} of job {spec.name!r}", hint="send the id of one of its answers")
-    fingerprint = hashlib.sha256(json.dumps([rating, correction, comment, by]).encode()).hexdigest()[:16]
+    trace = store.find_trace(trace_id)
+    if trace is None or trace.job != spec.name:
+        raise NotFoundError(f"no answer {trace_id!r} of job {spec.name!r}", hint="send the id of one of its answers")
     said = comment or (f"rated {rating:g}" if rating is not None else "a correction was sent")
-    item = _from_trace(spec.name, "feedback", trace, suggestion=correction, rating=rating, reason=said,
-                       key=f"feedback:{trace.id}:{fingerprint}")  # fmt: skip
-    item = dataclasses.replace(item, meta={**item.meta, "by": by})
-    added = store.add_review_items([item])
-    if added:
-        return added[0]
-    return next(i for i in store.list_review_items(spec.name, kind="feedback") if i.key == item.key)
+    key = _key("feedback", trace.id, by or "")
+    item = _from_trace(spec.name, "feedback", trace, suggestion=correction, rating=rating, reason=said, key=key)
+    (kept,) = store.add_review_items([dataclasses.replace(item, meta={**item.meta, "by": by})], replace=True)
+    return kept
+
+
+def _key(*parts: str) -> str:
+    """An item's key from its parts; long ones (a long example id, say) hashed to fit the column."""
+    key = ":".join(parts)
+    return key if len(key) <= 200 else f"{parts[0]}:sha256:{hashlib.sha256(key.encode()).hexdigest()}"
 
 
 def queue_failures(

@@ -11,6 +11,7 @@ route sits behind the server's key check and body limit, like every ``/v1/`` rou
 """
 
 # No `from __future__ import annotations`: FastAPI reads the handler's annotations.
+import asyncio
 import threading
 import time
 from typing import Any
@@ -18,10 +19,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from instil import review
-from instil.errors import InstilError, NotFoundError
+from instil.errors import InstilError, NotFoundError, StoreError
 from instil.serve.app import _ApiError
 from instil.spec import JobSpec
-from instil.store import Store
+from instil.store import ReviewItem, Store
 
 __all__ = ["WAIT_S", "add_feedback_route"]
 
@@ -42,30 +43,38 @@ class _Feedback(BaseModel):
 def add_feedback_route(app: Any, spec: JobSpec, store: Store, *, wait_s: float | None = None) -> None:
     """Add ``POST /v1/feedback`` to a server's app (the local server's or the proxy's); ``wait_s`` defaults to
     :data:`WAIT_S`."""
-    from starlette.concurrency import run_in_threadpool
+    import anyio.to_thread
 
     lock = threading.Lock()  # the store is written from request threads: one at a time
+    # Its own few threads: feedback waiting for a trace never takes the ones chat completions need.
+    limiter = anyio.CapacityLimiter(4)
 
-    def queue(body: _Feedback) -> Any:
-        deadline = time.monotonic() + (WAIT_S if wait_s is None else wait_s)
-        while True:
-            try:
-                with lock:
-                    return review.feedback(
-                        spec, store, body.id, rating=body.rating, correction=body.correction, comment=body.comment,
-                        by=body.user,
-                    )  # fmt: skip
-            except NotFoundError as e:
-                if time.monotonic() >= deadline:
-                    raise _ApiError(
-                        404, f"{e}: send the id of an answer this server gave (its trace may still be on its way: "
-                        "retry in a moment)", param="id", code="trace_not_found",
-                    ) from None  # fmt: skip
-                time.sleep(0.05)
-            except InstilError as e:
-                raise _ApiError(400, str(e), param="rating") from None
+    def once(body: _Feedback) -> ReviewItem | None:
+        try:
+            with lock:
+                return review.feedback(
+                    spec, store, body.id, rating=body.rating, correction=body.correction, comment=body.comment,
+                    by=body.user,
+                )  # fmt: skip
+        except NotFoundError:
+            return None
+        except StoreError as e:
+            raise _ApiError(
+                503, f"feedback could not be kept: {e}", type="server_error", code="store_unavailable"
+            ) from None
+        except InstilError as e:
+            raise _ApiError(400, str(e)) from None
 
     @app.post("/v1/feedback")
     async def post_feedback(body: _Feedback) -> dict[str, Any]:
-        item = await run_in_threadpool(queue, body)
-        return {"object": "feedback", "id": item.id, "trace_id": item.trace_id, "status": "queued"}
+        deadline = time.monotonic() + (WAIT_S if wait_s is None else wait_s)
+        while True:
+            item = await anyio.to_thread.run_sync(once, body, limiter=limiter)
+            if item is not None:
+                return {"object": "feedback", "id": item.id, "trace_id": item.trace_id, "status": "queued"}
+            if time.monotonic() >= deadline:
+                raise _ApiError(
+                    404, f"no answer {body.id!r} of this job: send the id of an answer this server gave (its trace "
+                    "may still be on its way: retry in a moment)", param="id", code="trace_not_found",
+                )  # fmt: skip
+            await asyncio.sleep(0.1)  # on the event loop: a wait holds no thread

@@ -22,8 +22,9 @@ REVIEW_KINDS = ("failed", "disagreement", "feedback", "unscored")
 REVIEW_STATUSES = ("open", "accepted", "corrected", "discarded")
 
 
-def add_review_items(s: Session, items: Sequence[ReviewItem]) -> list[ReviewItem]:
-    """Insert the items whose key is new; returns those inserted (an item collected again is not)."""
+def add_review_items(s: Session, items: Sequence[ReviewItem], replace: bool = False) -> list[ReviewItem]:
+    """Insert the items whose key is new; returns those inserted (an item collected again is not). With
+    ``replace``, an item whose key is known replaces what it says (and is open again), and is returned too."""
     fresh: dict[str, ReviewItem] = {}
     for it in items:
         if it.kind not in REVIEW_KINDS:
@@ -37,6 +38,17 @@ def add_review_items(s: Session, items: Sequence[ReviewItem]) -> list[ReviewItem
         known.update(s.scalars(select(m.ReviewItem.key).where(m.ReviewItem.key.in_(keys[k : k + 500]))))
     now = datetime.now(UTC)
     rows = []
+    if replace and known:
+        for row in s.scalars(select(m.ReviewItem).where(m.ReviewItem.key.in_(list(known)))):
+            it = fresh[row.key]
+            if (row.suggestion, row.reason, row.rating) == (it.suggestion, it.reason, it.rating):
+                rows.append(row)  # the same said again (a retry): the decision on it stands
+                continue
+            row.output, row.tool_calls, row.suggestion = it.output, it.tool_calls, it.suggestion
+            row.reason, row.rating, row.meta = it.reason, it.rating, dict(it.meta)
+            row.status, row.correction, row.decided_by, row.decided_at = "open", None, None, None
+            row.created_at = it.created_at or now
+            rows.append(row)
     for it in fresh.values():
         if it.key in known:
             continue

@@ -985,12 +985,15 @@ class Store:
         return self._query(lambda s: list_rollouts(s, job))
 
     # ---- the review queue --------------------------------------------------------------------------------------------
-    def add_review_items(self, items: Sequence[ReviewItem]) -> list[ReviewItem]:
-        """Queue items for review; one whose ``key`` is queued already is skipped. Returns the items added."""
+    def add_review_items(self, items: Sequence[ReviewItem], *, replace: bool = False) -> list[ReviewItem]:
+        """Queue items for review; one whose ``key`` is queued already is skipped (with ``replace``: updated and
+        opened again). Returns the items added (and replaced)."""
         for it in items:
             check_name(it.job, "job name")
             check_json({"messages": it.messages, "tools": it.tools, "meta": it.meta}, f"review item {it.key!r}")
-        return self._tx(lambda s: add_review_items(s, items))
+            if len(it.key) > 256:
+                raise StoreError(f"a review item's key is {len(it.key)} characters, past 256", hint="hash it")
+        return self._tx(lambda s: add_review_items(s, items, replace))
 
     def list_review_items(
         self,
@@ -1043,6 +1046,18 @@ class Store:
 
     def count_traces(self, where: TraceFilter | None = None) -> int:
         return self._query(lambda s: count_traces(s, where or TraceFilter()))
+
+    def find_trace(self, trace_id: str) -> Trace | None:
+        """The trace with exactly this id, or None (no prefix matching: for ids that come from requests)."""
+
+        def read(s: Session) -> Trace | None:
+            row = s.get(m.Trace, trace_id)
+            if row is None:
+                return None
+            tags = s.scalars(select(m.TraceTag.tag).where(m.TraceTag.trace_id == row.id).order_by(m.TraceTag.tag))
+            return trace_value(row, list(tags))
+
+        return self._query(read)
 
     def get_trace(self, trace_id: str) -> Trace:
         """The trace with this id, or with the one id that starts with it (at least 8 characters)."""
