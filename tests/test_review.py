@@ -256,3 +256,53 @@ def test_cli_review_list_decide_export(job: JobSpec, store: Store, capsys):
     assert main(["review", "export", spec]) == 0
     out = capsys.readouterr().out
     assert "1 new corrections" in out and "colors:corrections@1" in out and "colors:preferences@1" in out
+
+
+def test_tool_call_answers_are_compared_and_kept_as_tool_calls(job: JobSpec, store: Store):
+    def call(city: str) -> list[dict]:
+        return [{"id": f"call-{city}", "type": "function",
+                 "function": {"name": "weather", "arguments": json.dumps({"city": city})}}]  # fmt: skip
+
+    store.add_traces(
+        [
+            _trace(1, None, tool_calls=call("Oslo"), rollout_id=1, arm="production", pair_id="p1"),
+            _trace(2, None, tool_calls=call("Lima"), rollout_id=1, arm="shadow", pair_id="p1"),
+            _trace(3, None, tool_calls=call("Oslo"), rollout_id=1, arm="production", pair_id="p2"),
+            _trace(4, None, tool_calls=[{**call("Oslo")[0], "id": "other"}], rollout_id=1, arm="shadow", pair_id="p2"),
+            _trace(5, None, tool_calls=call("Rome"), passed=False),
+        ]
+    )
+    assert review.collect(job, store).added == {"failed": 1, "unscored": 0, "disagreement": 1}  # call ids aside
+    failed = store.list_review_items("colors", kind="failed")[0]
+    review.decide(job, store, [failed.id], "accept", by="ana")
+    out = review.corrections(job, store)
+    (example,) = list(store.iter_examples(out.corrections))
+    answer = example.messages[-1]
+    assert answer.content is None and answer.tool_calls[0]["function"]["name"] == "weather"
+
+
+def test_taking_the_offer_for_a_whole_group_gives_each_item_its_own(job: JobSpec, store: Store):
+    from instil.tui import ReviewSession
+
+    store.add_traces(
+        [
+            _trace(k, "red", rollout_id=1, arm=arm, pair_id=f"p{k // 2}")
+            if arm == "production"
+            else _trace(k, ["blue", "green", "pink"][k // 2 - 1], rollout_id=1, arm=arm, pair_id=f"p{k // 2}")
+            for k, arm in [
+                (2, "production"),
+                (3, "shadow"),
+                (4, "production"),
+                (5, "shadow"),
+                (6, "production"),
+                (7, "shadow"),
+            ]  # fmt: skip
+        ]
+    )
+    session = ReviewSession.open(job, store, "ana")
+    items = [i for g in session.groups for i in g.items]
+    session.groups = [review.Group("disagreement", items)]  # as if alike: one group of three
+    session.whole_group = True
+    done = session.decide("take")
+    assert sorted(d.correction for d in done) == ["blue", "green", "pink"]
+    assert session.groups == [] and session.describe().startswith("Nothing to review")

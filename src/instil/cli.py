@@ -693,6 +693,9 @@ def rollout_start(
     margin: Annotated[
         float | None, typer.Option(help="How much worse than production a canary may fail (default: rollout.margin).")
     ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Roll out a version even though the guard stopped its canary before.")
+    ] = False,
 ) -> None:
     """Start a canary (or a shadow) of a version; a running server routes by it within a second."""
     from instil import rollout
@@ -705,7 +708,7 @@ def rollout_start(
     with _open_store(job) as store:
         r = rollout.start(
             job, store, version, mode="shadow" if shadow else "canary", percent=percent if shadow else canary,
-            alpha=alpha, margin=margin,
+            alpha=alpha, margin=margin, force=force,
         )  # fmt: skip
     what = (
         f"a canary: {r.percent:g}% of requests for {job.name!r} go to {r.ref}"
@@ -791,7 +794,7 @@ def rollout_promote(
 ) -> None:
     """Promote the running rollout's version: enough online evidence, the guard not stopped, and the gate passed.
 
-    Exit code: 0 promoted, 1 refused or not ready, 2 error.
+    Exit code: 0 promoted, 1 otherwise (refused by the gate, not ready, stopped, or an error).
     """
     from transformers.utils import logging as hf_logging
 

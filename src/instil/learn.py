@@ -101,7 +101,8 @@ def learn_from_failures(
     trained = _resolve(store, dataset_name(spec, "train"), train)
     known = {e.key() for e in store.iter_examples(trained)} if trained is not None else set()
     items = queue_failures(spec, store, model.ref, [(e, text, reason) for e, text, reason in failed])
-    budget = items if max_corrections is None else items[:max_corrections]
+    still_open = [i for i in items if i.status == "open"]
+    budget = still_open if max_corrections is None else still_open[:max_corrections]
     ReferenceReviewer().review(spec, store, budget)
     out = corrections(spec, store, previous=prev, exclude=known)
     corrections_version, preferences = out.corrections, out.preferences

@@ -278,13 +278,16 @@ def promote(
     limit: int | None = None,
     batch_size: int | None = None,
     dry_run: bool = False,
+    rollout_id: int | None = None,
 ) -> Promotion:
     """Gate model ``version`` of the job (default: the newest) against production, and promote it if it passes.
 
     ``reference`` overrides what it is compared against: a candidate name (``base+full``, ``base+short``, an
     endpoint's name) or a model version (``3``, ``<job>@3``, a pin name, ``production``; optionally with
     ``+short``/``+full``/``+none``). ``limit`` uses the holdout's first N examples. ``dry_run`` decides without
-    recording a decision or changing any status (the evaluation is recorded all the same).
+    recording a decision or changing any status (the evaluation is recorded all the same). ``rollout_id``: the
+    running rollout of this version the decision ends; if it ended meanwhile (its guard stopped it), nothing is
+    recorded and :class:`~instil.errors.StoreError` says why.
     """
     holdout = frozen_holdout(spec, store)
     if holdout is None:
@@ -355,6 +358,7 @@ def promote(
         dataset=holdout,
         run_id=report.run_id,
         numbers={**numbers, "promoted": decision.promoted},
+        rollout_id=rollout_id,
     )
     recorded = Promotion.from_record(info)
     write_report(report, store, decisions=[recorded.report_row()], title=f"{spec.name}: gate on {holdout.ref}")

@@ -24,8 +24,9 @@ suggestion taken), ``discard``. Each records who and when; a later decision repl
 
 :func:`corrections` turns every accepted or corrected item into an SFT example (the conversation with the decided
 answer) in ``<job>:corrections``, and every one with a rejected alternative (the original answer of a correction, the
-suggestion an accept turned down) into a preference pair in ``<job>:preferences``. Both versions are cumulative, and
-near-duplicates of the frozen holdout are left out and counted, so nothing reviewed ever reaches the holdout.
+suggestion an accept turned down) into a preference pair in ``<job>:preferences`` (each version holds the pairs new
+since the last). The corrections are cumulative, one example per answer as last decided (a later discard drops it),
+and near-duplicates of the frozen holdout are left out and counted, so nothing reviewed ever reaches the holdout.
 
 Grouping (:func:`groups`): by kind and the graders that failed, then by similarity of the input and answer: TF-IDF
 (scikit-learn) cosine similarity, or sentence embeddings when ``embeddings`` names a sentence-transformers model
@@ -133,7 +134,7 @@ def collect(spec: JobSpec, store: Store, *, limit: int = 10_000) -> CollectOutco
         if not pair or pair[0].status != 200:
             continue
         prod = pair[0]
-        if (prod.output or "").split() == (shadow.output or "").split():
+        if (prod.output or "").split() == (shadow.output or "").split() and _calls(prod) == _calls(shadow):
             continue
         items.append(
             _from_trace(
@@ -150,6 +151,15 @@ def collect(spec: JobSpec, store: Store, *, limit: int = 10_000) -> CollectOutco
     for it in added:
         counts[it.kind] += 1
     return CollectOutcome(counts, seen)
+
+
+def _calls(t: Trace) -> list[tuple[str, str]]:
+    """A trace's tool calls as (name, arguments): what two answers must share to agree (call ids never do)."""
+    out = []
+    for c in t.tool_calls or []:
+        fn = (c.get("function") or {}) if isinstance(c, dict) else {}
+        out.append((str(fn.get("name")), str(fn.get("arguments"))))
+    return out
 
 
 def feedback(
@@ -203,7 +213,13 @@ def queue_failures(
                 tools=e.tools,
                 suggestion=reference.content,
                 reason=reason,
-                meta={"model": model_ref, "example": e.key(), "reference": reference.to_dict(), "tags": list(e.tags)},
+                meta={
+                    "model": model_ref,
+                    "example": e.key(),
+                    "reference": reference.to_dict(),
+                    "tags": list(e.tags),
+                    "group": e.group,
+                },
             )  # fmt: skip
         )
     store.add_review_items(items)
@@ -234,9 +250,12 @@ def decide(
         return []
     status = ACTIONS[action]
     decided = {i: (status, correction if action == "correct" else None) for i in chosen}
-    if action == "accept":
-        outputs = {i.id: i.output for i in store.list_review_items(spec.name, ids=chosen)}
-        decided = {i: (status, outputs.get(i)) for i in chosen}
+    if action == "accept":  # the answer as it was: its text, or its tool calls
+        answers = {
+            i.id: i.output if i.output is not None else json.dumps(i.tool_calls or [])
+            for i in store.list_review_items(spec.name, ids=chosen)
+        }
+        decided = {i: (status, answers.get(i)) for i in chosen}
     return store.decide_review_items(spec.name, decided, by=by)
 
 
@@ -387,13 +406,17 @@ def item_example(it: ReviewItem) -> tuple[Example, Example | None]:
     messages = [*(Message.from_dict(m) for m in it.messages), answer]
     tags = ["review", it.kind, *it.meta.get("tags", [])]
     meta = {"review_item": it.id, "trace": it.trace_id, "decided_by": it.decided_by}
-    example = Example(messages, tools=it.tools, id=_example_id(it), tags=tags, meta=meta, source=f"review {it.id}")
+    group = it.meta.get("group")
+    example = Example(
+        messages, tools=it.tools, id=_example_id(it), tags=tags, meta=meta, source=f"review {it.id}", group=group
+    )
     rejected = it.output if it.status == "corrected" else it.suggestion
     pair = None
     if rejected is not None and rejected.split() != (it.correction or "").split():
         pair = Example(
-            messages, tools=it.tools, rejected=[Message("assistant", rejected)], id=example.id, tags=tags, meta=meta
-        )
+            messages, tools=it.tools, rejected=[Message("assistant", rejected)], id=example.id, tags=tags, meta=meta,
+            group=group,
+        )  # fmt: skip
     return example, pair
 
 
@@ -413,15 +436,14 @@ def corrections(
     The version is ``previous`` (default: the latest; None: start afresh) with each reviewed item's example as last
     decided (a re-decided item replaces its earlier example, a discarded one is dropped) and nothing whose key is in
     ``exclude`` (the training data's keys, say)."""
-    reviewed = [i for i in store.list_review_items(spec.name) if i.status != "open"]
-    decided = [i for i in reviewed if i.status in ("accepted", "corrected") and i.correction is not None]
+    # One example per answer, as last decided: a later discard removes it, a later correction replaces it.
+    reviewed = sorted(
+        (i for i in store.list_review_items(spec.name) if i.status != "open"),
+        key=lambda i: (i.decided_at or i.created_at, i.id or 0),
+    )
+    latest = {_example_id(i): i for i in reviewed}
+    decided = [i for i in latest.values() if i.status in ("accepted", "corrected") and i.correction is not None]
     made = [(it, *item_example(it)) for it in decided]
-    holdout = frozen_holdout(spec, store)
-    leaking: set[str] = set()
-    if holdout is not None and made:
-        leaking = {m.example_key for m in holdout_index(spec, store, holdout).check([e for _, e, _ in made])}
-    skip = set(exclude)
-    kept = [(it, e, p) for it, e, p in made if e.key() not in leaking and e.key() not in skip]
     name = dataset_name(spec, "corrections")
     if previous is _LATEST:
         try:
@@ -430,19 +452,24 @@ def corrections(
             previous = None
     assert previous is None or isinstance(previous, DatasetVersion)
     before = list(store.iter_examples(previous)) if previous is not None else []
-    redecided = {_example_id(it) for it in reviewed}
-    known = {e.key() for e in before}
-    rest = [e for e in before if e.key() not in redecided]
-    examples = {e.key(): e for e in [*rest, *(e for _, e, _ in kept)]}
-    new = [(it, e, p) for it, e, p in kept if e.key() not in known]
+    rest = [e for e in before if e.key() not in latest]
+    holdout = frozen_holdout(spec, store)
+    leaking: set[str] = set()
+    if holdout is not None and (made or rest):  # the carried examples too: the holdout may be new since
+        checked = [*(e for _, e, _ in made), *rest]
+        leaking = {m.example_key for m in holdout_index(spec, store, holdout).check(checked)}
+    skip = set(exclude) | leaking
+    kept = [(it, e, p) for it, e, p in made if e.key() not in skip]
+    examples = {e.key(): e for e in [*(e for e in rest if e.key() not in skip), *(e for _, e, _ in kept)]}
+    known = {e.content_hash() for e in before}
+    new = [(it, e, p) for it, e, p in kept if e.content_hash() not in known]
     version, prefs = previous, None
-    changed = [e.content_hash() for e in examples.values()] != [e.content_hash() for e in before]
-    if changed:
+    if [e.content_hash() for e in examples.values()] != [e.content_hash() for e in before]:
         version = store.put_dataset(
             name, list(examples.values()), kind="corrections",
             parents=[previous] if previous is not None else [], meta={"review_items": [it.id for it, _, _ in kept]},
         )  # fmt: skip
-        pairs = [p for _, _, p in new if p is not None]
+        pairs = list({p.content_hash(): p for _, _, p in new if p is not None}.values())
         if pairs:
             prefs = store.put_dataset(
                 dataset_name(spec, "preferences"), pairs, kind="preferences", parents=[version],

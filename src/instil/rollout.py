@@ -76,11 +76,13 @@ def start(
     percent: float | None = None,
     alpha: float | None = None,
     margin: float | None = None,
+    force: bool = False,
 ) -> RolloutInfo:
     """Start rolling ``version`` (anything :func:`instil.registry.resolve` reads) out as a ``canary`` or a ``shadow``
     on ``percent`` of the job's requests (default: the spec's ``rollout.canary_percent`` / ``shadow_percent``);
     ``alpha`` and ``margin`` override the guard's. A running rollout of the same version is replaced (turning a
-    shadow into a canary); one of another version is refused."""
+    shadow into a canary); one of another version is refused, and so is a version whose canary the guard stopped
+    (unless ``force``)."""
     if mode not in MODES:
         raise InstilError(f"unknown rollout mode {mode!r}", hint="use canary or shadow")
     r = spec.rollout
@@ -90,6 +92,13 @@ def start(
     settings = {"alpha": r.alpha if alpha is None else alpha, "margin": r.margin if margin is None else margin}
     CanaryGuard(**settings)  # refuses a bad alpha or margin before anything is recorded
     model = registry.resolve(store, spec.name, version)
+    stopped = [r for r in store.list_rollouts(spec.name) if r.model_id == model.id and r.status == "stopped"]
+    if stopped and not force:
+        last = stopped[-1]
+        raise InstilError(
+            f"the guard stopped {model.ref}'s canary on {last.ended_at:%Y-%m-%d %H:%M} UTC: {last.reason}",
+            hint="train a new version from its failures; to put it in front of traffic again anyway, pass force",
+        )
     if store.production_model(spec.name) is None:
         raise InstilError(
             f"job {spec.name!r} has no production version to roll {model.ref} out against",
@@ -338,6 +347,6 @@ def promote(spec: JobSpec, store: Store, *, min_requests: int | None = None, **g
             hint="let it run longer (`instil rollout status`), or pass --min-requests to accept less evidence",
         )
     model = registry.resolve(store, spec.name, running.version)
-    promotion = registry.promote(spec, store, model.version, **gate)
+    promotion = registry.promote(spec, store, model.version, rollout_id=running.id, **gate)
     ended = next(r for r in store.list_rollouts(spec.name) if r.id == running.id)
     return RolloutPromotion(promotion, ended, online)

@@ -754,12 +754,12 @@ class RolloutSpec(_Strict):
     shadow_percent: float = Field(100.0, gt=0, le=100)
     """The share of the job's requests a shadow also answers, in the background (callers get production's answer)."""
     alpha: float = Field(0.05, gt=0, lt=1)
-    """The guard's error bound: the chance, at most, that it ever stops a canary no worse than production."""
+    """The guard's error bound: the chance, at most, that it ever stops a canary no worse than production (for
+    independent requests; many requests from one user, all on one arm, make the bound approximate)."""
     margin: float = Field(0.0, ge=0, lt=1)
     """How much higher a canary's online failure rate may be than production's before the guard counts it worse."""
     min_requests: int = Field(200, ge=0)
-    """The canary answers at least this many requests before ``instil rollout promote`` (or ``run --watch``)
-    promotes it."""
+    """The candidate answers at least this many requests before ``instil rollout promote`` promotes it."""
     max_shadow_inflight: int = Field(32, ge=1)
     """The most shadow requests generating at once; past it a request is not shadowed (and counted so)."""
 

@@ -1,7 +1,7 @@
 """`instil review`: the review queue in the terminal, on Textual (Textualize's TUI framework, by the makers of rich,
 which instil already renders with; maintained, with a headless test harness).
 
-    instil review instil.yaml --by ana       # groups on the left, the item on the right; keys in the footer
+    instil review --spec instil.yaml --by ana    # groups on the left, the item on the right; keys in the footer
 
 Each item shows what was asked, the answer, why it is here (the graders' reasons, the user's comment) and the answer
 on offer (the shadow's, the user's correction, a reference). Keys: ``a`` accept the answer, ``s`` take the answer on
@@ -66,14 +66,23 @@ class ReviewSession:
             self.position = (self.position + step) % len(g.items)
 
     def decide(self, action: str, correction: str | None = None) -> list[ReviewItem]:
-        """Decide the item in view (or, with the whole-group switch on, every open item of its group); the decided
-        items leave the group and the next open one comes into view."""
+        """Decide the item in view (or, with the whole-group switch on, every open item of its group): ``accept``,
+        ``correct`` (with ``correction``), ``take`` (each its own answer on offer), ``discard``; the decided items
+        leave the group and the next open one comes into view."""
         g, it = self.current_group, self.item
         if g is None or it is None:
             return []
         targets = [i for i in g.items if i.status == "open"] if self.whole_group else [it]
         ids = [i.id for i in targets if i.id is not None]
-        done = review.decide(self.spec, self.store, ids, action, by=self.by, correction=correction)
+        if action == "take":  # each item's own answer on offer (a shadow's, a user's), never one copied to all
+            done = [
+                d
+                for i in targets
+                if i.id is not None and i.suggestion is not None
+                for d in review.decide(self.spec, self.store, [i.id], "correct", by=self.by, correction=i.suggestion)
+            ]
+        else:
+            done = review.decide(self.spec, self.store, ids, action, by=self.by, correction=correction)
         decided = {i.id for i in done}
         self.decided += len(done)
         remaining = [i for i in g.items if i.id not in decided]
@@ -200,9 +209,8 @@ def review_app(session: ReviewSession) -> Any:
             self.refresh_view(groups=True)  # counts and labels change
 
         def action_take(self) -> None:
-            it = session.item
-            if it is not None and it.suggestion is not None and not self.editing():
-                self.action_decide("correct", it.suggestion)
+            if not self.editing():
+                self.action_decide("take")
 
         def action_correct(self) -> None:
             it = session.item

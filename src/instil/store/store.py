@@ -662,6 +662,7 @@ class Store:
         dataset: DatasetVersion | int | None = None,
         run_id: int | None = None,
         numbers: dict[str, Any] | None = None,
+        rollout_id: int | None = None,
     ) -> DecisionInfo:
         """Record a gate verdict (``kind="gate"``) or a rollback on ``model``, a version of ``job``, and move the
         models' statuses in the same transaction.
@@ -670,6 +671,8 @@ class Store:
         ``retired`` (gate) or ``rolled_back`` (rollback). Refused: ``model`` becomes ``refused``.
         ``production_before`` is the production model the caller decided against (None: there was none); when
         another process changed production since, nothing is recorded and :class:`StoreError` says to decide again.
+        ``rollout_id``: the rollout this decision ends; when it is no longer running (a guard stopped it meanwhile),
+        nothing is recorded either.
         """
         check_name(job, "job name")
         if kind not in DECISION_KINDS:
@@ -695,6 +698,14 @@ class Store:
                 )
             if current_id == model_id:
                 raise StoreError(f"{row.job}@{row.version} is already the production model of {job!r}")
+            if rollout_id is not None:
+                rollout = s.get(m.Rollout, rollout_id)
+                if rollout is None or rollout.job != job or rollout.status != "running":
+                    ended = f"{rollout.status}: {rollout.reason}" if rollout is not None else "gone"
+                    raise StoreError(
+                        f"the rollout {rollout_id} of {job!r} ended while this {kind} was being decided ({ended})",
+                        hint="nothing was recorded; `instil rollout status` shows why it ended",
+                    )
             if reference_id is not None:
                 self._job_model(s, job, reference_id)
             if dataset_id is not None and s.get(m.DatasetVersionRow, dataset_id) is None:
