@@ -674,6 +674,53 @@ def pin(
             console.print(f"pin [bold]{now.name}[/] -> {now.ref}")
 
 
+@app.command("monitor")
+def monitor_cmd(
+    spec: SpecArg = Path("instil.yaml"),
+    window_hours: Annotated[
+        float | None, typer.Option(help="The stretch of recent traffic to compare (default: monitor.window_hours).")
+    ] = None,
+    embeddings: Annotated[
+        str | None, typer.Option(help="Compare inputs by this sentence-transformers model instead of TF-IDF.")
+    ] = None,
+    check: Annotated[
+        bool, typer.Option("--check", help="Exit 3 when retraining is due (for a scheduler), 0 otherwise.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Drift of production traffic from the training data, online pass rates per window, and whether to retrain."""
+    from instil.monitor import monitor
+
+    job = _load(spec)
+    with _open_store(job) as store:
+        report = monitor(job, store, window_hours=window_hours, embeddings=embeddings)
+    if as_json:
+        console.print_json(json.dumps(report.to_dict(), default=str))
+    else:
+        lo, hi = report.window
+        console.print(f"{job.name}: {report.traces} answers from {lo:%Y-%m-%d %H:%M} to {hi:%Y-%m-%d %H:%M} UTC")
+        table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+        for col in ("check", "p-value", "training", "now", "verdict", "detail"):
+            table.add_column(col, overflow="fold")
+        for c in report.checks:
+            verdict = "[red]drift[/]" if c.drifted else ("-" if c.p_value is None and not c.drifted else "ok")
+            p = "-" if c.p_value is None else f"{c.p_value:.3g}"
+            table.add_row(c.name, p, str(c.n_reference), str(c.n_recent), verdict, _escape(c.detail))
+        console.print(table)
+        rates = [
+            f"{w.start:%m-%d %H:%M} {w.rate.estimate:.0%} of {w.graded}" if w.rate else f"{w.start:%m-%d %H:%M} -"
+            for w in report.windows
+        ]
+        console.print("online pass rate per window: " + " | ".join(rates))
+        console.print(f"failed answers since the newest version was trained: {report.failures_since_training}")
+        if report.retrain_due:
+            console.print("[bold yellow]retraining is due:[/] " + _escape("; ".join(report.reasons)), soft_wrap=True)
+        else:
+            console.print("[green]no drift, no call to retrain[/]")
+    if check and report.retrain_due:
+        raise typer.Exit(3)
+
+
 # ---- rollout ---------------------------------------------------------------------------------------------------------
 @rollout_app.command("start")
 def rollout_start(

@@ -40,6 +40,7 @@ __all__ = [
     "JobSpec",
     "LoraSpec",
     "ModelSpec",
+    "MonitorSpec",
     "OutputSpec",
     "RolloutSpec",
     "ServeSpec",
@@ -764,6 +765,21 @@ class RolloutSpec(_Strict):
     """The most shadow requests generating at once; past it a request is not shadowed (and counted so)."""
 
 
+class MonitorSpec(_Strict):
+    """What ``instil monitor`` watches in production traffic, and when it says to train again."""
+
+    window_hours: float = Field(24.0, gt=0)
+    """The stretch of recent traffic compared with the training data (and the length of each rated window)."""
+    min_traces: int = Field(50, ge=1)
+    """A test with fewer traces behind it is shown but never counts as drift."""
+    p_value: float = Field(0.01, gt=0, lt=1)
+    """A drift test whose p-value is under this counts as drift."""
+    max_failure_rate: float | None = Field(None, gt=0, lt=1)
+    """When set: a latest window (or schema check) failing more often than this calls for retraining."""
+    retrain_after_failures: int = Field(100, ge=1)
+    """Retraining is due once this many failed answers came in since the newest version was trained."""
+
+
 class JobSpec(_Strict):
     """A job: what the model must do, how it is scored, the data, the model, training and the promotion gate."""
 
@@ -795,6 +811,8 @@ class JobSpec(_Strict):
     """How ``instil serve`` answers (a local model, or an upstream behind the proxy) and captures traces."""
     rollout: RolloutSpec = RolloutSpec()
     """How a new version is rolled out (canary, shadow) and guarded before promotion."""
+    monitor: MonitorSpec = MonitorSpec()
+    """What ``instil monitor`` compares and when it says retraining is due."""
 
     _root: Path = PrivateAttr(default_factory=Path.cwd)
     _file: Path | None = PrivateAttr(default=None)
