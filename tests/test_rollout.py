@@ -243,11 +243,13 @@ def test_a_rollout_end_to_end_on_a_running_server(served):
     _until(lambda: router.current is not None)
     seen: dict[str, set[str]] = {}
     for k in range(200):
+        if router.current is None:  # the guard stopped it (the store hears within a refresh)
+            break
         user = f"user-{k % 20}"
         model, _ = ask(user)
-        seen.setdefault(user, set()).add(model)
-        if store.running_rollout(job) is None:
-            break
+        if router.current is not None:  # answered while the canary ran (not just after its stop)
+            seen.setdefault(user, set()).add(model)
+    _until(lambda: store.running_rollout(job) is None)
     stopped = store.list_rollouts(job)[-1]
     assert stopped.id == r.id and stopped.status == "stopped", stopped
     assert "worse than production" in stopped.reason and stopped.summary["stopped"]
@@ -428,3 +430,46 @@ def test_the_servers_guard_takes_outcomes_in_arrival_order_whenever_they_come():
     seventh = w.arrive("production")
     w.end(seventh, "production", None, None, traced=True)  # gone before any answer
     assert w.guard.n == {"candidate": 2, "production": 2}
+
+
+def test_a_full_turn_from_feedback_to_a_promoted_version_on_a_running_server(served):
+    """The loop closed on live traffic: users say production's answers are wrong, a scripted reviewer takes their
+    corrections through the queue, the watch trains the next version, gates it on the frozen holdout, puts it on a
+    canary, and promotes it once it has answered enough; the running server answers with it, no restart."""
+    from instil import review
+    from instil.watch import turn
+
+    spec, store, url, router = served
+    spec.rollout = spec.rollout.model_copy(update={"canary_percent": 50.0, "min_requests": 6})
+    spec.monitor = spec.monitor.model_copy(update={"retrain_after_failures": 3})
+    ask = _ask(url)
+    import openai
+
+    c = openai.OpenAI(base_url=url, api_key="none", max_retries=0)
+    started = time.monotonic()
+    assert turn(spec, store).action == "waiting"  # nothing said yet
+    for k in range(4):  # production answers "blue"; four users say it should have been "red"
+        r = c.chat.completions.create(model="colors", messages=[{"role": "user", "content": f"colour of item {k}?"}],
+                                      max_tokens=8, user=f"user-{k}")  # fmt: skip
+        assert r.choices[0].message.content == "blue"
+        assert _post(f"{url}/feedback", {"id": r.id, "rating": 0, "correction": "red", "user": f"user-{k}"})[0] == 200
+    assert turn(spec, store).action == "nothing to learn"  # due, but nobody reviewed anything yet
+
+    for g in review.groups(spec, store):  # the scripted reviewer: look, then take each user's correction
+        assert all(i.kind == "feedback" and i.suggestion == "red" for i in g.items)
+        review.decide(spec, store, g.ids, "correct", correction="red", by="script")
+
+    trained = turn(spec, store, max_steps=8)
+    assert trained.action == "canary started", trained.detail
+    new = trained.model.version
+    assert trained.promotion.dry_run and trained.promotion.decision.promoted  # gated before any user saw it
+    assert trained.rollout.settings["started_by"] == "watch"
+    _until(lambda: router.current is not None and router.current.version == new)
+    assert turn(spec, store).action == "canary running"
+    for k in range(40):
+        ask(f"user-{k}")
+    done = turn(spec, store)
+    assert done.action == "promoted", done.detail
+    assert store.production_model(spec.name).version == new
+    _until(lambda: ask("anyone") == (f"colors@{new}", "red"), timeout_s=5)
+    print(f"a full turn (feedback to a promoted version) took {time.monotonic() - started:.1f} s")

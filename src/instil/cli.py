@@ -99,9 +99,23 @@ def run_cmd(
         int | None, typer.Option(help="Cap each training run's optimizer steps (a quick try).")
     ] = None,
     until: Annotated[str | None, typer.Option(help="Stop after this stage (split: the data stages only).")] = None,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch",
+            help="Then keep watching production: retrain from reviewed corrections when the monitor says so, gate, "
+            "canary, promote.",
+        ),
+    ] = False,
+    interval: Annotated[float, typer.Option(help="With --watch: seconds between looks.")] = 300.0,
+    turns: Annotated[int | None, typer.Option(help="With --watch: stop after this many looks.")] = None,
 ) -> None:
     """Run the loop on a job: validate, curate, split, baseline, train, evaluate, promote (unchanged ones skipped)."""
     from instil.loop import run
+
+    if watch:
+        _watch(spec, interval, turns, max_steps)
+        return
 
     result = _run_loop(
         lambda on_stage: run(
@@ -109,6 +123,20 @@ def run_cmd(
         )
     )
     _print_loop_result(result)
+
+
+def _watch(spec: Path, interval: float, turns: int | None, max_steps: int | None) -> None:
+    from instil.watch import watch
+
+    job = _load(spec)
+
+    def say(outcome) -> None:
+        colour = {"promoted": "green", "refused": "red", "canary started": "cyan"}.get(outcome.action, "white")
+        console.print(f"[{colour}]{outcome.action}[/]: {_escape(outcome.detail)}", soft_wrap=True)
+
+    console.print(f"watching {job.name} every {interval:g} s (Ctrl-C stops)")
+    with _open_store(job) as store:
+        watch(job, store, interval_s=interval, max_turns=turns, on_turn=say, max_steps=max_steps, progress=True)
 
 
 @app.command()

@@ -23,7 +23,8 @@ than ``monitor.min_traces`` traces behind it is reported but not judged):
   ``monitor.max_failure_rate`` failures is an alert.
 
 Retraining is due when drift is found, the latest window's failure rate is above the threshold, or at least
-``monitor.retrain_after_failures`` failed traces came in since the newest model version was trained.
+``monitor.retrain_after_failures`` failures came in since the newest model version was trained (traces a grader
+failed, and answers users said were wrong through feedback).
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ class MonitorReport:
     checks: list[Check]
     windows: list[WindowRate]
     failures_since_training: int
-    """Failed traces since the newest model version was trained."""
+    """Failed traces, and answers users said were wrong (feedback), since the newest model version was trained."""
     trained_at: datetime | None
     reasons: list[str] = field(default_factory=list)
     """Why retraining is due (empty: it is not)."""
@@ -171,7 +172,15 @@ def monitor(
     rates = _windows(store, spec.name, end, hours, windows)
     models = store.list_models(spec.name)
     trained_at = models[-1].created_at if models else None
-    failed_since = store.count_traces(TraceFilter(job=spec.name, passed=False, since=trained_at)) if trained_at else 0
+    failed_since = 0
+    if trained_at is not None:  # failed graders, and users saying an answer was wrong
+        failed_since = store.count_traces(TraceFilter(job=spec.name, passed=False, since=trained_at))
+        failed_since += sum(
+            1
+            for i in store.list_review_items(spec.name, kind="feedback")
+            if i.created_at is not None and i.created_at >= trained_at
+            and (i.suggestion is not None or (i.rating is not None and i.rating < 0.5))
+        )  # fmt: skip
 
     reasons = [f"drift in {c.name}: {c.detail}" for c in checks if c.drifted]
     latest = rates[-1] if rates else None

@@ -77,20 +77,26 @@ def start(
     alpha: float | None = None,
     margin: float | None = None,
     force: bool = False,
+    started_by: str | None = None,
 ) -> RolloutInfo:
     """Start rolling ``version`` (anything :func:`instil.registry.resolve` reads) out as a ``canary`` or a ``shadow``
     on ``percent`` of the job's requests (default: the spec's ``rollout.canary_percent`` / ``shadow_percent``);
     ``alpha`` and ``margin`` override the guard's. A running rollout of the same version is replaced (turning a
     shadow into a canary); one of another version is refused, and so is a version whose canary the guard stopped
-    (unless ``force``)."""
+    (unless ``force``). ``started_by`` is kept with it (``watch`` for the watch loop's own canaries)."""
     if mode not in MODES:
         raise InstilError(f"unknown rollout mode {mode!r}", hint="use canary or shadow")
     r = spec.rollout
     share = percent if percent is not None else (r.canary_percent if mode == "canary" else r.shadow_percent)
     if not 0 < share <= 100:
         raise InstilError(f"the rollout's share must be above 0% and at most 100%, not {share}%")
-    settings = {"alpha": r.alpha if alpha is None else alpha, "margin": r.margin if margin is None else margin}
+    settings: dict[str, Any] = {
+        "alpha": r.alpha if alpha is None else alpha,
+        "margin": r.margin if margin is None else margin,
+    }
     CanaryGuard(**settings)  # refuses a bad alpha or margin before anything is recorded
+    if started_by is not None:
+        settings["started_by"] = started_by
     model = registry.resolve(store, spec.name, version)
     stopped = [r for r in store.list_rollouts(spec.name) if r.model_id == model.id and r.status == "stopped"]
     if stopped and not force:

@@ -392,6 +392,7 @@ def create_catalog_app(
     if router is not None:  # innermost: it reads the body the limit has bounded, of requests the key let in
         app.add_middleware(router.wrap)
         router.load = lambda: engines.waiting  # shadows wait their turn behind production's callers
+        router.prepare = lambda name: backend(catalog.prepare(name))  # loaded (and its engine made) before routing
     app.add_middleware(_BodyLimit, max_bytes=max_body_bytes)  # inside the key check, which runs first
     _require_key(app, api_key)
     metrics = ServeMetrics(engine=engines, traces=trace_log, router=router)

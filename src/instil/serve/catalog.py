@@ -97,6 +97,14 @@ class Catalog:
         """The target ``name`` reaches; may look it up or load it (call it off the event loop). None: no such name."""
         return self.lookup(name)
 
+    def prepare(self, name: str) -> Target:
+        """Make ``name`` answerable before requests are routed to it (a rollout's candidate); raises
+        :class:`NotServed` when it cannot be."""
+        target = self.resolve(name)
+        if target is None:
+            raise NotServed(f"this server serves no model {name!r}", hint=f"it serves {', '.join(self.names())}")
+        return target
+
     def names(self) -> list[str]:
         """The targets' names, for an unknown model's error message."""
         return list(self._targets)

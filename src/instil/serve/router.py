@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import hashlib
 import json
 import logging
@@ -142,6 +143,9 @@ class RolloutRouter:
         """The running rollout, as last read."""
         self.load: Callable[[], int] | None = None
         """How many requests wait for the model now (set by the app): shadows are skipped while it is high."""
+        self.prepare: Callable[[str], object] | None = None
+        """Makes a candidate answerable before any request goes to it (set by the app: its catalog loads it)."""
+        self._prepared: int | None = None
         self.counts: dict[str, int] = {"production": 0, "candidate": 0, "shadow": 0, "shadow_skipped": 0}
         self._watch: _Watch | None = None
         self._shadows = 0
@@ -184,13 +188,24 @@ class RolloutRouter:
                 log.exception("reading the rollout of %r failed; retrying", self.job)
 
     def refresh(self) -> None:
-        """Read the running rollout; a canary the guard stopped is ended in the store (and no longer routed)."""
+        """Read the running rollout; load its candidate before routing to it (a candidate that cannot be loaded
+        ends the rollout); a canary the guard stopped is ended in the store (and no longer routed)."""
         with self._lock:
             current = self.store.running_rollout(self.job)
             watch = self._watch
             if current is not None and watch is not None and watch.rollout.id == current.id and watch.guard.stopped:
                 self._end(watch)
                 current = None
+            if current is not None and self.prepare is not None and self._prepared != current.id:
+                try:
+                    self.prepare(current.ref)
+                    self._prepared = current.id
+                except Exception as e:  # noqa: BLE001 - whatever it was, no request may go to a model not there
+                    why = f"this server could not load {current.ref}: {type(e).__name__}: {e}"
+                    log.error("the rollout of %s is aborted: %s", current.ref, why)
+                    with contextlib.suppress(InstilError):
+                        self.store.end_rollout(self.job, "aborted", why, rollout_id=current.id)
+                    current = None
             self.current = current
 
     def _end(self, watch: _Watch) -> None:

@@ -174,6 +174,27 @@ class JobCatalog(Catalog):
             return None
         return self._ensure(version, name)
 
+    def prepare(self, name: str) -> Target:
+        """Load what ``name`` names now if it is not loaded, a whole model too (a rollout's candidate: the router
+        calls this before it routes any request there, so nothing is loaded on a request's whim)."""
+        version = self._version_named(name)
+        if version is None:
+            return super().prepare(name)
+        hit = next((t for t in self._targets.values() if t.version == version.version), None)
+        if hit is not None:
+            return hit
+        kind = version_kind(version)
+        if kind in _ADAPTERS:
+            return self._ensure(version, name)
+        with self._load_lock:
+            hit = next((t for t in self._targets.values() if t.version == version.version), None)
+            if hit is None:
+                hit = self._load_version(version)
+                self._add(hit)
+                log.info("loaded %s (a %s) for its rollout", hit.name, kind)
+        self._refresh(force=True)
+        return hit
+
     def _version_named(self, name: str) -> ModelVersion | None:
         with self._store_lock:
             return version_named(self.store, self.job, name)
