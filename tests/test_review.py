@@ -306,3 +306,32 @@ def test_taking_the_offer_for_a_whole_group_gives_each_item_its_own(job: JobSpec
     done = session.decide("take")
     assert sorted(d.correction for d in done) == ["blue", "green", "pink"]
     assert session.groups == [] and session.describe().startswith("Nothing to review")
+
+
+def test_a_refreshed_holdout_takes_reviewed_answers_no_training_version_holds(job: JobSpec, store: Store, capsys):
+    from instil.cli import main
+    from instil.jobdata import frozen_holdout
+
+    before = frozen_holdout(job, store)
+    fresh = _trace(1, "a long wrong answer", passed=False)
+    seen = Trace(
+        **{
+            **_trace(2, "blue", passed=False).__dict__,
+            "messages": [{"role": "system", "content": PROMPT}, {"role": "user", "content": ticket(3)}],
+        }  # fmt: skip
+    )  # item 3 is in the training data
+    store.add_traces([fresh, seen])
+    review.collect(job, store)
+    ids = [i.id for i in store.list_review_items("colors")]
+    review.decide(job, store, ids, "correct", correction="red", by="ana")
+    assert main(["data", "refresh-holdout", str(job.file)]) == 0
+    assert "1 reviewed answers; 1 left out for matching a training version" in capsys.readouterr().out
+    after = frozen_holdout(job, store)
+    assert after.version == before.version + 1 and after.frozen and after.n_examples == before.n_examples + 1
+    assert "chatcmpl-0001" in {e.key() for e in store.iter_examples(after)}
+    # What went into the holdout never becomes training data.
+    out = review.corrections(job, store)
+    assert {e.key() for e in store.iter_examples(out.corrections)} == {"chatcmpl-0002"}
+    assert out.left_out_for_holdout == 1
+    again = review.refresh_holdout(job, store)
+    assert again.added == 0 and again.holdout == after  # nothing new: the same version

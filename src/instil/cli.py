@@ -1765,6 +1765,28 @@ def traces_prune(
     console.print(f"deleted {gone:,} traces older than {days} days")
 
 
+@data_app.command("refresh-holdout")
+def data_refresh_holdout(
+    spec: SpecArg = Path("instil.yaml"),
+    since_days: Annotated[
+        float | None, typer.Option(help="Only answers reviewed in the last this many days (default: all).")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="At most this many reviewed answers, the newest.")] = None,
+) -> None:
+    """A new frozen holdout: the current one plus reviewed production answers no training version holds."""
+    from datetime import UTC, datetime, timedelta
+
+    from instil.review import refresh_holdout
+
+    job = _load(spec)
+    since = datetime.now(UTC) - timedelta(days=since_days) if since_days is not None else None
+    with _open_store(job) as store:
+        out = refresh_holdout(job, store, since=since, limit=limit)
+    console.print(out.summary(), soft_wrap=True)
+    if out.added:
+        console.print("[dim]gates run on it from now on; decisions on the older holdout keep naming it[/]")
+
+
 @data_app.command("import-traces")
 def data_import_traces(
     spec: SpecArg = Path("instil.yaml"),

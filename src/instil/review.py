@@ -41,6 +41,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from instil.data.records import Example, Message
@@ -54,6 +55,7 @@ __all__ = [
     "CollectOutcome",
     "CorrectionsOutcome",
     "Group",
+    "HoldoutRefresh",
     "ReferenceReviewer",
     "collect",
     "corrections",
@@ -63,6 +65,7 @@ __all__ = [
     "groups",
     "item_example",
     "queue_failures",
+    "refresh_holdout",
 ]
 
 ACTIONS = {"accept": "accepted", "correct": "corrected", "discard": "discarded", "reopen": "open"}
@@ -484,3 +487,70 @@ def corrections(
         preferences=prefs,
         items=[it.id for it, _, _ in new if it.id is not None],
     )
+
+
+# ---- a fresher holdout -----------------------------------------------------------------------------------------------
+@dataclass
+class HoldoutRefresh:
+    """What :func:`refresh_holdout` made."""
+
+    previous: DatasetVersion
+    holdout: DatasetVersion
+    """The new frozen holdout version (the previous one's examples, then the reviewed ones added)."""
+    added: int
+    left_out_for_training: int
+    """Reviewed answers left out because a training version holds them (or near-duplicates of them)."""
+
+    def summary(self) -> str:
+        return (
+            f"{self.holdout.ref}: {self.previous.n_examples} examples from {self.previous.ref} and {self.added} "
+            f"reviewed answers; {self.left_out_for_training} left out for matching a training version"
+        )
+
+
+def refresh_holdout(
+    spec: JobSpec, store: Store, *, since: datetime | None = None, limit: int | None = None
+) -> HoldoutRefresh:
+    """A new frozen holdout version: the current one plus the reviewed answers (accepted or corrected, decided since
+    ``since``, at most ``limit``, the newest first) that no training version of the job holds, exactly or nearly.
+
+    Gates from then on run on it and say so; decisions made on the older version keep naming it. Those answers never
+    become training data afterwards (:func:`corrections` leaves out whatever matches the frozen holdout)."""
+    import numpy as np
+
+    from instil.data.curate import fingerprint
+    from instil.data.split import HoldoutIndex
+
+    holdout = frozen_holdout(spec, store)
+    if holdout is None:
+        raise InstilError(f"job {spec.name!r} has no frozen holdout to refresh", hint="run `instil data split` first")
+    decided = [
+        i
+        for status in ("accepted", "corrected")
+        for i in store.list_review_items(spec.name, status=status)
+        if i.correction is not None and (since is None or (i.decided_at is not None and i.decided_at >= since))
+    ]
+    decided.sort(key=lambda i: i.decided_at or i.created_at, reverse=True)
+    if limit is not None:
+        decided = decided[:limit]
+    fresh = {e.key(): e for e in (item_example(i)[0] for i in decided)}
+    current = list(store.iter_examples(holdout))
+    have = {e.key() for e in current} | {e.content_hash() for e in current}
+    fresh = {k: e for k, e in fresh.items() if k not in have and e.content_hash() not in have}
+    trained: dict[str, Example] = {}
+    for v in store.list_versions(dataset_name(spec, "train")) + store.list_versions(dataset_name(spec, "corrections")):
+        for e in store.iter_examples(v):
+            trained.setdefault(e.content_hash(), e)
+    left_out: set[str] = set()
+    if fresh and trained:
+        fp = fingerprint(list(trained.values()))
+        index = HoldoutIndex.build("trained", fp, np.arange(len(fp)), spec.split.near_duplicate_threshold)
+        left_out = {m.example_key for m in index.check(list(fresh.values()))}
+    added = [e for k, e in fresh.items() if k not in left_out]
+    if not added:
+        return HoldoutRefresh(holdout, holdout, 0, len(left_out))
+    new = store.put_dataset(
+        dataset_name(spec, "holdout"), [*current, *added], kind="holdout", parents=[holdout], frozen=True,
+        meta={"refreshed_from_review": [e.meta.get("review_item") for e in added]},
+    )  # fmt: skip
+    return HoldoutRefresh(holdout, new, len(added), len(left_out))
