@@ -472,7 +472,7 @@ def corrections(
             name, list(examples.values()), kind="corrections",
             parents=[previous] if previous is not None else [], meta={"review_items": [it.id for it, _, _ in kept]},
         )  # fmt: skip
-        pairs = list({p.content_hash(): p for _, _, p in new if p is not None}.values())
+        pairs = list({p.key(): p for _, _, p in new if p is not None}.values())  # one per answer
         if pairs:
             prefs = store.put_dataset(
                 dataset_name(spec, "preferences"), pairs, kind="preferences", parents=[version],
