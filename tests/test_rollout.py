@@ -472,4 +472,6 @@ def test_a_full_turn_from_feedback_to_a_promoted_version_on_a_running_server(ser
     assert done.action == "promoted", done.detail
     assert store.production_model(spec.name).version == new
     _until(lambda: ask("anyone") == (f"colors@{new}", "red"), timeout_s=5)
+    again = turn(spec, store, force=True)  # the same reviewed data: a version learnt from it already
+    assert again.action == "nothing to learn", again.detail
     print(f"a full turn (feedback to a promoted version) took {time.monotonic() - started:.1f} s")

@@ -103,11 +103,11 @@ def run_cmd(
         bool,
         typer.Option(
             "--watch",
-            help="Then keep watching production: retrain from reviewed corrections when the monitor says so, gate, "
-            "canary, promote.",
+            help="Instead of one turn on the job's data: watch production, retraining from reviewed corrections when "
+            "the monitor says so, then gate, canary and promote (--max-steps applies; --iterations/--until do not).",
         ),
     ] = False,
-    interval: Annotated[float, typer.Option(help="With --watch: seconds between looks.")] = 300.0,
+    interval: Annotated[float, typer.Option(min=1, help="With --watch: seconds between looks.")] = 300.0,
     turns: Annotated[int | None, typer.Option(help="With --watch: stop after this many looks.")] = None,
 ) -> None:
     """Run the loop on a job: validate, curate, split, baseline, train, evaluate, promote (unchanged ones skipped)."""

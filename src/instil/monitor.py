@@ -13,7 +13,7 @@ than ``monitor.min_traces`` traces behind it is reported but not judged):
   (two-sample Kolmogorov-Smirnov);
 - **input content**: TF-IDF vectors of the same messages (sentence embeddings with ``embeddings``, the optional
   extra); the statistic is the distance between the two sets' mean vectors, its p-value from 200 random relabellings
-  (a permutation test: exact for any distribution);
+  (a permutation test: exact for any distribution; it cannot go under 1/201, so ``monitor.p_value`` must be above);
 - **output labels**, for a job with labels: the answers' label counts vs the training labels (chi-square);
 - **refusals**: the share of answers that refuse ("I can't", "I'm sorry"...), vs the training answers' (Fisher's
   exact test);
@@ -29,6 +29,7 @@ failed, and answers users said were wrong through feedback).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -37,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from instil.data.records import Example
-from instil.errors import DataError, NotFoundError
+from instil.errors import DataError, DependencyError, NotFoundError
 from instil.eval.stats import Interval, wilson_interval
 from instil.jobdata import dataset_name, trace_example
 from instil.spec import JobSpec
@@ -54,6 +55,9 @@ REFUSAL = re.compile(
 MAX_SAMPLE = 2000
 """The most examples (and traces) each test takes, drawn at random with a fixed seed."""
 PERMUTATIONS = 200
+"""Relabellings behind the content test's p-value: it is never under 1/201 (about 0.005)."""
+MAX_WINDOW = 20_000
+"""The most traces of the window read (the newest), before sampling."""
 
 
 @dataclass(frozen=True)
@@ -154,7 +158,7 @@ def monitor(
     reference = _sample(list(store.iter_examples(train)), rng)
     recent_traces = [
         t
-        for t in store.list_traces(TraceFilter(job=spec.name, since=start, until=end, status=200), limit=None)
+        for t in store.list_traces(TraceFilter(job=spec.name, since=start, until=end, status=200), limit=MAX_WINDOW)
         if t.arm != "shadow"
     ]
     recent = _sample([trace_example(t) for t in recent_traces], rng)
@@ -174,7 +178,10 @@ def monitor(
     trained_at = models[-1].created_at if models else None
     failed_since = 0
     if trained_at is not None:  # failed graders, and users saying an answer was wrong
-        failed_since = store.count_traces(TraceFilter(job=spec.name, passed=False, since=trained_at))
+        failed = TraceFilter(job=spec.name, passed=False, since=trained_at)
+        failed_since = store.count_traces(failed) - sum(  # production's failures: not a canary's or a shadow's
+            store.count_traces(dataclasses.replace(failed, arm=arm)) for arm in ("candidate", "shadow")
+        )
         failed_since += sum(
             1
             for i in store.list_review_items(spec.name, kind="feedback")
@@ -228,7 +235,12 @@ def _content(
     if not a or not b:
         return Check("input content", None, None, len(a), len(b), False, "no traces in the window")
     if embeddings:
-        from sentence_transformers import SentenceTransformer
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError:
+            raise DependencyError(
+                "comparing inputs by embeddings needs sentence-transformers", hint="pip install 'instil[embeddings]'"
+            ) from None
 
         vectors = SentenceTransformer(embeddings, device="cpu").encode(a + b, normalize_embeddings=True)
         how = "embeddings"
@@ -268,7 +280,7 @@ def _labels(reference: list[Example], recent: list[Example], spec: JobSpec, thre
 
     a, b = counts(reference), counts(recent)
     keep = [i for i in range(len(a)) if a[i] + b[i] > 0]
-    if len(keep) < 2 or not sum(b):
+    if len(keep) < 2 or not sum(b) or not sum(a):
         return Check("output labels", None, None, sum(a), sum(b), False, "too few labels to compare")
     table = np.array([[a[i] for i in keep], [b[i] for i in keep]])
     chi2, p, _, _ = chi2_contingency(table)

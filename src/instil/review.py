@@ -45,7 +45,7 @@ from datetime import datetime
 from typing import Any
 
 from instil.data.records import Example, Message
-from instil.errors import InstilError, NotFoundError
+from instil.errors import DependencyError, InstilError, NotFoundError
 from instil.jobdata import dataset_name, frozen_holdout, holdout_index
 from instil.spec import JobSpec
 from instil.store import DatasetVersion, ReviewItem, Store, Trace, TraceFilter
@@ -344,7 +344,12 @@ def _clusters(
     except ValueError:  # no words at all (empty answers): one group
         return [(items, [])]
     if embeddings:
-        from sentence_transformers import SentenceTransformer
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError:
+            raise DependencyError(
+                "grouping by embeddings needs sentence-transformers", hint="pip install 'instil[embeddings]'"
+            ) from None
 
         vectors = SentenceTransformer(embeddings, device="cpu").encode(texts, normalize_embeddings=True)
     else:
@@ -524,21 +529,33 @@ def refresh_holdout(
     holdout = frozen_holdout(spec, store)
     if holdout is None:
         raise InstilError(f"job {spec.name!r} has no frozen holdout to refresh", hint="run `instil data split` first")
+    # Each answer as last decided (a later discard keeps it out), as corrections() takes them.
+    reviewed = sorted(
+        (i for i in store.list_review_items(spec.name) if i.status != "open"),
+        key=lambda i: (i.decided_at or i.created_at, i.id or 0),
+    )
+    latest = {_example_id(i): i for i in reviewed}
     decided = [
         i
-        for status in ("accepted", "corrected")
-        for i in store.list_review_items(spec.name, status=status)
-        if i.correction is not None and (since is None or (i.decided_at is not None and i.decided_at >= since))
+        for i in latest.values()
+        if i.status in ("accepted", "corrected")
+        and i.correction is not None
+        and (since is None or (i.decided_at is not None and i.decided_at >= since))
     ]
-    decided.sort(key=lambda i: i.decided_at or i.created_at, reverse=True)
+    decided.sort(key=lambda i: (i.decided_at or i.created_at, i.id or 0), reverse=True)
     if limit is not None:
         decided = decided[:limit]
     fresh = {e.key(): e for e in (item_example(i)[0] for i in decided)}
     current = list(store.iter_examples(holdout))
     have = {e.key() for e in current} | {e.content_hash() for e in current}
     fresh = {k: e for k, e in fresh.items() if k not in have and e.content_hash() not in have}
+    # Everything any version learnt from (whatever dataset it was), and every training and corrections version.
+    versions = {v.id: v for v in store.list_versions(dataset_name(spec, "train"))}
+    versions.update({v.id: v for v in store.list_versions(dataset_name(spec, "corrections"))})
+    for model in store.list_models(spec.name):
+        versions.update({v.id: v for v in store.trace_model(model) if v.kind not in ("raw", "holdout")})
     trained: dict[str, Example] = {}
-    for v in store.list_versions(dataset_name(spec, "train")) + store.list_versions(dataset_name(spec, "corrections")):
+    for v in versions.values():
         for e in store.iter_examples(v):
             trained.setdefault(e.content_hash(), e)
     left_out: set[str] = set()

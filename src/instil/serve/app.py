@@ -79,6 +79,7 @@ from instil.serve.metrics import AccessLog, ServeMetrics
 
 __all__ = [
     "ANSWERED_KEY",
+    "FAILED_KEY",
     "ROUTE_KEY",
     "TAGS_HEADER",
     "Route",
@@ -107,7 +108,9 @@ ROUTE_KEY = "instil.route"
 """The ASGI scope key where a rollout's router (:mod:`instil.serve.router`) leaves a request's :class:`Route`: in the
 scope, never a header, so no client can claim an arm."""
 ANSWERED_KEY = "instil.answered"
-"""The ASGI scope key where the app leaves the id of the answer it handed to ``on_request`` (its trace's id)."""
+"""The ASGI scope key where the app leaves the id of the answer ``on_request`` took (its trace's id)."""
+FAILED_KEY = "instil.failed"
+"""The ASGI scope key the app sets when generation failed after a stream's 200 went out."""
 _NOT_PARAMS = {"model", "messages", "tools", "stream", "stream_options", "user", "metadata", "store"}
 
 
@@ -503,6 +506,7 @@ def create_catalog_app(
                         gen = job.future.result()
                     except Exception as e:  # the status is sent already: the error goes in the stream, as OpenAI's
                         log.exception("generation failed for %s", rid)
+                        request.scope[FAILED_KEY] = True  # a rollout's guard counts it, the 200 notwithstanding
                         yield stream.error(f"generation failed: {type(e).__name__}: {e}")
                         return
                     answer = _answer(gen, asked.stops, asked.want_tools)
@@ -510,8 +514,8 @@ def create_catalog_app(
                     count(target, job, usage, began)
                     if on_request is not None:  # before [DONE]: a client that saw the end has its trace kept
                         hook_record = record(body, asked, job, answer, rid, began, arrived, tags, target, route)
-                        await run_in_threadpool(_call_hook, on_request, hook_record)
-                        request.scope[ANSWERED_KEY] = rid
+                        if await run_in_threadpool(_call_hook, on_request, hook_record):
+                            request.scope[ANSWERED_KEY] = rid
                     for chunk in stream.rest(message, text.sent, finish, usage):
                         yield chunk
                 finally:
@@ -529,8 +533,8 @@ def create_catalog_app(
         count(target, job, usage, began)
         if on_request is not None:  # before the answer goes out: a client that has it has its trace kept
             hook_record = record(body, asked, job, answer, rid, began, arrived, tags, target, route)
-            await run_in_threadpool(_call_hook, on_request, hook_record)
-            request.scope[ANSWERED_KEY] = rid
+            if await run_in_threadpool(_call_hook, on_request, hook_record):
+                request.scope[ANSWERED_KEY] = rid
         return {
             "id": rid,
             "object": "chat.completion",
@@ -1038,11 +1042,14 @@ def _tool_calls(text: str) -> list[dict[str, Any]] | None:
     return [{**c, "id": f"call_{uuid.uuid4().hex[:24]}"} for c in calls]
 
 
-def _call_hook(hook: Callable[[ServedRequest], None], record: ServedRequest) -> None:
+def _call_hook(hook: Callable[[ServedRequest], None], record: ServedRequest) -> bool:
+    """Call the hook; whether it took the record (a broken log must not take the answer from a client that has it)."""
     try:
         hook(record)
-    except Exception:  # a broken log must not take the answer from a client that has it
+    except Exception:
         log.exception("the on_request hook failed for %s", record.id)
+        return False
+    return True
 
 
 class _Stream:

@@ -28,7 +28,7 @@ from instil.eval.generate import MAX_NEW_TOKENS_CAP
 from instil.registry import resolve
 from instil.serve.app import MAX_BODY_BYTES, MAX_QUEUE, ServedRequest, create_catalog_app
 from instil.serve.capture import CaptureStats, TraceLog, capture_graders, served_trace
-from instil.serve.catalog import Catalog, Target
+from instil.serve.catalog import Catalog, NotServed, Target
 from instil.serve.engine import serving_threads
 from instil.serve.feedback import add_feedback_route
 from instil.serve.proxy import create_proxy_app
@@ -416,6 +416,16 @@ def _serve_vllm(
             router=router,
         )
         add_feedback_route(app, spec, store)
+        if router is not None:
+            rename = Aliases(store, spec.name)
+
+            def served(name: str) -> None:  # vLLM serves what it started with: a candidate it lacks is refused
+                if rename(name) not in plan.names:
+                    raise NotServed(
+                        f"vLLM was started without {name}", hint="restart `instil serve --engine vllm` to serve it"
+                    )
+
+            router.prepare = served
         if traces is not None:
             traces.start()
         if router is not None:

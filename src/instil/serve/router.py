@@ -32,13 +32,14 @@ import json
 import logging
 import random
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 from instil import rollout as rollouts
 from instil.errors import InstilError
-from instil.serve.app import ANSWERED_KEY, ROUTE_KEY, Route
+from instil.serve.app import ANSWERED_KEY, FAILED_KEY, ROUTE_KEY, Route
 from instil.serve.capture import TraceLog
 from instil.store import RolloutInfo, Store, Trace
 
@@ -73,6 +74,7 @@ class _Watch:
         self._known: dict[int, bool | None] = {}
         self._waiting: dict[str, int] = {}  # an answer's id -> its place, until its grades come
         self._early: collections.OrderedDict[str, bool | None] = collections.OrderedDict()  # grades before the end
+        self._since: dict[int, float] = {}  # when a place began waiting for its grades
         self._next = 0
         self._lock = threading.Lock()
 
@@ -82,10 +84,15 @@ class _Watch:
             self._line.append((seq, arm))
             return seq
 
-    def end(self, seq: int, arm: str, status: int | None, answer_id: str | None, traced: bool) -> None:
-        """The request in place ``seq`` ended with ``status`` (None: before a response started)."""
+    def end(
+        self, seq: int, arm: str, status: int | None, answer_id: str | None, traced: bool, failed: bool = False
+    ) -> None:
+        """The request in place ``seq`` ended with ``status`` (None: before a response started); ``failed``: the
+        server failed it whatever the status said (an error inside a stream, an exception)."""
         with self._lock:
-            if status is None:
+            if failed:
+                self._known[seq] = True
+            elif status is None:
                 self._known[seq] = None  # the client went away before anything was answered
             elif status >= 500 or status == 429 or (arm == "candidate" and status == 404):
                 self._known[seq] = True  # the server failed it (or could not serve the candidate it routed to)
@@ -94,6 +101,7 @@ class _Watch:
                     self._known[seq] = self._early.pop(answer_id)
                 else:
                     self._waiting[answer_id] = seq
+                    self._since[seq] = time.monotonic()
             else:  # a request the client got wrong, one not kept (store: false), or no capture: no verdict
                 self._known[seq] = None
             self._advance()
@@ -113,10 +121,22 @@ class _Watch:
                         self._early.popitem(last=False)
             self._advance()
 
+    def expire(self, after_s: float) -> None:
+        """Give up on grades that have not come ``after_s`` after their answer (a trace that could not be written):
+        no verdict, so the line moves on."""
+        with self._lock:
+            now = time.monotonic()
+            for answer_id, seq in list(self._waiting.items()):
+                if now - self._since.get(seq, now) > after_s:
+                    del self._waiting[answer_id]
+                    self._known[seq] = None
+            self._advance()
+
     def _advance(self) -> None:
         while self._line and self._line[0][0] in self._known:
             seq, arm = self._line.popleft()
             verdict = self._known.pop(seq)
+            self._since.pop(seq, None)
             if verdict is not None:
                 self.guard.update(arm, verdict)
 
@@ -137,6 +157,8 @@ class RolloutRouter:
     ) -> None:
         self.store, self.job = store, job
         self.refresh_s, self.guard_on = refresh_s, guard
+        self.grades_timeout_s = 300.0
+        """How long a routed answer's place waits for its grades before it counts as no verdict."""
         self.max_shadow_inflight, self.shadow_below_waiting = max_shadow_inflight, shadow_below_waiting
         self.traced = traces is not None
         self.current: RolloutInfo | None = None
@@ -193,9 +215,11 @@ class RolloutRouter:
         with self._lock:
             current = self.store.running_rollout(self.job)
             watch = self._watch
-            if current is not None and watch is not None and watch.rollout.id == current.id and watch.guard.stopped:
-                self._end(watch)
-                current = None
+            if current is not None and watch is not None and watch.rollout.id == current.id:
+                watch.expire(self.grades_timeout_s)
+                if watch.guard.stopped:
+                    self._end(watch)
+                    current = None
             if current is not None and self.prepare is not None and self._prepared != current.id:
                 try:
                     self.prepare(current.ref)
@@ -206,7 +230,10 @@ class RolloutRouter:
                     with contextlib.suppress(InstilError):
                         self.store.end_rollout(self.job, "aborted", why, rollout_id=current.id)
                     current = None
-            self.current = current
+            stopped = (
+                watch is not None and current is not None and watch.rollout.id == current.id and watch.guard.stopped
+            )
+            self.current = None if stopped else current  # the guard may have stopped it meanwhile
 
     def _end(self, watch: _Watch) -> None:
         guard, r = watch.guard, watch.rollout
@@ -292,12 +319,17 @@ class RolloutRouter:
                 status = message["status"]
             await send(message)
 
+        crashed = False
         try:
             await app(inner, _replaying(first, receive), sending)
+        except Exception:
+            crashed = True  # the app's error handler sits outside this middleware: it answers the 500
+            raise
         finally:
             if watch is not None:
                 traced = self.traced and body.get("store") is not False
-                watch.end(seq, arm, status, inner.get(ANSWERED_KEY), traced)
+                failed = crashed or bool(inner.get(FAILED_KEY))
+                watch.end(seq, arm, status, inner.get(ANSWERED_KEY), traced, failed)
                 if watch.guard.stopped and self.current is not None and self.current.id == r.id:
                     self.current = None
 

@@ -180,7 +180,8 @@ class JobCatalog(Catalog):
         version = self._version_named(name)
         if version is None:
             return super().prepare(name)
-        hit = next((t for t in self._targets.values() if t.version == version.version), None)
+        with self._load_lock:  # requests may be adding targets meanwhile
+            hit = next((t for t in self._targets.values() if t.version == version.version), None)
         if hit is not None:
             return hit
         kind = version_kind(version)
