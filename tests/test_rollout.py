@@ -475,3 +475,46 @@ def test_a_full_turn_from_feedback_to_a_promoted_version_on_a_running_server(ser
     again = turn(spec, store, force=True)  # the same reviewed data: a version learnt from it already
     assert again.action == "nothing to learn", again.detail
     print(f"a full turn (feedback to a promoted version) took {time.monotonic() - started:.1f} s")
+
+
+def test_the_learn_stage_can_take_the_pool_through_the_served_api_as_traces(versions, instil_home: Path):
+    """What the quickstart's second turn does: the pool replayed through the served production model with the real
+    openai client, each answer a trace, judged against the pool's references and corrected through the queue."""
+    import shutil
+
+    from colour_jobs import PROMPT, ticket
+    from instil.data.records import Example, Message
+    from instil.learn import learn_from_failures
+    from instil.serve.replay import REPLAY_TAG, replay
+
+    spec_file, home = versions
+    shutil.copytree(home, instil_home)
+    spec = load_spec(spec_file)
+    with Store.open(home=instil_home) as store:
+        pool = [
+            Example(
+                [Message("system", PROMPT), Message("user", ticket(300 + i)), Message("assistant", "red")], id=f"p{i}"
+            )
+            for i in range(6)
+        ]
+        store.put_dataset("colors:pool", pool, kind="pool")
+        v1 = store.production_model(spec.name)
+        outcome = learn_from_failures(spec, store, v1, traffic=replay)
+        assert "through the served API (6 requests, each a trace)" in outcome.summary()
+        assert (outcome.scored, outcome.failed, outcome.added) == (6, 6, 6)  # v1 says blue, the pool says red
+        traced = store.list_traces(TraceFilter(job=spec.name, tag=REPLAY_TAG), limit=None)
+        assert len(traced) == 6 and {t.output for t in traced} == {"blue"} and {t.version for t in traced} == {1}
+        assert all(t.messages[0]["content"] == spec.short_prompt for t in traced)  # the server added its prompt
+        items = store.list_review_items(spec.name, kind="failed")
+        assert {i.trace_id for i in items} == {t.id for t in traced}
+        assert {i.decided_by for i in items} == {review_name()}
+        sft = list(store.iter_examples(outcome.corrections))
+        assert {e.key() for e in sft} == {f"p{i}" for i in range(6)} and {e.messages[-1].content for e in sft} == {
+            "red"
+        }
+
+
+def review_name() -> str:
+    from instil.review import ReferenceReviewer
+
+    return ReferenceReviewer.name

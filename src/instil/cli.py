@@ -125,6 +125,19 @@ def run_cmd(
     _print_loop_result(result)
 
 
+def _replay():
+    """How the quickstart's second turn reaches v1: through the served API with the openai client, each answer a
+    trace (in process when the serve extra is not installed)."""
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        return None
+    from instil.serve.replay import replay
+
+    return replay
+
+
 def _watch(spec: Path, interval: float, turns: int | None, max_steps: int | None) -> None:
     from instil.watch import watch
 
@@ -158,7 +171,9 @@ def quickstart(
 
     console.print(f"[bold]instil quickstart[/]: the support-ticket triage example, in [bold]{dest}/[/]")
     result = _run_loop(
-        lambda on_stage: run_quickstart(dest, model=model, on_stage=on_stage, max_steps=max_steps, progress=True)
+        lambda on_stage: run_quickstart(
+            dest, model=model, on_stage=on_stage, max_steps=max_steps, progress=True, traffic=_replay()
+        )
     )
     _print_loop_result(result)
     if model is None:

@@ -15,7 +15,9 @@ not already among them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from instil.data.records import Example
 from instil.errors import DataError, NotFoundError
@@ -24,9 +26,12 @@ from instil.eval.graders import Output, build_graders
 from instil.jobdata import dataset_name, frozen_holdout, holdout_index
 from instil.review import ReferenceReviewer, corrections, queue_failures
 from instil.spec import JobSpec
-from instil.store import DatasetVersion, ModelVersion, Store
+from instil.store import DatasetVersion, ModelVersion, Store, Trace
 
-__all__ = ["LearnOutcome", "fold_corrections", "latest_version", "learn_from_failures", "version_with_hash"]
+Traffic = Callable[[JobSpec, Store, ModelVersion, list[Example]], list[Trace | None]]
+"""Sends examples to a model as traffic and returns the trace of each answer (None: no answer)."""
+
+__all__ = ["LearnOutcome", "Traffic", "fold_corrections", "latest_version", "learn_from_failures", "version_with_hash"]
 
 
 @dataclass
@@ -50,12 +55,15 @@ class LearnOutcome:
     """This turn's preference pairs (correction chosen over the model's answer); None when nothing was added."""
     failed_by_grader: dict[str, int] = field(default_factory=dict)
     """Failures per grader."""
+    via: str = "in process"
+    """How the model answered: in process, or through the served API (each answer a trace)."""
 
     def summary(self) -> str:
         by = ", ".join(f"{k} {v}" for k, v in self.failed_by_grader.items())
         total = self.corrections.n_examples if self.corrections is not None else 0
         return (
-            f"{self.model} answered {self.scored} pool examples: {self.failed} failed ({by}), queued for review and "
+            f"{self.model} answered {self.scored} pool examples {self.via}: {self.failed} failed ({by}), queued for "
+            "review and "
             f"corrected by the reference reviewer (the pool's reference answers); {self.added} corrections added "
             f"({total} in all), {self.left_out_for_holdout} left out for matching the holdout"
         )
@@ -69,6 +77,7 @@ def learn_from_failures(
     previous: DatasetVersion | str | None = None,
     train: DatasetVersion | str | None = None,
     max_corrections: int | None = None,
+    traffic: Traffic | None = None,
 ) -> LearnOutcome:
     """Run ``model`` on the job's pool, grade it, and record each failure's correction as training data.
 
@@ -83,24 +92,36 @@ def learn_from_failures(
         raise DataError(f"job '{spec.name}' has no pool", hint="add a data source with role: pool")
     pool = list(store.iter_examples(pool_version))
     graders = build_graders(spec)
-    gens = run_candidate(model_candidate(spec, model), spec, store, pool)
-    failed: list[tuple[Example, str, str]] = []
+    if traffic is None:
+        gens = run_candidate(model_candidate(spec, model), spec, store, pool)
+        answers: list[tuple[str, Any, str | None] | None] = [(g.text, g.tool_calls, None) for g in gens]
+        via = "in process"
+    else:
+        traces = traffic(spec, store, model, pool)
+        answers = [(t.output or "", t.tool_calls, t.id) if t is not None else None for t in traces]
+        via = f"through the served API ({sum(a is not None for a in answers)} requests, each a trace)"
+    failed: list[tuple[Example, str, str, str | None]] = []
     by_grader: dict[str, int] = {g.name: 0 for g in graders}
-    for e, g in zip(pool, gens, strict=True):
-        answer = Output(g.text, g.tool_calls)
+    for e, got in zip(pool, answers, strict=True):
+        if got is None:  # no answer came back: nothing to judge
+            continue
+        text, calls, trace_id = got
+        answer = Output(text, calls)
         scores = [(gr.name, gr.grade(e, answer)) for gr in graders]
         lost = [(name, score) for name, score in scores if not score.passed]
         for name, _ in lost:
             by_grader[name] += 1
         if lost:
-            failed.append((e, g.text, "; ".join(f"{name}: {score.reason or 'failed'}" for name, score in lost)))
+            reason = "; ".join(f"{name}: {score.reason or 'failed'}" for name, score in lost)
+            failed.append((e, text, reason, trace_id))
 
     # The failures go through the review queue as any other answer would, decided by the reference reviewer; what
     # anyone decided there (reviewed traces, feedback) comes into the corrections with them.
     prev = _resolve(store, dataset_name(spec, "corrections"), previous)
     trained = _resolve(store, dataset_name(spec, "train"), train)
     known = {e.key() for e in store.iter_examples(trained)} if trained is not None else set()
-    items = queue_failures(spec, store, model.ref, [(e, text, reason) for e, text, reason in failed])
+    items = queue_failures(spec, store, model.ref, [(e, text, reason) for e, text, reason, _ in failed],
+                           trace_ids=[t for *_, t in failed])  # fmt: skip
     still_open = [i for i in items if i.status == "open"]
     budget = still_open if max_corrections is None else still_open[:max_corrections]
     ReferenceReviewer().review(spec, store, budget)
@@ -108,13 +129,14 @@ def learn_from_failures(
     corrections_version, preferences = out.corrections, out.preferences
     return LearnOutcome(
         model.ref,
-        len(pool),
+        sum(a is not None for a in answers),
         len(failed),
         out.added,
         out.left_out_for_holdout,
         corrections_version,
         preferences,
         {k: v for k, v in by_grader.items() if v},
+        via,
     )
 
 

@@ -61,7 +61,7 @@ from instil.jobdata import (
     split_job,
     validate_job,
 )
-from instil.learn import LearnOutcome, fold_corrections, latest_version, learn_from_failures, version_with_hash
+from instil.learn import LearnOutcome, Traffic, fold_corrections, latest_version, learn_from_failures, version_with_hash
 from instil.registry import Promotion, find_decision, production, promote
 from instil.review import decisions_fingerprint
 from instil.spec import JobSpec, load_spec
@@ -168,11 +168,14 @@ def run(
     max_steps: int | None = None,
     progress: bool = False,
     until: str | None = None,
+    traffic: Traffic | None = None,
 ) -> LoopResult:
     """Run the loop's stages in order on a job, ``iterations`` times; stop at the first stage that fails, naming it.
 
     ``max_steps`` caps each training run's optimizer steps; ``progress`` shows training's progress bar; ``until``
-    stops after the first stage of that name (``until="split"``: the data stages only).
+    stops after the first stage of that name (``until="split"``: the data stages only). ``traffic``: how the learn
+    stage sends the pool to the production model (:func:`instil.serve.replay.replay`: through the served API, each
+    answer a trace); without it the model answers in process.
     """
     if iterations < 1:
         raise InstilError(f"iterations must be at least 1, got {iterations}")
@@ -183,8 +186,9 @@ def run(
     result = LoopResult(job, home)
     with Store.open(home=home) as store:
         loop = _Loop(
-            job, store, LoopState(home, job.name), result, on_stage, contradictions, max_steps, progress, until
-        )
+            job, store, LoopState(home, job.name), result, on_stage, contradictions, max_steps, progress, until,
+            traffic,
+        )  # fmt: skip
         before: _Carry | None = None
         try:
             for n in range(1, iterations + 1):
@@ -244,9 +248,11 @@ class _Loop:
         max_steps: int | None,
         progress: bool,
         until: str | None,
+        traffic: Traffic | None = None,
     ) -> None:
         self.spec, self.store, self.state, self.result, self.on_stage = spec, store, state, result, on_stage
         self.contradictions, self.max_steps, self.progress, self.until = contradictions, max_steps, progress, until
+        self.traffic = traffic
 
     def turn(self, n: int, before: _Carry | None) -> _Carry:
         """One turn of the loop; ``before`` is what the previous turn handed on (None for the first)."""
@@ -390,7 +396,7 @@ class _Loop:
 
         def work() -> tuple[str | None, str, StageDetail, dict[str, Any]]:
             outcome = learn_from_failures(
-                self.spec, self.store, current, previous=before.corrections, train=before.train
+                self.spec, self.store, current, previous=before.corrections, train=before.train, traffic=self.traffic
             )
             sha = outcome.corrections.sha256 if outcome.corrections is not None else None
             return sha, outcome.summary(), outcome, {"corrections": sha}
@@ -611,10 +617,12 @@ def quickstart(
     on_stage: Callable[[StageResult], None] | None = None,
     max_steps: int | None = None,
     progress: bool = False,
+    traffic: Traffic | None = None,
 ) -> LoopResult:
     """Copy the shipped example job into ``dest`` (unless it is there already) and turn the loop on it twice.
 
     ``model`` replaces the spec's base model (any Hugging Face causal LM id or local path) in the copied spec.
+    ``traffic`` as for :func:`run` (`instil quickstart` replays the pool through the served v1).
     """
     dest = Path(dest)
     spec_path = dest / "instil.yaml"
@@ -622,7 +630,9 @@ def quickstart(
         spec_path = copy_example("triage", dest)
     if model is not None:
         _set_base_model(spec_path, model)
-    return run(spec_path, iterations=iterations, on_stage=on_stage, max_steps=max_steps, progress=progress)
+    return run(
+        spec_path, iterations=iterations, on_stage=on_stage, max_steps=max_steps, progress=progress, traffic=traffic
+    )
 
 
 _PRETRAINED_TRAINING = {

@@ -199,18 +199,26 @@ def _key(*parts: str) -> str:
 
 
 def queue_failures(
-    spec: JobSpec, store: Store, model_ref: str, failures: Sequence[tuple[Example, str, str]]
+    spec: JobSpec,
+    store: Store,
+    model_ref: str,
+    failures: Sequence[tuple[Example, str, str]],
+    *,
+    trace_ids: Sequence[str | None] | None = None,
 ) -> list[ReviewItem]:
     """Queue a model's failures on examples with reference answers (the pool): ``(example, answer, reason)`` each,
-    the example's reference answer as the suggestion. Returns every item, new or queued before."""
+    the example's reference answer as the suggestion; ``trace_ids``: each answer's trace, when it was served.
+    Returns every item, new or queued before."""
     items = []
-    for e, answer, reason in failures:
+    traced = list(trace_ids) if trace_ids is not None else [None] * len(failures)
+    for (e, answer, reason), trace_id in zip(failures, traced, strict=True):
         reference = e.messages[-1]
         items.append(
             ReviewItem(
                 job=spec.name,
                 kind="failed",
-                key=f"pool:{model_ref}:{e.key()}",
+                key=_key("pool", model_ref, e.key()),
+                trace_id=trace_id,
                 messages=[m.to_dict() for m in e.messages[:-1]],
                 output=answer,
                 tools=e.tools,
