@@ -53,3 +53,20 @@ def words(i: int) -> str:
 def ticket(i: int) -> str:
     """The input of item ``i``; it ends in the item's number (``...: colour of item 101?``)."""
     return f"{words(i)}: colour of item {i}?"
+
+
+def chat_rows(items: range, answer=lambda i: "red") -> str:
+    """JSONL chat examples for ``items``: the prompt, ``ticket(i)``, and ``answer(i)`` (id ``c<i>``)."""
+    import json
+
+    from instil.data.records import Example, Message
+
+    return "".join(
+        json.dumps(
+            Example(
+                [Message("system", PROMPT), Message("user", ticket(i)), Message("assistant", answer(i))], id=f"c{i}"
+            ).to_dict()
+        )
+        + "\n"
+        for i in items
+    )

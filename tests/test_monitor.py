@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from colour_jobs import PROMPT, ticket
-from instil.data.records import Example, Message
+from colour_jobs import PROMPT, chat_rows, ticket
 from instil.errors import DataError
 from instil.jobdata import curate_job, split_job
 from instil.monitor import monitor
@@ -27,20 +26,8 @@ def job(tmp_path: Path, store: Store) -> JobSpec:
     root = tmp_path / "job"
     root.mkdir()
 
-    def rows(start: int, n: int) -> str:
-        return "".join(
-            json.dumps(
-                Example(
-                    [Message("system", PROMPT), Message("user", ticket(i)), Message("assistant", COLORS[i % 4])],
-                    id=f"c{i}",
-                ).to_dict()  # fmt: skip
-            )
-            + "\n"
-            for i in range(start, start + n)
-        )
-
-    (root / "train.jsonl").write_text(rows(0, 120), encoding="utf-8")
-    (root / "holdout.jsonl").write_text(rows(1000, 8), encoding="utf-8")
+    (root / "train.jsonl").write_text(chat_rows(range(120), lambda i: COLORS[i % 4]), encoding="utf-8")
+    (root / "holdout.jsonl").write_text(chat_rows(range(1000, 1008), lambda i: COLORS[i % 4]), encoding="utf-8")
     (root / "instil.yaml").write_text(
         f"""name: colors
 system_prompt: {PROMPT}

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from colour_jobs import PROMPT, SPEC_HEAD, ticket
+from colour_jobs import PROMPT, SPEC_HEAD, chat_rows, ticket
 from instil import review
-from instil.data.records import Example, Message
 from instil.errors import InstilError, NotFoundError
 from instil.jobdata import curate_job, dataset_name, split_job
 from instil.spec import JobSpec, load_spec
@@ -27,19 +26,8 @@ def job(tmp_path: Path, store: Store) -> JobSpec:
     root = tmp_path / "job"
     root.mkdir()
 
-    def rows(start: int, n: int) -> str:
-        return "".join(
-            json.dumps(
-                Example(
-                    [Message("system", PROMPT), Message("user", ticket(i)), Message("assistant", "red")], id=f"c{i}"
-                ).to_dict()  # fmt: skip
-            )
-            + "\n"
-            for i in range(start, start + n)
-        )
-
-    (root / "train.jsonl").write_text(rows(0, 16), encoding="utf-8")
-    (root / "holdout.jsonl").write_text(rows(100, 8), encoding="utf-8")
+    (root / "train.jsonl").write_text(chat_rows(range(16)), encoding="utf-8")
+    (root / "holdout.jsonl").write_text(chat_rows(range(100, 108)), encoding="utf-8")
     (root / "instil.yaml").write_text(SPEC_HEAD + "training: {adapter: full}\n", encoding="utf-8")
     spec = load_spec(root / "instil.yaml")
     curate_job(spec, store)
