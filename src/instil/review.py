@@ -58,6 +58,7 @@ __all__ = [
     "HoldoutRefresh",
     "ReferenceReviewer",
     "collect",
+    "correct_each",
     "corrections",
     "decide",
     "decisions_fingerprint",
@@ -270,6 +271,17 @@ def decide(
     return store.decide_review_items(spec.name, decided, by=by)
 
 
+def correct_each(spec: JobSpec, store: Store, corrections: dict[int, str], *, by: str) -> list[ReviewItem]:
+    """Correct many items at once, each with its own answer (``{item id: answer}``), in one transaction: what taking
+    each item's own suggestion for a whole group does."""
+    blank = [i for i, text in corrections.items() if text is None or not text.strip()]
+    if blank:
+        raise InstilError(f"items {blank} have no answer to correct them with", hint="give each a corrected output")
+    if not corrections:
+        return []
+    return store.decide_review_items(spec.name, {i: ("corrected", text) for i, text in corrections.items()}, by=by)
+
+
 @dataclass
 class ReferenceReviewer:
     """The unattended reviewer the quickstart runs: it corrects every open item that carries a reference answer
@@ -278,11 +290,12 @@ class ReferenceReviewer:
     name: str = "reference reviewer (the pool's reference answers)"
 
     def review(self, spec: JobSpec, store: Store, items: Sequence[ReviewItem]) -> list[ReviewItem]:
-        done = []
-        for it in items:
-            if it.status == "open" and it.suggestion is not None and "reference" in it.meta:
-                done += decide(spec, store, [it.id], "correct", correction=it.suggestion, by=self.name)
-        return done
+        chosen = {
+            it.id: it.suggestion
+            for it in items
+            if it.id is not None and it.status == "open" and it.suggestion is not None and "reference" in it.meta
+        }
+        return correct_each(spec, store, chosen, by=self.name)
 
 
 def decisions_fingerprint(spec: JobSpec, store: Store, *, besides: str = ReferenceReviewer.name) -> str:

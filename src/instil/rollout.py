@@ -244,11 +244,11 @@ def _rollout(store: Store, job: str, rollout_id: int | None) -> RolloutInfo:
     if rollout_id is not None:
         found = [r for r in rollouts if r.id == rollout_id]
         if not found:
-            raise NotFoundError(f"job {job!r} has no rollout {rollout_id}", hint=f"`instil rollout status {job}`")
+            raise NotFoundError(f"job {job!r} has no rollout {rollout_id}", hint="`instil rollout status` lists them")
         return found[0]
     if not rollouts:
         raise NotFoundError(
-            f"job {job!r} has never been rolled out", hint=f"start one: `instil rollout start {job} --version N`"
+            f"job {job!r} has never been rolled out", hint="start one: `instil rollout start --version N`"
         )
     running = [r for r in rollouts if r.running]
     return running[-1] if running else rollouts[-1]
@@ -333,7 +333,7 @@ def promote(spec: JobSpec, store: Store, *, min_requests: int | None = None, **g
     if running is None:
         raise NotFoundError(
             f"job {spec.name!r} has no running rollout to promote",
-            hint=f"start one (`instil rollout start {spec.name} --version N`), or gate directly: `instil promote`",
+            hint="start one (`instil rollout start --version N`), or gate directly: `instil promote`",
         )
     online = status(spec, store, running.id)
     if online.guard.stopped:

@@ -75,12 +75,8 @@ class ReviewSession:
         targets = [i for i in g.items if i.status == "open"] if self.whole_group else [it]
         ids = [i.id for i in targets if i.id is not None]
         if action == "take":  # each item's own answer on offer (a shadow's, a user's), never one copied to all
-            done = [
-                d
-                for i in targets
-                if i.id is not None and i.suggestion is not None
-                for d in review.decide(self.spec, self.store, [i.id], "correct", by=self.by, correction=i.suggestion)
-            ]
+            offers = {i.id: i.suggestion for i in targets if i.id is not None and i.suggestion is not None}
+            done = review.correct_each(self.spec, self.store, offers, by=self.by)
         else:
             done = review.decide(self.spec, self.store, ids, action, by=self.by, correction=correction)
         decided = {i.id for i in done}

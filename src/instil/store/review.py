@@ -79,7 +79,13 @@ def list_review_items(
     if kind is not None:
         q = q.where(m.ReviewItem.kind == kind)
     if ids is not None:
-        q = q.where(m.ReviewItem.id.in_(list(ids)))
+        wanted = list(ids)
+        if len(wanted) > 500:  # bounded IN lists: the rest filtered here
+            chosen = set(wanted)
+            return [i for i in list_review_items(s, job, status=status, kind=kind, limit=None) if i.id in chosen][
+                : limit if limit is not None else None
+            ]
+        q = q.where(m.ReviewItem.id.in_(wanted))
     q = q.order_by(m.ReviewItem.id)
     if limit is not None:
         q = q.limit(limit)
@@ -99,7 +105,10 @@ def decide_review_items(
     """Record ``{item id: (status, correction)}`` for the job's items, by ``by``, now."""
     if not by.strip():
         raise InstilError("a review decision needs a reviewer's name", hint="pass who decided (by=...)")
-    rows = {r.id: r for r in s.scalars(select(m.ReviewItem).where(m.ReviewItem.id.in_(list(decisions))))}
+    wanted = list(decisions)
+    rows: dict[int, m.ReviewItem] = {}
+    for k in range(0, len(wanted), 500):  # bounded IN lists
+        rows.update({r.id: r for r in s.scalars(select(m.ReviewItem).where(m.ReviewItem.id.in_(wanted[k : k + 500])))})
     missing = [i for i in decisions if i not in rows or rows[i].job != job]
     if missing:
         raise NotFoundError(f"job {job!r} has no review items {missing}", hint="`instil review --list` shows them")

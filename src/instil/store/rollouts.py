@@ -56,7 +56,7 @@ def start_rollout(
             raise InstilError(
                 f"{other.ref} is already being rolled out ({other.mode}, since {other.started_at:%Y-%m-%d %H:%M} "
                 "UTC); one rollout runs per job",
-                hint=f"end it first: `instil rollout abort {job}` (or `instil rollout promote {job}`)",
+                hint="end it first: `instil rollout abort` (or `instil rollout promote`)",
             )
         running.status, running.ended_at = "replaced", now
         running.reason = f"replaced by a {mode} at {percent:g}%"
@@ -85,7 +85,7 @@ def end_rollout(
     if row is None or (rollout_id is not None and row.id != rollout_id):
         raise NotFoundError(
             f"job {job!r} has no running rollout" + (f" {rollout_id}" if rollout_id is not None else ""),
-            hint=f"`instil rollout status {job}` shows its rollouts; start one with `instil rollout start`",
+            hint="`instil rollout status` shows its rollouts; start one with `instil rollout start`",
         )
     row.status, row.reason, row.ended_at = status, reason, datetime.now(UTC)
     row.summary = dict(summary) if summary is not None else None
