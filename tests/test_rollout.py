@@ -355,16 +355,12 @@ def test_cli_rollout_start_status_promote_abort(versions, instil_home: Path, cap
 
 
 def _post(url: str, body: dict) -> tuple[int, dict]:
+    """POST /v1/feedback (no client of ours sends it: the openai client has no such call)."""
     import json
-    import urllib.error
-    import urllib.request
 
-    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+    from test_serve import raw
+
+    return raw(url, "/feedback", json.dumps(body).encode(), key=None)
 
 
 def test_feedback_over_http_joins_the_review_queue(served, monkeypatch):
@@ -375,7 +371,7 @@ def test_feedback_over_http_joins_the_review_queue(served, monkeypatch):
     spec, store, url, _ = served
     c = openai.OpenAI(base_url=url, api_key="none", max_retries=0)
     r = c.chat.completions.create(model="colors", messages=[{"role": "user", "content": "colour?"}], max_tokens=4)
-    status, body = _post(f"{url}/feedback", {"id": r.id, "rating": 0, "correction": "red", "user": "ana"})
+    status, body = _post(url, {"id": r.id, "rating": 0, "correction": "red", "user": "ana"})
     assert status == 200, body  # straight after the answer: the route waits for the trace
     assert (body["object"], body["trace_id"], body["status"]) == ("feedback", r.id, "queued")
     (item,) = store.list_review_items(spec.name, kind="feedback")
@@ -386,11 +382,11 @@ def test_feedback_over_http_joins_the_review_queue(served, monkeypatch):
         0,
         "ana",
     )
-    status, bad = _post(f"{url}/feedback", {"id": r.id, "rating": 7})
+    status, bad = _post(url, {"id": r.id, "rating": 7})
     assert status == 400 and bad["error"]["param"] is not None
-    assert _post(f"{url}/feedback", {"id": r.id})[0] == 400  # nothing said
+    assert _post(url, {"id": r.id})[0] == 400  # nothing said
     monkeypatch.setattr(instil.serve.feedback, "WAIT_S", 0.1)
-    status, gone = _post(f"{url}/feedback", {"id": "chatcmpl-nosuchanswer", "rating": 1})
+    status, gone = _post(url, {"id": "chatcmpl-nosuchanswer", "rating": 1})
     assert status == 404 and gone["error"]["code"] == "trace_not_found"
 
 
@@ -452,7 +448,7 @@ def test_a_full_turn_from_feedback_to_a_promoted_version_on_a_running_server(ser
         r = c.chat.completions.create(model="colors", messages=[{"role": "user", "content": f"colour of item {k}?"}],
                                       max_tokens=8, user=f"user-{k}")  # fmt: skip
         assert r.choices[0].message.content == "blue"
-        assert _post(f"{url}/feedback", {"id": r.id, "rating": 0, "correction": "red", "user": f"user-{k}"})[0] == 200
+        assert _post(url, {"id": r.id, "rating": 0, "correction": "red", "user": f"user-{k}"})[0] == 200
     assert turn(spec, store).action == "nothing to learn"  # due, but nobody reviewed anything yet
 
     for g in review.groups(spec, store):  # the scripted reviewer: look, then take each user's correction
